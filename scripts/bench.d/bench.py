@@ -1,0 +1,194 @@
+#!/usr/bin/python3
+"""lariat vs nginx + lua vs h2o + mruby, measured side by side in one run.
+
+Run through scripts/bench, which installs the tools and builds lariat first.
+Every row is measured in interleaved rounds (lariat, nginx, h2o, lariat, …;
+the order rotates each round so no server always goes first), each measurement
+on a fresh server, and the table quotes medians. The result goes to
+build-release/bench-results.md and to stdout.
+"""
+import argparse
+import datetime
+import os
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import shutil
+
+import measure
+import report
+import servers
+from load import LoadError
+from measure import Row, Opts
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+OUT = os.path.join(REPO, "build-release", "bench-results.md")
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="scripts/bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="every row once, tiny durations (CI: checks the bench still works)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, smoke 1)")
+    ap.add_argument("--duration", type=int, help="wrk seconds per run (default 10, smoke 1)")
+    ap.add_argument("--only", help="comma-separated row names or prefixes, e.g. h1-hello,idle")
+    ap.add_argument("--list", action="store_true", help="list the row names and exit")
+    a = ap.parse_args(argv)
+    a.rounds = a.rounds or (1 if a.smoke else 3)
+    a.duration = a.duration or (1 if a.smoke else 10)
+    return a
+
+
+def make_rows(args):
+    rows = [
+        Row("h1-hello", "HTTP/1.1 hello", "wrk"),
+        Row("h2c-hello", "h2c hello", "h2c"),
+        Row("h1-echo-64k", "HTTP/1.1 POST echo 64 KiB", "wrk-post"),
+        Row("h2-tls-hello", "HTTPS h2 hello", "h2-tls"),
+    ]
+    for proto in ("h1", "h2c"):
+        for n in ([100] if args.smoke else [1000, 10000]):
+            rows.append(Row(f"idle-{proto}-{n}", f"idle {proto}, {n:,} conns", "idle",
+                            proto=proto, conns=n))
+    rows.append(Row("h1-2workers", "HTTP/1.1 hello, 2 workers, unpinned", "wrk",
+                    workers=2, pin=False))
+    if args.only:
+        wanted = args.only.split(",")
+        rows = [r for r in rows if any(r.name == w or r.name.startswith(w + "-") for w in wanted)]
+    return rows
+
+
+def make_cert(tmp):
+    cert, key = os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+def summary(r):
+    if "kib_per_conn" in r:
+        return f"{r['kib_per_conn']:.2f} KiB/conn, {r['errors']} errors"
+    return (f"{r['rps']:.0f} req/s, {r['user_us']:.2f} + {r['sys_us']:.2f} µs/req, "
+            f"{r['errors']} errors")
+
+
+def notes(args, rows, cells):
+    lines = [
+        "- Same run, interleaved rounds (the server order rotates each round), a fresh "
+        "server per measurement, medians over rounds. Single worker, server pinned with "
+        "`taskset -c 1` and the load generator / connection opener with `taskset -c 0`, "
+        "except the 2-worker row, where servers and wrk are unpinned and share both cores.",
+        f"- HTTP/1.1: `wrk -t1 -c50 -d{args.duration}s --latency`; h2c and HTTPS h2: "
+        f"`h2load -c50 -m10 -t1 -n{200000 if not args.smoke else 2000}` (TLS 1.3, ALPN h2, "
+        "self-signed P-256 cert); echo: wrk POSTing 64 KiB to /echo "
+        "(`scripts/bench.d/post_64k.lua`), checked to come back whole. "
+        f"{'A 1 s / 20,000-request unmeasured warm-up precedes each run.' if not args.smoke else ''}",
+        "- CPU µs/req: utime and stime from `/proc/PID/stat`, summed over the server's "
+        "process tree (nginx master + workers; h2o and its helper processes; lariat's one "
+        "process, all threads) before and after the run, divided by the requests served.",
+        "- KiB/conn: VmRSS summed over the same process tree, after N keep-alive connections "
+        "that each served one GET / (opened by `scripts/bench.d/idle_conns.py`) minus before "
+        "them, divided by N. The master/helper processes don't change, so the sum is the "
+        "serving process's growth. Errors: connections that failed or were closed by the "
+        "server before the measurement.",
+        "- Anchors from `../shared/anchors/`, with deviations: nginx keeps request bodies up to "
+        "128k in memory (`client_body_buffer_size`; with the template's default the 64 KiB "
+        "echo answers an empty body) and `worker_rlimit_nofile` = the hard fd limit; h2o gets "
+        "an `/echo` mruby handler and nginx's 120 s idle timeouts (its default 10 s); both get a "
+        "TLS listener.",
+    ]
+    one = cells.get("h1-hello", {}).get("lariat")
+    two = cells.get("h1-2workers", {}).get("lariat")
+    if one and two and one.results and two.results:
+        lines.append(f"- lariat 2 workers (unpinned) ÷ 1 worker (pinned): req/s "
+                     f"{two.med('rps') / one.med('rps'):.2f}×, CPU µs/req "
+                     f"{two.med('cpu_us') / one.med('cpu_us'):.2f}×; with wrk -t1 the load "
+                     "generator shares the 2 cores, so this is a floor on scaling.")
+    return lines
+
+
+def write_report(args, argv, rows, cells):
+    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    cmd = " ".join(["scripts/bench"] + [shlex.quote(a) for a in argv])
+    text = "\n".join(
+        ["# lariat benchmark", "",
+         f"Reproduce: `{cmd}` (run {datetime.datetime.now():%Y-%m-%d %H:%M}, commit {commit}, "
+         f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end, "
+         f"{args.rounds} round{'s' if args.rounds > 1 else ''}"
+         f"{', SMOKE MODE: numbers meaningless' if args.smoke else ''}).", ""]
+        + report.table(rows, cells)
+        + ["", "Ratios: req/s ÷ the reference's (higher is better), CPU µs/req and KiB/conn ÷ "
+           "the reference's (lower is better).", "", "## Targets (issue 6)", ""]
+        + report.targets(rows, cells) + ["", "## How it was measured", ""]
+        + notes(args, rows, cells)) + "\n"
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    with open(OUT, "w") as f:
+        f.write(text)
+    return text
+
+
+def main(argv):
+    args = parse_args(argv)
+    rows = make_rows(args)
+    if args.list:
+        print("\n".join(f"{r.name:16} {r.title}" for r in make_rows(parse_args([]))))
+        return 0
+    if not rows:
+        sys.exit(f"scripts/bench: --only {args.only} matches no row (see --list)")
+    # 10,000 connections need 10,000 fds in the server and in the opener;
+    # children inherit this.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # SIGTERM/SIGHUP unwind like Ctrl-C, so the finally below stops every server.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: sys.exit(130))
+
+    opts = Opts(duration=args.duration, h2_requests=2000 if args.smoke else 200000,
+                warmup=not args.smoke)
+    cells = {r.name: {k: report.Cell() for k in servers.SERVERS} for r in rows}
+    tmp = tempfile.mkdtemp(prefix="lariat-bench.")
+    failures = 0
+    try:
+        cert, key = make_cert(tmp)
+        env = servers.Env(repo=REPO, tmp=tmp,
+                          lariat=os.path.join(REPO, "build-release", "lariat"),
+                          app=os.path.join(REPO, "examples", "hello.lua"),
+                          anchors=os.environ.get("LARIAT_ANCHORS",
+                                                 os.path.join(REPO, "..", "shared", "anchors")),
+                          cert=cert, key=key)
+        for rnd in range(args.rounds):
+            order = servers.SERVERS[rnd % 3:] + servers.SERVERS[:rnd % 3]
+            for row in rows:
+                for kind in order:
+                    cell = cells[row.name][kind]
+                    if cell.na:
+                        continue  # lariat lacks it: no point asking again
+                    tag = f"[{rnd + 1}/{args.rounds}] {row.name:13} {kind:6}"
+                    try:
+                        r = measure.run(env, row, kind, opts)
+                        cell.results.append(r)
+                        print(f"{tag} {summary(r)}", file=sys.stderr, flush=True)
+                    except servers.Unsupported as e:
+                        cell.na = str(e)
+                        print(f"{tag} n/a: {e}", file=sys.stderr, flush=True)
+                    except (servers.StartError, LoadError) as e:
+                        cell.failed, cell.nfailed = str(e), cell.nfailed + 1
+                        failures += 1
+                        print(f"{tag} FAILED: {e}", file=sys.stderr, flush=True)
+        print(write_report(args, argv, rows, cells))
+        print(f"written to {os.path.relpath(OUT, os.getcwd())}", file=sys.stderr)
+    finally:
+        servers.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+    # Numbers never fail the bench; a server or load generator that broke does.
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,136 @@
+"""One measurement: start a fresh server, warm it up, load it, read its CPU or
+memory from /proc, stop it. Returns a dict of numbers; raises servers.Unsupported
+(cell says n/a), servers.StartError or load.LoadError (cell says failed)."""
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+
+import load
+import procstat
+import servers
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PY = "/usr/bin/python3"   # Debian's, not the one first on PATH
+
+
+@dataclass
+class Row:
+    name: str       # what --only matches
+    title: str      # what the table says
+    kind: str       # "wrk" | "wrk-post" | "h2c" | "h2-tls" | "idle"
+    workers: int = 1
+    pin: bool = True
+    proto: str = "h1"   # idle rows: h1 | h2c
+    conns: int = 0      # idle rows: N
+
+
+@dataclass
+class Opts:
+    duration: int       # wrk -d
+    h2_requests: int    # h2load -n
+    warmup: bool        # a short unmeasured run first (JITs, caches, lazy init)
+
+
+def _check_h2(server, row):
+    """lariat may not speak h2c / TLS yet: say n/a instead of loading a deaf port.
+    An anchor that fails the probe is broken, which is an error."""
+    ok = (load.speaks_tls_h2(server.tls_port) if row.kind == "h2-tls"
+          else load.speaks_h2c(server.h2c_port))
+    if not ok:
+        what = "TLS with ALPN h2" if row.kind == "h2-tls" else "h2c (prior knowledge)"
+        if server.kind == "lariat":
+            raise servers.Unsupported(f"lariat does not speak {what} yet")
+        raise load.LoadError(f"{server.kind} does not answer {what}")
+
+
+def _run_load(server, row, opts, warmup=False):
+    duration = 1 if warmup else opts.duration
+    n = max(opts.h2_requests // 10, 1000) if warmup else opts.h2_requests
+    if row.kind in ("wrk", "wrk-post"):
+        return load.wrk(server.h1_port, "/echo" if row.kind == "wrk-post" else "/",
+                        duration=duration, post=row.kind == "wrk-post", pin=row.pin)
+    if row.kind == "h2c":
+        return load.h2load(f"http://127.0.0.1:{server.h2c_port}/", n=n, pin=row.pin)
+    return load.h2load(f"https://127.0.0.1:{server.tls_port}/", n=n, pin=row.pin)
+
+
+def throughput(env, row, kind, opts):
+    server = servers.start(env, kind, workers=row.workers, tls=row.kind == "h2-tls", pin=row.pin)
+    try:
+        if row.kind in ("h2c", "h2-tls"):
+            _check_h2(server, row)
+        if opts.warmup:
+            _run_load(server, row, opts, warmup=True)
+        pids = server.pids()
+        user0, sys0 = procstat.cpu_seconds(pids)
+        r = _run_load(server, row, opts)
+        user1, sys1 = procstat.cpu_seconds(pids)
+    finally:
+        servers.stop(server)
+    if not r["requests"]:
+        raise load.LoadError(f"no successful requests ({r['errors']} errors)")
+    if row.kind == "wrk-post" and r["bytes_per_req"] < load.ECHO_BODY:
+        raise load.LoadError(f"echoed {r['bytes_per_req']:.0f} bytes per request, "
+                             f"not the {load.ECHO_BODY} sent")
+    r["user_us"] = (user1 - user0) / r["requests"] * 1e6
+    r["sys_us"] = (sys1 - sys0) / r["requests"] * 1e6
+    r["cpu_us"] = r["user_us"] + r["sys_us"]
+    return r
+
+
+def _opener(port, proto, n):
+    """Start idle_conns.py pinned to the load core; returns (process, opened, failed)."""
+    p = subprocess.Popen(["taskset", "-c", "0", PY, os.path.join(HERE, "idle_conns.py"),
+                          "--port", str(port), "--proto", proto, "--n", str(n)],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = p.stdout.readline().split()
+    if not line or line[0] != "ready":
+        p.kill()
+        p.wait()
+        raise load.LoadError("idle connection opener died")
+    fields = dict(f.split("=") for f in line[1:])
+    return p, int(fields["opened"]), int(fields["failed"])
+
+
+def _close_opener(p):
+    if p.poll() is None:
+        p.stdin.close()   # EOF: it resets its connections and exits
+        try:
+            p.wait(30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def idle_memory(env, row, kind, opts):
+    server = servers.start(env, kind, pin=True)
+    port = server.h2c_port if row.proto == "h2c" else server.h1_port
+    p = None
+    try:
+        if row.proto == "h2c":
+            _check_h2(server, Row("", "", "h2c"))
+        # The baseline is a server that has already served a few requests
+        # (lazy init, first-request allocations) and has no client connected.
+        warm, _, _ = _opener(port, row.proto, 10)
+        _close_opener(warm)
+        time.sleep(0.3)
+        rss0 = procstat.rss_kib(server.pids())
+        p, opened, failed = _opener(port, row.proto, row.conns)
+        time.sleep(0.5)   # let the server finish whatever it does after the last response
+        rss1 = procstat.rss_kib(server.pids())
+        p.stdin.write("check\n")
+        p.stdin.flush()
+        closed = int(dict(f.split("=") for f in p.stdout.readline().split())["closed"])
+    finally:
+        if p:
+            _close_opener(p)
+        servers.stop(server)
+    if not opened:
+        raise load.LoadError(f"no connection served its request ({failed} failed)")
+    return {"kib_per_conn": (rss1 - rss0) / opened, "errors": failed + closed,
+            "rss0_kib": rss0, "rss1_kib": rss1}
+
+
+def run(env, row, kind, opts):
+    return (idle_memory if row.kind == "idle" else throughput)(env, row, kind, opts)

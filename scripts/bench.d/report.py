@@ -1,0 +1,107 @@
+"""Turn the per-round results into the markdown table the README quotes:
+medians over rounds, ratios to nginx + lua and to h2o + mruby in their own
+columns, and where lariat stands against the targets of issue 6."""
+import statistics
+
+from servers import LABELS, SERVERS
+
+
+def median(results, key):
+    vals = [r[key] for r in results if r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _num(x, digits=1):
+    if x is None:
+        return ""
+    if x >= 10000:
+        return f"{x / 1000:.1f}k"
+    return f"{x:.{digits}f}"
+
+
+class Cell:
+    """All rounds of one (row, server): numbers, or why there are none."""
+
+    def __init__(self):
+        self.results = []
+        self.na = None      # lariat lacks the feature
+        self.failed = None  # a server or load generator misbehaved: the last message
+        self.nfailed = 0
+
+    def med(self, key):
+        return median(self.results, key)
+
+
+def _ratio(cell, ref, row):
+    if cell is ref:
+        return "—"
+    if not cell.results or not ref.results:
+        return ""
+    if row.kind == "idle":
+        a, b = cell.med("kib_per_conn"), ref.med("kib_per_conn")
+        return f"KiB {a / b:.2f}×" if a is not None and b and b > 0 else ""
+    return (f"req/s {cell.med('rps') / ref.med('rps'):.2f}× · "
+            f"CPU {cell.med('cpu_us') / ref.med('cpu_us'):.2f}×")
+
+
+def table(rows, cells):
+    out = ["| test | server | req/s | p50 ms | p99 ms | user µs/req | sys µs/req "
+           "| CPU µs/req | KiB/conn | errors | vs nginx + lua | vs h2o + mruby |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        for kind in SERVERS:
+            cell = cells[row.name][kind]
+            head = f"| {row.title} | {LABELS[kind]} |"
+            if not cell.results:
+                why = f"n/a: {cell.na}" if cell.na else f"failed: {cell.failed or 'not run'}"
+                out.append(head + f" {why} |" + " |" * 9)
+                continue
+            errors = sum(r.get("errors", 0) for r in cell.results)
+            note = f" ({cell.nfailed} runs failed: {cell.failed})" if cell.nfailed else ""
+            out.append(head + " | ".join([
+                "" if row.kind == "idle" else " " + _num(cell.med("rps"), 0),
+                _num(cell.med("p50"), 2), _num(cell.med("p99"), 2),
+                _num(cell.med("user_us"), 2), _num(cell.med("sys_us"), 2),
+                _num(cell.med("cpu_us"), 2), _num(cell.med("kib_per_conn"), 2),
+                f"{errors}{note}",
+                _ratio(cell, cells[row.name]["nginx"], row),
+                _ratio(cell, cells[row.name]["h2o"], row)]) + " |")
+    return out
+
+
+def targets(rows, cells):
+    """Issue 6's targets, checked against this run's medians (✓ met, ✗ not, ? no data)."""
+    def get(row_name, kind, key):
+        cell = cells.get(row_name, {}).get(kind)
+        return cell.med(key) if cell and cell.results else None
+
+    def check(label, value, limit, fmt="{:.2f}", le=True):
+        if value is None or limit is None:
+            return f"- ? {label}: no data"
+        ok = value <= limit if le else value >= limit
+        return f"- {'✓' if ok else '✗'} {label}: {fmt.format(value)} (limit {fmt.format(limit)})"
+
+    def ratio(a, b):
+        return a / b if a is not None and b else None
+
+    lines = [
+        check("HTTP/1.1 hello, user CPU/req ÷ nginx + lua ≤ 0.5",
+              ratio(get("h1-hello", "lariat", "user_us"), get("h1-hello", "nginx", "user_us")), 0.5),
+        check("HTTP/1.1 hello, total CPU/req ÷ nginx + lua ≤ 0.9",
+              ratio(get("h1-hello", "lariat", "cpu_us"), get("h1-hello", "nginx", "cpu_us")), 0.9),
+        check("h2c hello, total CPU/req ÷ h2o + mruby ≤ 0.8",
+              ratio(get("h2c-hello", "lariat", "cpu_us"), get("h2c-hello", "h2o", "cpu_us")), 0.8),
+        check("HTTP/1.1 hello p99 ≤ nginx + lua's (ms)",
+              get("h1-hello", "lariat", "p99"), get("h1-hello", "nginx", "p99")),
+    ]
+    for row in rows:
+        if row.kind == "idle":
+            limit = 1.0 if row.proto == "h1" else 2.0
+            lines.append(check(f"{row.title}: KiB per idle connection ≤ {limit}",
+                               get(row.name, "lariat", "kib_per_conn"), limit))
+            cell = cells[row.name]["lariat"]
+            if cell.results:
+                errors = sum(r["errors"] for r in cell.results)
+                lines.append(f"- {'✓' if not errors else '✗'} {row.title}: "
+                             f"{errors} connection errors (target 0)")
+    return lines
