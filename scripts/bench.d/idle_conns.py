@@ -21,7 +21,8 @@ import struct
 import sys
 
 CONNECT_CONCURRENCY = 200   # connects in flight: stays well under listen backlogs
-TIMEOUT = 20
+TIMEOUT = 20                # per connection
+OVERALL = 120               # for all of them: a deaf server must not stall the bench
 
 
 def h2_frame(ftype, flags, stream, payload=b""):
@@ -80,12 +81,18 @@ class Conn:
         self.closed_by_server = False
 
 
-async def open_one(conn, port, proto, gate):
+async def open_one(conn, port, proto, gate, deadline):
+    loop = asyncio.get_running_loop()
     async with gate:
+        def budget():
+            left = min(TIMEOUT, deadline - loop.time())
+            if left <= 0:
+                raise TimeoutError("overall deadline passed")
+            return left
         reader, conn.writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+            asyncio.open_connection("127.0.0.1", port), budget())
         exchange = h1_exchange if proto == "h1" else h2c_exchange
-        await asyncio.wait_for(exchange(reader, conn.writer, port), TIMEOUT)
+        await asyncio.wait_for(exchange(reader, conn.writer, port), budget())
     conn.ok = True
     return reader
 
@@ -111,7 +118,9 @@ async def main():
 
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     conns = [Conn() for _ in range(args.n)]
-    results = await asyncio.gather(*(open_one(c, args.port, args.proto, gate) for c in conns),
+    deadline = asyncio.get_running_loop().time() + OVERALL
+    results = await asyncio.gather(*(open_one(c, args.port, args.proto, gate, deadline)
+                                     for c in conns),
                                    return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if failed:
