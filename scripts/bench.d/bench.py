@@ -157,8 +157,11 @@ def main(argv):
     try:
         cert, key = make_cert(tmp)
         env = servers.Env(repo=REPO, tmp=tmp,
-                          lariat=os.path.join(REPO, "build-release", "lariat"),
-                          app=os.path.join(REPO, "examples", "hello.lua"),
+                          # overridable to measure another build (profiling, sanitizers)
+                          lariat=os.environ.get("LARIAT_BENCH_BIN",
+                                                os.path.join(REPO, "build-release", "lariat")),
+                          app=os.environ.get("LARIAT_BENCH_APP",
+                                             os.path.join(REPO, "examples", "hello.lua")),
                           anchors=os.environ.get("LARIAT_ANCHORS",
                                                  os.path.join(REPO, "..", "shared", "anchors")),
                           cert=cert, key=key)
