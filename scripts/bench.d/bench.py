@@ -194,4 +194,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except KeyboardInterrupt:   # servers were stopped by main's finally
+        sys.exit("scripts/bench: interrupted")
