@@ -1,0 +1,297 @@
+-- lariat.app: the app object (routes, middleware, mounts, hosts) and the
+-- dispatch function C calls for every request.
+--
+-- Order of work for one request:
+--   1. the path is made canonical once (lariat.path); a path that cannot be
+--      (bad escape, encoded "/" or NUL) is answered 400;
+--   2. app:use middlewares of the root app run, in order, for every request
+--      (including ones that end up 404), prefixed ones only under their prefix;
+--   3. the router picks the route (404, 405 with allow, automatic OPTIONS);
+--   4. the route's own middlewares run: those of the apps it was mounted
+--      through (their app:use entries, outermost first), then the route's list;
+--   5. the handler; its result is normalised to status, headers, body.
+-- Handlers are not wrapped in pcall: errors go to C (500, or the status of a
+-- lariat.http_error value).
+local http_error = require "lariat.http_error"
+local json = require "lariat.json"
+local lpath = require "lariat.path"
+local router_mod = require "lariat.router"
+
+local M = {}
+
+-- Shared constant headers: C never modifies them, so results cost no table.
+local TEXT = { ["content-type"] = "text/plain; charset=utf-8" }
+local JSON = { ["content-type"] = "application/json" }
+M.TEXT, M.JSON = TEXT, JSON
+
+local App = {}
+App.__index = App
+M.App = App
+
+function M.new()
+  return setmetatable({ _entries = {}, _use = {} }, App)
+end
+
+function M.is_app(v)
+  return getmetatable(v) == App and rawget(v, "_root") == nil
+end
+
+local function callable(f)
+  if type(f) == "function" then return true end
+  local mt = getmetatable(f)
+  return type(mt) == "table" and mt.__call ~= nil
+end
+
+local function methods_of(spec)
+  if spec == "*" then return "*" end
+  local list = {}
+  if type(spec) == "string" then
+    for m in spec:gmatch("[^,%s]+") do list[#list + 1] = m:upper() end
+  elseif type(spec) == "table" then
+    for _, m in ipairs(spec) do list[#list + 1] = tostring(m):upper() end
+  end
+  if #list == 0 then error("methods must be \"*\", \"GET,POST\" or {\"GET\", \"POST\"}", 0) end
+  for _, m in ipairs(list) do
+    if m == "*" then return "*" end
+    if not m:match("^[A-Z][A-Z_%-]*$") then error("bad method name " .. m, 0) end
+  end
+  return list
+end
+
+-- The common part of every route registration. `level` points error
+-- messages at the user's line.
+local function add(self, kind, methods, pattern, opts, handler)
+  local root = rawget(self, "_root") or self
+  if not callable(handler) then
+    error("route " .. tostring(pattern) .. ": handler must be a function, got " .. type(handler), 3)
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    error("route " .. tostring(pattern) .. ": options must be a table (middleware list, constraints=)", 3)
+  end
+  local mws = {}
+  for i, f in ipairs(opts or {}) do
+    if not callable(f) then error(("route %s: middleware #%d is not a function"):format(pattern, i), 3) end
+    mws[i] = { fn = f }
+  end
+  local ok, m = pcall(methods_of, methods)
+  if not ok then error("route " .. tostring(pattern) .. ": " .. m, 3) end
+  local constraints = opts and opts.constraints
+  local ok2, err = pcall(router_mod.check, pattern, constraints)
+  if not ok2 then error("route " .. tostring(pattern) .. ": " .. err, 3) end
+  local entry = {
+    kind = kind, methods = m, pattern = pattern, host = rawget(self, "_host"),
+    constraints = constraints, handler = handler, middleware = mws,
+  }
+  if kind == "ws" then
+    -- what C receives as the third value: the options without lariat's own keys
+    local wso = {}
+    for k, v in pairs(opts or {}) do
+      if type(k) ~= "number" and k ~= "constraints" then wso[k] = v end
+    end
+    entry.ws_opts = wso
+  end
+  local entries = root._entries
+  entries[#entries + 1] = entry
+end
+
+-- get/post/put/patch/delete/options/head(path, [opts,] handler) where opts
+-- is a list of middlewares plus optional `constraints = {name = spec}`.
+for _, verb in ipairs { "get", "post", "put", "patch", "delete", "options", "head" } do
+  local method = verb:upper()
+  App[verb] = function(self, path, a, b)
+    if b == nil then a, b = nil, a end
+    add(self, "http", method, path, a, b)
+    return self
+  end
+end
+
+-- route(methods, path, [opts,] handler): methods "GET,POST", {"GET"} or "*".
+function App:route(methods, path, a, b)
+  if b == nil then a, b = nil, a end
+  add(self, "http", methods, path, a, b)
+  return self
+end
+
+-- all(path, [opts,] handler): any method.
+function App:all(path, a, b)
+  if b == nil then a, b = nil, a end
+  add(self, "http", "*", path, a, b)
+  return self
+end
+
+-- ws(path, handler[, opts]): a WebSocket route. dispatch answers it with
+-- "websocket", handler, opts and C upgrades and runs handler(ws, req).
+-- opts may hold middlewares (array part), constraints, and options for C.
+function App:ws(path, handler, opts)
+  add(self, "ws", "GET", path, opts, handler)
+  return self
+end
+
+-- use([prefix,] fn(req, next)): middleware. On the root app it runs for every
+-- request (under `prefix` when given); on a mounted app, for its routes.
+function App:use(a, b)
+  if rawget(self, "_host") then
+    error("use() is not available on a host scope; use per-route middleware or mount an app", 2)
+  end
+  local prefix, fn = nil, a
+  if type(a) == "string" then
+    local ok, p = pcall(lpath.prefix, a)
+    if not ok then error(p, 2) end
+    if p ~= "/" then prefix = p end
+    fn = b
+  end
+  if not callable(fn) then error("use: middleware must be a function, got " .. type(fn), 2) end
+  self._use[#self._use + 1] = { prefix = prefix, fn = fn }
+  return self
+end
+
+-- mount(prefix, subapp): subapp's routes appear under prefix. Routes are
+-- copied at load_app time, so the sub-app may be completed after mounting.
+function App:mount(prefix, sub)
+  local root = rawget(self, "_root") or self
+  local ok, p = pcall(lpath.prefix, prefix)
+  if not ok then error(p, 2) end
+  if not M.is_app(sub) then error("mount: expected a lariat app, got " .. type(sub), 2) end
+  if sub == root then error("mount: an app cannot be mounted inside itself", 2) end
+  root._entries[#root._entries + 1] = { kind = "mount", prefix = p, app = sub, host = rawget(self, "_host") }
+  return self
+end
+
+-- host(pattern) → a scope with the same route methods (and mount) whose
+-- routes only match that host: "api.example.com", ":tenant.example.com"
+-- (binding), "*.example.com" (any subdomain, rest in bindings.host_info).
+function App:host(pattern)
+  if rawget(self, "_host") then error("host(): already a host scope", 2) end
+  local ok, err = pcall(router_mod.check_host, pattern)
+  if not ok then error("host " .. tostring(pattern) .. ": " .. err, 2) end
+  return setmetatable({ _root = self, _host = pattern }, App)
+end
+
+-- Compilation ---------------------------------------------------------------
+
+local function join(prefix, pattern)
+  if prefix == "" then return pattern end
+  if pattern == "/" then return prefix end
+  return prefix .. pattern
+end
+
+local function concat_lists(a, b)
+  local out = {}
+  for _, v in ipairs(a) do out[#out + 1] = v end
+  for _, v in ipairs(b) do out[#out + 1] = v end
+  return out
+end
+
+-- Flatten mounts into one list of routes; a mounted app's use() entries
+-- become route-level middleware of its routes.
+local function flatten(app, prefix, host, chain, out, seen)
+  if seen[app] then error("app mounted inside itself", 0) end
+  seen[app] = true
+  for _, e in ipairs(app._entries) do
+    if e.kind == "mount" then
+      local sub_prefix = join(prefix, e.prefix)
+      local sub_chain = {}
+      for _, u in ipairs(chain) do sub_chain[#sub_chain + 1] = u end
+      for _, u in ipairs(e.app._use) do
+        sub_chain[#sub_chain + 1] = { fn = u.fn, prefix = u.prefix and join(sub_prefix, u.prefix) }
+      end
+      flatten(e.app, sub_prefix, e.host or host, sub_chain, out, seen)
+    else
+      out[#out + 1] = {
+        kind = e.kind, methods = e.methods, pattern = join(prefix, e.pattern),
+        host = e.host or host, constraints = e.constraints, handler = e.handler,
+        chain = concat_lists(chain, e.middleware), ws_opts = e.ws_opts,
+      }
+    end
+  end
+  seen[app] = nil
+  return out
+end
+
+-- normalize(handler results) → status, headers, body (or nothing).
+local function normalize(a, b, c)
+  local t = type(a)
+  if t == "number" then return a, b, c end
+  if t == "string" then
+    if a == "websocket" and type(b) == "function" then return a, b, c end
+    return 200, TEXT, a
+  end
+  if a == nil then return end
+  if t == "table" then
+    if http_error.is(a) then return a.status, a.headers, a.body end
+    return 200, JSON, json.encode(a)
+  end
+  error("handler returned a " .. t .. "; expected a string, a table, or status, headers, body", 0)
+end
+M.normalize = normalize
+
+local under = lpath.under
+
+-- run(chain, i, ...): calls chain[i] with a `next` that continues at i+1 and
+-- ends in final(req, x, y, z). Entries with a prefix the path is not under
+-- are skipped.
+local function run(chain, i, req, cpath, final, x, y, z)
+  local e = chain[i]
+  while e and e.prefix and not under(cpath, e.prefix) do
+    i = i + 1; e = chain[i]
+  end
+  if not e then return final(req, x, y, z) end
+  return e.fn(req, function()
+    return run(chain, i + 1, req, cpath, final, x, y, z)
+  end)
+end
+
+local function call_handler(req, route)
+  if route.kind == "ws" then return "websocket", route.handler, route.ws_opts end
+  return normalize(route.handler(req))
+end
+
+local NOT_FOUND_BODY = "not found\n"
+
+-- compile() → dispatch(req, method, path). load_app calls it once per load.
+function App:compile()
+  if rawget(self, "_root") then error("compile() on a host scope; compile the app itself", 2) end
+  local router = router_mod.new()
+  for _, route in ipairs(flatten(self, "", nil, {}, {}, {})) do
+    local ok, err = pcall(router.add, router, route)
+    if not ok then error("route " .. route.pattern .. ": " .. tostring(err), 0) end
+  end
+  local global = {}
+  for i, u in ipairs(self._use) do global[i] = u end
+  local has_global = #global > 0
+  local has_hosts = router.has_hosts
+  local OPTIONS_ALL = { allow = router:allow_all() }
+
+  local function call_route(req, cpath, method, segs)
+    if cpath == "*" then
+      if method == "OPTIONS" then return 204, OPTIONS_ALL end
+      return 400, TEXT, "'*' is only valid with OPTIONS\n"
+    end
+    local route, b, pi = router:match(has_hosts and req.host, method, cpath, segs)
+    if not route then
+      if b then
+        if method == "OPTIONS" then return 204, { allow = b } end
+        return 405, { allow = b, ["content-type"] = TEXT["content-type"] }, "method not allowed\n"
+      end
+      return 404, TEXT, NOT_FOUND_BODY
+    end
+    if b then req.bindings = b end
+    if pi then req.path_info = pi end
+    if route.chain[1] then
+      return normalize(run(route.chain, 1, req, cpath, call_handler, route))
+    end
+    return call_handler(req, route)
+  end
+
+  return function(req, method, path)
+    local cpath, segs = path, nil
+    if path ~= "*" then
+      cpath, segs = lpath.canonical(path)
+      if not cpath then return 400, TEXT, "bad request path: " .. segs .. "\n" end
+    end
+    if not has_global then return call_route(req, cpath, method, segs) end
+    return normalize(run(global, 1, req, cpath, call_route, cpath, method, segs))
+  end
+end
+
+return M

@@ -1,0 +1,79 @@
+-- lariat: the module handlers `require`.
+--
+--   lariat.app()                      a new app (lariat.app)
+--   lariat.load_app(v, filename)      called by C with APP.lua's result → dispatch
+--   lariat.sleep(s), lariat.now()     yield for s seconds / loop time in seconds
+--   lariat.json.encode/decode/null    JSON (decode returns nil, msg on error)
+--   lariat.log.debug/info/warn/error  log lines through the server's log
+--   lariat.http_error(status, msg[, headers])  an error value C answers as is
+--   lariat.static(dir, opts)          static files handler/middleware
+--   lariat.middleware.access_log/request_id/cors/gzip/basic_auth(opts)
+--   lariat.limits                     bounds of the request helpers
+-- Request helpers (req:query(), req:form(), …) live in lariat.request and are
+-- installed into the C req methods when the core is found.
+local app = require "lariat.app"
+local http_error = require "lariat.http_error"
+local runtime = require "lariat.runtime"
+
+local lariat = {
+  _VERSION = "lariat 0.1",
+  json = require "lariat.json",
+  log = require "lariat.log",
+  limits = require "lariat.limits",
+  url = require "lariat.url",
+}
+
+function lariat.app()
+  return app.new()
+end
+
+function lariat.http_error(status, message, headers)
+  return http_error.new(status, message, headers)
+end
+
+local function core_or_fail(what)
+  local core = runtime.core()
+  if not core then error(what .. " needs the lariat server (lariat.core is not loaded)", 3) end
+  return core
+end
+
+-- sleep(seconds): suspends the current request's coroutine; the loop runs on.
+function lariat.sleep(seconds)
+  return core_or_fail("lariat.sleep").sleep(seconds)
+end
+
+-- now() → seconds (float) of the loop clock.
+function lariat.now()
+  return core_or_fail("lariat.now").now()
+end
+
+function lariat.static(dir, opts)
+  return require("lariat.static")(dir, opts)
+end
+
+-- lariat.middleware.<name>(opts) → a middleware fn(req, next); loaded on use.
+lariat.middleware = setmetatable({}, {
+  __index = function(t, name)
+    local ok, mod = pcall(require, "lariat.middleware." .. name)
+    if not ok then error("lariat.middleware." .. tostring(name) .. ": " .. tostring(mod), 2) end
+    rawset(t, name, mod)
+    return mod
+  end,
+})
+
+-- load_app(v, filename) → dispatch(req, method, path). Raises a message
+-- naming the file when APP.lua did not return an app.
+function lariat.load_app(v, filename)
+  runtime.core() -- installs the request helpers into the real core
+  filename = filename or "app"
+  if not app.is_app(v) then
+    local got = type(v)
+    if getmetatable(v) == app.App then got = "a host scope; return the app itself" end
+    error(("%s: must return a lariat app (got %s)"):format(filename, got), 0)
+  end
+  local ok, dispatch = pcall(app.App.compile, v)
+  if not ok then error(("%s: %s"):format(filename, tostring(dispatch)), 0) end
+  return dispatch
+end
+
+return lariat

@@ -1,0 +1,236 @@
+-- lariat.static(dir, opts): serve files below `dir`.
+--
+-- As a route handler:   app:get("/assets/*", lariat.static("public"))
+--   the file is req.path_info (the wildcard's rest); missing → 404.
+-- As a middleware:      app:use(lariat.static("public", { prefix = "/" }))
+--   the file is the request path minus opts.prefix; missing → next().
+--
+-- opts: index ({"index.html"}, false for none), dotfiles (false: 404 for any
+-- segment starting with "."), precompressed (true: serve `file.gz` to clients
+-- accepting gzip), cache_control (header value), types (extension → type),
+-- max_buffer (bytes read at once; larger files are streamed in 64 KiB writes),
+-- prefix (middleware mode), stat/realpath (injected file system functions).
+--
+-- Safety: the relative path is split into segments; "..", NUL, backslash and
+-- (by default) dotfile segments are refused, whether they arrived plain or
+-- percent-encoded; and the resolved real path of the file must lie inside the
+-- real path of `dir`, so a symlink pointing out of the tree serves nothing.
+-- Reads are synchronous io.* calls (fast for page-cached files).
+local fs = require "lariat.fs"
+local headers_util = require "lariat.headers"
+local httpdate = require "lariat.httpdate"
+local lpath = require "lariat.path"
+local mime = require "lariat.mime"
+
+local TEXT = "text/plain; charset=utf-8"
+local CHUNK = 65536
+
+-- "/a/b.css" or "a/b.css" (already decoded) → { "a", "b.css" } or nil
+local function safe_segments(rel, dotfiles)
+  local segs = {}
+  for s in rel:gmatch("[^/]+") do
+    if s == "." or s == ".." or s:find("[\0\\]") then return nil end
+    if not dotfiles and s:sub(1, 1) == "." then return nil end
+    segs[#segs + 1] = s
+  end
+  return segs
+end
+
+local function inside(real, root)
+  return real == root or real:sub(1, #root + 1) == (root == "/" and "/" or root .. "/")
+end
+
+local function etag_of(st)
+  return ('"%x-%x"'):format(st.size, math.floor(st.mtime or 0))
+end
+
+-- If-None-Match list contains etag (weak comparison, RFC 9110 §13.1.2)?
+local function none_match(value, etag)
+  value = headers_util.join(value)
+  if value:match("^%s*%*%s*$") then return true end
+  local bare = etag:gsub("^W/", "")
+  for tag in value:gmatch('%s*(W?/?"[^"]*")%s*,?') do
+    if tag:gsub("^W/", "") == bare then return true end
+  end
+  return false
+end
+
+local function not_modified(req, etag, mtime)
+  local inm = req.headers["if-none-match"]
+  if inm then return none_match(inm, etag) end
+  local ims = httpdate.parse(req.headers["if-modified-since"])
+  return ims ~= nil and mtime ~= nil and math.floor(mtime) <= ims
+end
+
+-- If-Range (RFC 9110 §13.1.5): the range applies only if the validator
+-- matches: an entity tag strongly, or a date exactly.
+local function if_range_ok(req, etag, last_modified)
+  local v = req.headers["if-range"]
+  if not v then return true end
+  if v:sub(1, 1) == '"' then return v == etag end
+  if v:sub(1, 2) == "W/" then return false end
+  return v == last_modified
+end
+
+-- parse_range(value, size) → first, last | "unsatisfiable" | nil (ignore)
+local function parse_range(value, size)
+  local spec = value:match("^%s*[bB][yY][tT][eE][sS]%s*=%s*(.-)%s*$")
+  if not spec or spec:find(",") then return nil end -- one range only; else serve it all
+  local a, b = spec:match("^(%d*)%-(%d*)$")
+  if not a or (a == "" and b == "") then return nil end
+  if a == "" then
+    local n = tonumber(b)
+    if n == 0 or size == 0 then return "unsatisfiable" end
+    return math.max(size - n, 0), size - 1
+  end
+  local first, last = tonumber(a), b ~= "" and tonumber(b) or size - 1
+  if last < first then return nil end
+  if first >= size then return "unsatisfiable" end
+  return first, math.min(last, size - 1)
+end
+
+local function read_range(path, first, len)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  f:seek("set", first)
+  local data = f:read(len) or ""
+  f:close()
+  return data
+end
+
+-- streams [first, first+len) with stream_reply + write, for big files
+local function stream_file(req, status, h, path, first, len)
+  local f = io.open(path, "rb")
+  if not f then return 404, { ["content-type"] = TEXT }, "not found\n" end
+  req:stream_reply(status, h)
+  if req.method ~= "HEAD" then
+    f:seek("set", first)
+    local left = len
+    while left > 0 do
+      local data = f:read(math.min(CHUNK, left))
+      if not data then break end
+      left = left - #data
+      local ok, werr = req:write(data)
+      if ok == nil and werr ~= nil then break end -- client gone
+    end
+  end
+  f:close()
+end
+
+local function not_found(next)
+  if next then return next() end
+  return 404, { ["content-type"] = TEXT }, "not found\n"
+end
+
+return function(dir, opts)
+  opts = opts or {}
+  local stat = opts.stat or fs.stat
+  local realpath = opts.realpath or fs.realpath
+  local index = opts.index
+  if index == nil then index = { "index.html" } elseif index == false then index = {} end
+  if type(index) == "string" then index = { index } end
+  local precompressed = opts.precompressed ~= false
+  local max_buffer = opts.max_buffer or 1024 * 1024
+  local prefix = opts.prefix and lpath.prefix(opts.prefix)
+  local root, err = realpath(dir)
+  if not root then error(("lariat.static: %s: %s"):format(dir, tostring(err)), 2) end
+  local st_root = stat(root)
+  if not st_root or st_root.type ~= "directory" then
+    error(("lariat.static: %s is not a directory"):format(dir), 2)
+  end
+
+  -- a regular file below root (after resolving symlinks), or nil
+  local function lookup(full)
+    local st = stat(full)
+    if not st then return nil end
+    local real = realpath(full)
+    if not real or not inside(real, root) then return nil end
+    return st
+  end
+
+  local function serve(req, full, st, ctype, vary, encoding)
+    local h = { ["content-type"] = ctype, ["accept-ranges"] = "bytes",
+                ["cache-control"] = opts.cache_control, vary = vary,
+                ["content-encoding"] = encoding }
+    local etag = etag_of(st)
+    local last_modified = st.mtime and httpdate.format(st.mtime) or nil
+    h.etag, h["last-modified"] = etag, last_modified
+    if not_modified(req, etag, st.mtime) then
+      return 304, { etag = etag, ["last-modified"] = last_modified,
+                    ["cache-control"] = opts.cache_control, vary = vary }
+    end
+    local first, last = 0, st.size - 1
+    local status = 200
+    local range = req.headers.range
+    if range and not encoding and if_range_ok(req, etag, last_modified) then
+      local a, b = parse_range(headers_util.join(range), st.size)
+      if a == "unsatisfiable" then
+        return 416, { ["content-range"] = "bytes */" .. st.size, ["content-type"] = TEXT },
+               "range not satisfiable\n"
+      elseif a then
+        first, last, status = a, b, 206
+        h["content-range"] = ("bytes %d-%d/%d"):format(a, b, st.size)
+      end
+    end
+    local len = last - first + 1
+    if len > max_buffer then return stream_file(req, status, h, full, first, len) end
+    local data = read_range(full, first, len)
+    if not data then return 404, { ["content-type"] = TEXT }, "not found\n" end
+    return status, h, data
+  end
+
+  return function(req, next)
+    local method = req.method
+    if method ~= "GET" and method ~= "HEAD" then
+      if next then return next() end
+      return 405, { allow = "GET, HEAD", ["content-type"] = TEXT }, "method not allowed\n"
+    end
+    local rel = req.path_info
+    if rel == nil then
+      local cpath = lpath.canonical(req.path)
+      if not cpath then
+        if next then return next() end
+        return 400, { ["content-type"] = TEXT }, "bad request path\n"
+      end
+      if prefix then
+        if not lpath.under(cpath, prefix) then return not_found(next) end
+        cpath = cpath:sub(#prefix + 1)
+      end
+      rel = cpath
+    end
+    local segs = safe_segments(rel, opts.dotfiles)
+    if not segs then return not_found(next) end
+    local full = #segs > 0 and (root .. "/" .. table.concat(segs, "/")) or root
+    local st = lookup(full)
+    if not st then return not_found(next) end
+    if st.type == "directory" then
+      local raw = req.path
+      if raw:sub(-1) ~= "/" then
+        -- relative links in the index page need the trailing slash
+        local loc = raw .. "/" .. ((req.qs or "") ~= "" and ("?" .. req.qs) or "")
+        return 301, { location = loc, ["content-type"] = TEXT }, "moved to " .. loc .. "\n"
+      end
+      local found
+      for _, name in ipairs(index) do
+        local p = full .. "/" .. name
+        local s = lookup(p)
+        if s and s.type == "file" then full, st, found = p, s, true; break end
+      end
+      if not found then return not_found(next) end
+    end
+    if st.type ~= "file" then return not_found(next) end
+    local ctype = mime.for_path(full, opts.types)
+    if precompressed then
+      local gz = lookup(full .. ".gz")
+      if gz and gz.type == "file" then
+        -- ranges are served from the identity file: byte offsets of a gzip
+        -- stream are of no use to a client that wanted the content
+        if not req.headers.range and headers_util.accepts_gzip(req) then
+          return serve(req, full .. ".gz", gz, ctype, "accept-encoding", "gzip")
+        end
+        return serve(req, full, st, ctype, "accept-encoding")
+      end
+    end
+    return serve(req, full, st, ctype)
+  end
+end
