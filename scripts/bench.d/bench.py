@@ -5,7 +5,7 @@ Run through scripts/bench, which installs the tools and builds lariat first.
 Every row is measured in interleaved rounds (lariat, nginx, h2o, lariat, …;
 the order rotates each round so no server always goes first), each measurement
 on a fresh server, and the table quotes medians. The result goes to
-build-release/bench-results.md and to stdout.
+build-release/bench-results.md (bench-smoke.md for --smoke) and to stdout.
 """
 import argparse
 import datetime
@@ -26,6 +26,8 @@ from measure import Row, Opts
 
 REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT = os.path.join(REPO, "build-release", "bench-results.md")
+# scripts/test runs --smoke: it must not overwrite the last real results.
+OUT_SMOKE = os.path.join(REPO, "build-release", "bench-smoke.md")
 
 
 def parse_args(argv):
@@ -127,10 +129,11 @@ def write_report(args, argv, rows, cells):
            "the reference's (lower is better).", "", "## Targets (issue 6)", ""]
         + report.targets(rows, cells) + ["", "## How it was measured", ""]
         + notes(args, rows, cells)) + "\n"
-    os.makedirs(os.path.dirname(OUT), exist_ok=True)
-    with open(OUT, "w") as f:
+    out = OUT_SMOKE if args.smoke else OUT
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
         f.write(text)
-    return text
+    return text, out
 
 
 def main(argv):
@@ -184,8 +187,9 @@ def main(argv):
                         cell.failed, cell.nfailed = str(e), cell.nfailed + 1
                         failures += 1
                         print(f"{tag} FAILED: {e}", file=sys.stderr, flush=True)
-        print(write_report(args, argv, rows, cells))
-        print(f"written to {os.path.relpath(OUT, os.getcwd())}", file=sys.stderr)
+        text, out = write_report(args, argv, rows, cells)
+        print(text)
+        print(f"written to {os.path.relpath(out, os.getcwd())}", file=sys.stderr)
     finally:
         servers.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
