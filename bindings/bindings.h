@@ -1,0 +1,85 @@
+/* bindings/: the Lua side of a worker. One lua_State per loaded version of the
+ * app (a reload builds a new one; the old one lives until its last request
+ * ends); one coroutine per request; the scheduler (scheduler.c) is the only
+ * place that calls lua_resume. */
+#ifndef LARIAT_BINDINGS_H
+#define LARIAT_BINDINGS_H
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <lualib.h>
+
+#include "../core/lariat.h"
+
+typedef struct lr_co_s lr_co_t;
+
+/* one loaded version of the app */
+typedef struct lr_app_s {
+  lua_State *L;
+  struct lr_lworker_s *lw;
+  int dispatch_ref;   /* the function load_app returned */
+  int methods_ref;    /* core.req_methods */
+  unsigned refs;      /* running coroutines + referenced strings + 1 while current */
+  lr_co_t *free_cos;  /* finished coroutines kept for reuse */
+  unsigned n_free_cos;
+  size_t mem, mem_limit; /* allocator accounting (0 = no limit) */
+  unsigned generation;
+} lr_app_t;
+
+/* a request's coroutine; also used for lariat.sleep from any coroutine */
+struct lr_co_s {
+  lr_app_t *app;
+  lua_State *L;        /* the thread, anchored by ref */
+  int ref;
+  lr_stream_t *stream; /* NULL once the stream is released */
+  int wait;            /* enum lr_co_wait */
+  int timed_out;
+  uv_timer_t timer;    /* sleeps and read timeouts */
+  lr_buf_t acc;        /* req:body() accumulates here across yields */
+  lr_co_t *next_free;
+  lr_link_t ready;     /* in lw->ready: resume at the next tick */
+};
+
+enum lr_co_wait { CO_WAIT_NONE, CO_WAIT_BODY, CO_WAIT_DRAIN, CO_WAIT_SLEEP };
+
+/* per worker */
+typedef struct lr_lworker_s {
+  lr_worker_t *w;
+  lr_app_t *app;      /* the current version: new requests go here */
+  lr_co_t *running;   /* coroutine being resumed, NULL when the loop runs */
+  lr_link_t ready;    /* coroutines to resume once the running one yields */
+  const lr_config_t *cfg;
+} lr_lworker_t;
+
+/* the req userdata: a box the core empties when the stream goes away */
+typedef struct lr_req_s {
+  lr_stream_t *s;
+  lr_co_t *co; /* owner coroutine */
+} lr_req_t;
+
+#define LR_REQ_MT "lariat.req"
+
+extern const lr_app_hooks_t lr_lua_hooks;
+
+/* app.c */
+lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen);
+void lr_app_unref(lr_app_t *app);
+const char *lr_lua_dir(void);
+
+/* scheduler.c */
+void lr_co_wake(lr_co_t *co);
+int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k);
+lr_co_t *lr_co_current(lua_State *L);
+void lr_lworker_tick(lr_worker_t *w);
+
+/* req.c */
+void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s);
+void lr_req_open(lua_State *L);
+int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int status_idx, int fin);
+int lr_req_reply_results(lua_State *L);
+
+/* core_module.c */
+int luaopen_lariat_core(lua_State *L);
+int luaopen_lariat_zlib(lua_State *L);
+
+#endif

@@ -1,0 +1,74 @@
+/* `lariat.core`: what the Lua library needs from C besides req: waiting,
+ * time, logging and path resolution. */
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "bindings.h"
+
+static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)L;
+  (void)status;
+  (void)ctx;
+  return 0;
+}
+
+static int l_sleep(lua_State *L) {
+  lua_Number secs = luaL_checknumber(L, 1);
+  lr_co_t *co = lr_co_current(L);
+  if (co == NULL || co->L != L || !lua_isyieldable(L))
+    return luaL_error(L, "lariat.sleep: can only wait inside a request handler's coroutine");
+  uint64_t ms = secs <= 0 ? 1 : (uint64_t)(secs * 1000 + 0.5);
+  if (ms == 0) ms = 1;
+  return lr_co_yield(L, co, CO_WAIT_SLEEP, ms, sleep_k);
+}
+
+static int l_now(lua_State *L) {
+  struct timeval tv;
+  gettimeofday(&tv, NULL);
+  lua_pushnumber(L, (lua_Number)tv.tv_sec + (lua_Number)tv.tv_usec / 1e6);
+  return 1;
+}
+
+static int l_log(lua_State *L) {
+  static const char *const levels[] = {"debug", "info", "warn", "error", NULL};
+  int level = luaL_checkoption(L, 1, NULL, levels);
+  size_t len;
+  const char *msg = luaL_checklstring(L, 2, &len);
+  lr_log_raw(level, msg, len);
+  return 0;
+}
+
+static int l_realpath(lua_State *L) {
+  const char *p = luaL_checkstring(L, 1);
+  char buf[PATH_MAX];
+  if (realpath(p, buf) == NULL) {
+    luaL_pushfail(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_pushstring(L, buf);
+  return 1;
+}
+
+static const luaL_Reg funcs[] = {
+    {"sleep", l_sleep},
+    {"now", l_now},
+    {"log", l_log},
+    {"realpath", l_realpath},
+    {NULL, NULL},
+};
+
+int luaopen_lariat_core(lua_State *L) {
+  luaL_newlib(L, funcs);
+  luaL_getmetatable(L, LR_REQ_MT);
+  lua_getfield(L, -1, "__index");
+  lua_getupvalue(L, -1, 1); /* the methods table behind __index */
+  lua_setfield(L, -4, "req_methods");
+  lua_pop(L, 2);
+  lua_pushstring(L, LR_VERSION);
+  lua_setfield(L, -2, "version");
+  return 1;
+}

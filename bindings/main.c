@@ -1,0 +1,128 @@
+/* lariat: parse the command line, bind the listeners, load the app once per
+ * worker, run the workers, and turn signals into stop and reload requests. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "bindings.h"
+
+typedef struct {
+  lr_worker_t w;
+  lr_lworker_t lw;
+} worker_slot_t;
+
+static worker_slot_t *slots;
+static int n_slots;
+static int stop_requests;
+static uv_async_t worker_exited;
+static uv_signal_t sig_term, sig_int, sig_hup;
+
+static void worker_main(void *arg) {
+  worker_slot_t *ws = arg;
+  lr_worker_run(&ws->w);
+  uv_async_send(&worker_exited);
+}
+
+/* the main loop ends when the last worker has stopped */
+static void on_worker_exited(uv_async_t *a) {
+  (void)a;
+  int done = 0;
+  for (int i = 0; i < n_slots; i++) done += slots[i].w.exited;
+  if (done < n_slots) return;
+  uv_close((uv_handle_t *)&sig_term, NULL);
+  uv_close((uv_handle_t *)&sig_int, NULL);
+  uv_close((uv_handle_t *)&sig_hup, NULL);
+  uv_close((uv_handle_t *)&worker_exited, NULL);
+}
+
+static void on_signal(uv_signal_t *h, int signum) {
+  (void)h;
+  if (signum == SIGHUP) {
+    lr_log(LR_LOG_INFO, "reload requested (SIGHUP)");
+    return;
+  }
+  if (++stop_requests > 1 && signum == SIGINT) {
+    lr_log(LR_LOG_WARN, "second SIGINT: exiting now");
+    _exit(0);
+  }
+  if (stop_requests > 1) return;
+  lr_log(LR_LOG_INFO, "stopping: finishing in-flight requests");
+  for (int i = 0; i < n_slots; i++) lr_worker_stop(&slots[i].w);
+}
+
+int main(int argc, char **argv) {
+  static lr_config_t cfg;
+  char err[1024];
+  lr_config_defaults(&cfg);
+  int r = lr_config_parse(&cfg, argc, argv, err, sizeof err);
+  if (r == 1) return 0;
+  if (r < 0) {
+    fprintf(stderr, "lariat: %s\n", err);
+    return 2;
+  }
+  lr_log_level = cfg.log_level;
+  signal(SIGPIPE, SIG_IGN);
+
+  n_slots = cfg.workers;
+  slots = calloc((size_t)n_slots, sizeof *slots);
+  int *fds = calloc((size_t)n_slots * LR_MAX_LISTENERS, sizeof *fds);
+  if (slots == NULL || fds == NULL) return 1;
+
+  /* load the app in every worker before binding: a broken app never listens */
+  for (int i = 0; i < n_slots; i++) {
+    worker_slot_t *ws = &slots[i];
+    if (lr_worker_init(&ws->w, i, &cfg, &lr_lua_hooks, &ws->lw)) {
+      fprintf(stderr, "lariat: cannot start worker %d\n", i);
+      return 1;
+    }
+    ws->lw.w = &ws->w;
+    ws->lw.cfg = &cfg;
+    lr_list_init(&ws->lw.ready);
+    ws->lw.app = lr_app_load(&ws->lw, err, sizeof err);
+    if (ws->lw.app == NULL) {
+      fprintf(stderr, "lariat: %s\n", err);
+      return 2;
+    }
+  }
+  if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) {
+    fprintf(stderr, "lariat: %s\n", err);
+    return 1;
+  }
+  for (int i = 0; i < n_slots; i++) {
+    r = lr_worker_listen(&slots[i].w, &fds[i * LR_MAX_LISTENERS], cfg.n_listen);
+    if (r) {
+      fprintf(stderr, "lariat: listen: %s\n", uv_strerror(r));
+      return 1;
+    }
+  }
+  for (int i = 0; i < cfg.n_listen; i++) {
+    const lr_listen_addr_t *a = &cfg.listen[i];
+    int v6 = strchr(a->host, ':') != NULL;
+    printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
+  }
+  fflush(stdout);
+
+  /* signals are taken by the main thread's own loop; workers never see them */
+  uv_loop_t *main_loop = uv_default_loop();
+  uv_async_init(main_loop, &worker_exited, on_worker_exited);
+  uv_signal_init(main_loop, &sig_term);
+  uv_signal_init(main_loop, &sig_int);
+  uv_signal_init(main_loop, &sig_hup);
+  uv_signal_start(&sig_term, on_signal, SIGTERM);
+  uv_signal_start(&sig_int, on_signal, SIGINT);
+  uv_signal_start(&sig_hup, on_signal, SIGHUP);
+
+  for (int i = 0; i < n_slots; i++) uv_thread_create(&slots[i].w.thread, worker_main, &slots[i]);
+  uv_run(main_loop, UV_RUN_DEFAULT);
+  for (int i = 0; i < n_slots; i++) uv_thread_join(&slots[i].w.thread);
+  for (int i = 0; i < n_slots; i++) {
+    lr_app_unref(slots[i].lw.app);
+    lr_worker_destroy(&slots[i].w);
+  }
+  free(slots);
+  free(fds);
+  lr_log(LR_LOG_INFO, "stopped");
+  return 0;
+}

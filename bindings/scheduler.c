@@ -1,0 +1,262 @@
+/* The scheduler: runs each request in its own coroutine and resumes it when
+ * what it waits for arrives. The only lua_resume in lariat is in resume().
+ *
+ * A coroutine is resumed from a loop callback, never from inside another
+ * coroutine: a wake-up that happens while Lua runs (a handler closing a
+ * connection another handler waits on) goes to the ready list and is resumed
+ * at the next tick of the loop. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bindings.h"
+
+#define MAX_FREE_COS 256
+
+lr_co_t *lr_co_current(lua_State *L) { return *(lr_co_t **)lua_getextraspace(L); }
+
+static void on_timer_close(uv_handle_t *h) {
+  lr_co_t *co = h->data;
+  lr_buf_free(&co->acc);
+  free(co);
+}
+
+static lr_co_t *co_new(lr_app_t *app) {
+  lr_co_t *co = app->free_cos;
+  if (co) {
+    app->free_cos = co->next_free;
+    app->n_free_cos--;
+    return co;
+  }
+  co = calloc(1, sizeof *co);
+  if (co == NULL) return NULL;
+  co->app = app;
+  co->L = lua_newthread(app->L);
+  co->ref = luaL_ref(app->L, LUA_REGISTRYINDEX);
+  *(lr_co_t **)lua_getextraspace(co->L) = co;
+  uv_timer_init(&app->lw->w->loop, &co->timer);
+  co->timer.data = co;
+  lr_list_init(&co->ready);
+  return co;
+}
+
+static void co_destroy(lr_co_t *co) {
+  /* the thread itself is garbage once unreferenced */
+  luaL_unref(co->app->L, LUA_REGISTRYINDEX, co->ref);
+  uv_close((uv_handle_t *)&co->timer, on_timer_close);
+}
+
+/* the coroutine ended (or died): give it back for reuse */
+static void co_release(lr_co_t *co) {
+  lr_app_t *app = co->app;
+  lr_link_unlink(&co->ready);
+  uv_timer_stop(&co->timer);
+  co->wait = CO_WAIT_NONE;
+  co->stream = NULL;
+  co->acc.len = 0;
+  lua_settop(co->L, 0);
+  if (app->n_free_cos < MAX_FREE_COS && app->lw->app == app) {
+    co->next_free = app->free_cos;
+    app->free_cos = co;
+    app->n_free_cos++;
+  } else {
+    co_destroy(co);
+  }
+  lr_app_unref(app);
+}
+
+/* ---- finishing a request from what the coroutine returned or raised ---- */
+
+/* The coroutine's stack holds the req at index 1, then what the handler
+ * returned (or the error it raised). */
+
+static void reply_500(lr_stream_t *s) {
+  static const lr_header_t ct = {{"content-type", 12}, {"text/plain; charset=utf-8", 25}};
+  const char *body = "Internal Server Error\n";
+  lr_stream_send_head(s, 500, &ct, 1, body, strlen(body), NULL, NULL, LR_FIN);
+}
+
+static void log_request_error(lr_co_t *co, const char *what, const char *msg) {
+  lr_stream_t *s = co->stream;
+  if (s)
+    lr_log(LR_LOG_ERROR, "%.*s %.*s: %s%s", (int)s->method.len, s->method.base, (int)s->path.len, s->path.base,
+           what, msg);
+  else
+    lr_log(LR_LOG_ERROR, "%s%s", what, msg);
+}
+
+/* reply with status, headers, body taken from the coroutine's stack; protected,
+ * because a bad header table raises */
+static int reply_protected(lr_co_t *co, int status_idx) {
+  lua_State *L = co->L;
+  lua_pushcfunction(L, lr_req_reply_results);
+  lua_pushvalue(L, 1);
+  for (int i = 0; i < 3; i++) lua_pushvalue(L, status_idx + i);
+  if (lua_pcall(L, 4, 0, 0) == LUA_OK) return 0;
+  log_request_error(co, "handler returned a bad response: ", lua_tostring(L, -1));
+  lua_pop(L, 1);
+  return -1;
+}
+
+static void finish_ok(lr_co_t *co, int nres) {
+  lua_State *L = co->L;
+  lr_stream_t *s = co->stream;
+  if (s == NULL) return;
+  if (s->flags & LR_SF_REPLIED) {
+    if ((s->flags & LR_SF_STREAMING) && !(s->flags & LR_SF_FINISHED)) lr_stream_finish(s);
+    return;
+  }
+  /* lua_resume counts the req below the results too */
+  (void)nres;
+  int base = 2;
+  int had = lua_gettop(L) >= base;
+  lua_settop(L, base + 2);
+  if (!had || lua_isnil(L, base)) {
+    lua_pushinteger(L, 204);
+    lua_replace(L, base);
+  }
+  if (reply_protected(co, base) != 0 && !(s->flags & LR_SF_REPLIED)) reply_500(s);
+}
+
+/* The coroutine died: log why and answer. Its stack can't run code any more,
+ * so req and the error object move aside while the thread is reset for reuse. */
+static void finish_error(lr_co_t *co) {
+  lua_State *L = co->L, *M = co->app->L;
+  lr_stream_t *s = co->stream;
+  int err = lua_gettop(L);
+  /* an error object with a numeric status is an HTTP answer (lariat.http_error) */
+  int is_http = 0;
+  if (lua_type(L, err) == LUA_TTABLE) {
+    lua_pushliteral(L, "status");
+    is_http = lua_rawget(L, err) == LUA_TNUMBER && lua_isinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  if (!is_http) {
+    const char *msg = lua_tostring(L, err);
+    if (msg == NULL) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, err));
+    luaL_traceback(M, L, msg, 0);
+    log_request_error(co, "", lua_tostring(M, -1));
+    lua_pop(M, 1);
+  }
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, err);
+  lua_xmove(L, M, 2);
+  lua_resetthread(L);
+  lua_xmove(M, L, 2); /* L: req, error */
+  if (s == NULL) return;
+  if (is_http && !(s->flags & LR_SF_REPLIED)) {
+    lua_getfield(L, 2, "status");
+    lua_getfield(L, 2, "headers");
+    lua_getfield(L, 2, "body");
+    if (reply_protected(co, 3) == 0) return;
+  }
+  if (!(s->flags & LR_SF_REPLIED))
+    reply_500(s);
+  else if (!(s->flags & LR_SF_FINISHED))
+    lr_stream_abort(s); /* a truncated response, never a fake success */
+}
+
+static void resume(lr_co_t *co, int nargs) {
+  lr_lworker_t *lw = co->app->lw;
+  int nres = 0;
+  co->wait = CO_WAIT_NONE;
+  if (co->stream) co->stream->wait = LR_WAIT_NONE;
+  lw->running = co;
+  int status = lua_resume(co->L, NULL, nargs, &nres);
+  lw->running = NULL;
+  if (status == LUA_YIELD) {
+    lua_pop(co->L, nres);
+    if (co->wait != CO_WAIT_NONE || lr_link_linked(&co->ready)) return;
+    /* a bare coroutine.yield() in a handler: nothing would ever resume it */
+    lua_pushliteral(co->L, "coroutine.yield() called in a handler outside a coroutine of its own");
+    status = LUA_ERRRUN;
+  }
+  lr_stream_t *s = co->stream;
+  if (status == LUA_OK)
+    finish_ok(co, nres);
+  else
+    finish_error(co);
+  if (s) {
+    s->app_data = NULL;
+    lr_stream_app_release(s);
+  }
+  co_release(co);
+}
+
+/* wake a waiting coroutine: now if the loop runs, at the next tick if Lua runs */
+void lr_co_wake(lr_co_t *co) {
+  if (co->wait == CO_WAIT_NONE) return;
+  lr_lworker_t *lw = co->app->lw;
+  uv_timer_stop(&co->timer);
+  if (lw->running) {
+    if (!lr_link_linked(&co->ready)) lr_list_push(&lw->ready, &co->ready);
+    co->wait = CO_WAIT_NONE;
+    return;
+  }
+  resume(co, 0);
+}
+
+void lr_lworker_tick(lr_worker_t *w) {
+  lr_lworker_t *lw = w->app_data;
+  while (!lr_list_empty(&lw->ready)) {
+    lr_co_t *co = LR_CONTAINER_OF(lw->ready.next, lr_co_t, ready);
+    lr_link_unlink(&co->ready);
+    resume(co, 0);
+  }
+}
+
+static void on_co_timer(uv_timer_t *t) {
+  lr_co_t *co = t->data;
+  co->timed_out = 1;
+  lr_co_wake(co);
+}
+
+/* Suspend the running coroutine until woken; k runs on resume. A timeout of
+ * 0 waits without limit. */
+int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k) {
+  co->wait = wait;
+  co->timed_out = 0;
+  if (co->stream) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
+  if (timeout_ms) uv_timer_start(&co->timer, on_co_timer, timeout_ms, 0);
+  return lua_yieldk(L, 0, 0, k);
+}
+
+/* ---- hooks called by the core ---- */
+
+static void hook_start(lr_stream_t *s) {
+  lr_lworker_t *lw = s->worker->app_data;
+  lr_app_t *app = lw->app;
+  lr_co_t *co = co_new(app);
+  if (co == NULL) {
+    lr_stream_send_head(s, 503, NULL, 0, NULL, 0, NULL, NULL, LR_FIN);
+    return;
+  }
+  app->refs++;
+  co->stream = s;
+  s->app_data = co;
+  lua_State *L = co->L;
+  lr_req_push(L, co, s); /* stays at index 1 below the handler's results */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, app->dispatch_ref);
+  lua_pushvalue(L, 1);
+  lua_pushlstring(L, s->method.base, s->method.len);
+  lua_pushlstring(L, s->path.base, s->path.len);
+  resume(co, 3);
+}
+
+static void hook_wake(lr_stream_t *s) {
+  lr_co_t *co = s->app_data;
+  if (co) lr_co_wake(co);
+}
+
+static void hook_conn_gone(lr_stream_t *s) {
+  lr_co_t *co = s->app_data;
+  if (co && (co->wait == CO_WAIT_BODY || co->wait == CO_WAIT_DRAIN)) lr_co_wake(co);
+}
+
+static void hook_tick(lr_worker_t *w) { lr_lworker_tick(w); }
+
+const lr_app_hooks_t lr_lua_hooks = {
+    .start = hook_start,
+    .wake = hook_wake,
+    .conn_gone = hook_conn_gone,
+    .tick = hook_tick,
+};

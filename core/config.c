@@ -1,0 +1,188 @@
+/* The command line: `lariat [options] APP.lua`, options before or after the app. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "lariat.h"
+
+void lr_config_defaults(lr_config_t *cfg) {
+  memset(cfg, 0, sizeof *cfg);
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  cfg->workers = n > 0 ? (int)n : 1;
+  cfg->max_body = 8 * 1024 * 1024;
+  cfg->max_keepalive = 1000;
+  cfg->max_request_line = 8192;
+  cfg->max_header_bytes = 64 * 1024;
+  cfg->max_headers = 100;
+  cfg->header_timeout_ms = 10000;
+  cfg->idle_timeout_ms = 60000;
+  cfg->body_timeout_ms = 10000;
+  cfg->drain_timeout_ms = 30000;
+  cfg->log_level = LR_LOG_INFO;
+}
+
+static const char usage[] =
+    "usage: lariat [options] APP.lua\n"
+    "  -l, --listen HOST:PORT     plain listener (HTTP/1.1); repeatable; default 127.0.0.1:8080\n"
+    "  -w, --workers N            worker threads (default: number of CPUs)\n"
+    "      --access-log FILE|-    one line per request (combined log format)\n"
+    "      --max-body BYTES       largest request body (default 8388608)\n"
+    "      --max-keepalive N      requests per connection (default 1000)\n"
+    "      --header-timeout SEC   time to receive a request head (default 10)\n"
+    "      --idle-timeout SEC     keep-alive idle time (default 60)\n"
+    "      --body-timeout SEC     time a body read waits for data (default 10)\n"
+    "      --drain-timeout SEC    time to finish requests on stop (default 30)\n"
+    "      --log-level LEVEL      debug, info, warn or error (default info)\n"
+    "  -h, --help                 this text\n"
+    "  -v, --version              print the version\n"
+    "signals: HUP reloads the app, TERM/INT stop gracefully\n";
+
+static int parse_listen(lr_listen_addr_t *a, const char *v) {
+  const char *colon = strrchr(v, ':');
+  if (colon == NULL) return -1;
+  const char *host = v;
+  size_t hl = (size_t)(colon - v);
+  if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']') {
+    host++;
+    hl -= 2;
+  }
+  if (hl == 0 || hl >= sizeof a->host) return -1;
+  char *end;
+  errno = 0;
+  long port = strtol(colon + 1, &end, 10);
+  if (errno || *end || end == colon + 1 || port < 0 || port > 65535) return -1;
+  memcpy(a->host, host, hl);
+  a->host[hl] = '\0';
+  a->port = (int)port;
+  return 0;
+}
+
+static int parse_u64(const char *v, uint64_t *out) {
+  char *end;
+  errno = 0;
+  unsigned long long n = strtoull(v, &end, 10);
+  if (errno || *end || end == v || v[0] == '-') return -1;
+  *out = n;
+  return 0;
+}
+
+static int parse_seconds(const char *v, uint64_t *ms) {
+  char *end;
+  errno = 0;
+  double d = strtod(v, &end);
+  if (errno || *end || end == v || d < 0 || d > 1e7) return -1;
+  *ms = (uint64_t)(d * 1000 + 0.5);
+  return 0;
+}
+
+int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t errlen) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *val = NULL;
+    char name[64];
+    if (a[0] != '-' || a[1] == '\0') {
+      if (cfg->app_path) {
+        snprintf(err, errlen, "more than one app file given: %s and %s", cfg->app_path, a);
+        return -1;
+      }
+      cfg->app_path = a;
+      continue;
+    }
+    /* --name=value or --name value */
+    const char *eqs = strchr(a, '=');
+    if (a[1] == '-' && eqs) {
+      snprintf(name, sizeof name, "%.*s", (int)(eqs - a), a);
+      val = eqs + 1;
+    } else {
+      snprintf(name, sizeof name, "%s", a);
+    }
+#define IS(s, l) (strcmp(name, s) == 0 || strcmp(name, l) == 0)
+#define NEEDVAL()                                                  \
+  do {                                                             \
+    if (!val) {                                                    \
+      if (i + 1 >= argc) {                                         \
+        snprintf(err, errlen, "option %s needs a value", name);    \
+        return -1;                                                 \
+      }                                                            \
+      val = argv[++i];                                             \
+    }                                                              \
+  } while (0)
+    if (IS("--help", "-h")) {
+      fputs(usage, stdout);
+      return 1;
+    } else if (IS("--version", "-v")) {
+      printf("lariat %s\n", LR_VERSION);
+      return 1;
+    } else if (IS("--listen", "-l")) {
+      NEEDVAL();
+      if (cfg->n_listen >= LR_MAX_LISTENERS || parse_listen(&cfg->listen[cfg->n_listen], val)) {
+        snprintf(err, errlen, "bad --listen value '%s' (want HOST:PORT)", val);
+        return -1;
+      }
+      cfg->n_listen++;
+    } else if (IS("--workers", "-w")) {
+      NEEDVAL();
+      uint64_t n;
+      if (parse_u64(val, &n) || n < 1 || n > 256) {
+        snprintf(err, errlen, "bad --workers value '%s' (want 1..256)", val);
+        return -1;
+      }
+      cfg->workers = (int)n;
+    } else if (IS("--access-log", "--access-log")) {
+      NEEDVAL();
+      cfg->access_log = val;
+    } else if (IS("--max-body", "--max-body")) {
+      NEEDVAL();
+      if (parse_u64(val, &cfg->max_body)) {
+        snprintf(err, errlen, "bad --max-body value '%s'", val);
+        return -1;
+      }
+    } else if (IS("--max-keepalive", "--max-keepalive")) {
+      NEEDVAL();
+      uint64_t n;
+      if (parse_u64(val, &n) || n < 1 || n > 0xffffffffu) {
+        snprintf(err, errlen, "bad --max-keepalive value '%s'", val);
+        return -1;
+      }
+      cfg->max_keepalive = (unsigned)n;
+    } else if (IS("--header-timeout", "--header-timeout") || IS("--idle-timeout", "--idle-timeout") || IS("--body-timeout", "--body-timeout") ||
+               IS("--drain-timeout", "--drain-timeout")) {
+      NEEDVAL();
+      uint64_t *dst = name[2] == 'h'   ? &cfg->header_timeout_ms
+                      : name[2] == 'i' ? &cfg->idle_timeout_ms
+                      : name[2] == 'b' ? &cfg->body_timeout_ms
+                                       : &cfg->drain_timeout_ms;
+      if (parse_seconds(val, dst) || *dst == 0) {
+        snprintf(err, errlen, "bad %s value '%s' (want seconds > 0)", name, val);
+        return -1;
+      }
+    } else if (IS("--log-level", "--log-level")) {
+      NEEDVAL();
+      static const char *levels[] = {"debug", "info", "warn", "error"};
+      int found = -1;
+      for (int k = 0; k < 4; k++)
+        if (strcmp(val, levels[k]) == 0) found = k;
+      if (found < 0) {
+        snprintf(err, errlen, "bad --log-level value '%s' (want debug, info, warn or error)", val);
+        return -1;
+      }
+      cfg->log_level = found;
+    } else {
+      snprintf(err, errlen, "unknown option '%s' (see --help)", name);
+      return -1;
+    }
+#undef IS
+#undef NEEDVAL
+  }
+  if (cfg->app_path == NULL) {
+    snprintf(err, errlen, "no app file given (usage: lariat [options] APP.lua)");
+    return -1;
+  }
+  if (cfg->n_listen == 0) {
+    parse_listen(&cfg->listen[0], "127.0.0.1:8080");
+    cfg->n_listen = 1;
+  }
+  return 0;
+}

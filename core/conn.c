@@ -1,0 +1,323 @@
+/* A connection: the socket, its output queue and its timeout. The protocol
+ * (HTTP/1.1, HTTP/2) sits on top through lr_proto_t.
+ *
+ * Output is queued, never written at once: every connection that produced
+ * bytes is flushed once per loop phase (worker.c), so a batch of responses
+ * leaves in one writev. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lariat.h"
+
+/* ---- output queue ---- */
+
+static int outq_seg(lr_outq_t *q) {
+  if (q->n == q->cap) {
+    unsigned cap = q->cap ? q->cap * 2 : 8;
+    lr_seg_t *s = realloc(q->segs, cap * sizeof *s);
+    if (s == NULL) return UV_ENOMEM;
+    q->segs = s;
+    q->cap = cap;
+  }
+  return 0;
+}
+
+static char *outq_reserve(lr_outq_t *q, size_t n) {
+  if (lr_buf_reserve(&q->bytes, n)) return NULL;
+  return q->bytes.base + q->bytes.len;
+}
+
+static void outq_commit(lr_outq_t *q, size_t n) {
+  if (n == 0) return;
+  lr_seg_t *last = q->n ? &q->segs[q->n - 1] : NULL;
+  if (last && last->ext == NULL && last->off + last->len == q->bytes.len) {
+    last->len += n;
+  } else {
+    if (outq_seg(q)) return; /* out of memory: the bytes are dropped with the connection */
+    q->segs[q->n++] = (lr_seg_t){NULL, q->bytes.len, n, NULL, NULL};
+  }
+  q->bytes.len += n;
+  q->total += n;
+}
+
+static void outq_release(lr_outq_t *q) {
+  for (unsigned i = 0; i < q->n; i++)
+    if (q->segs[i].release) q->segs[i].release(q->segs[i].arg);
+  q->n = 0;
+  q->bytes.len = 0;
+  q->total = 0;
+}
+
+/* keep small buffers for the next response, give big ones back */
+static void outq_trim(lr_outq_t *q) {
+  if (q->bytes.cap > 64 * 1024) lr_buf_free(&q->bytes);
+  if (q->cap > 64) {
+    free(q->segs);
+    q->segs = NULL;
+    q->cap = 0;
+  }
+}
+
+static void outq_free(lr_outq_t *q) {
+  outq_release(q);
+  lr_buf_free(&q->bytes);
+  free(q->segs);
+  q->segs = NULL;
+  q->cap = 0;
+}
+
+/* ---- writing ---- */
+
+char *lr_conn_reserve(lr_conn_t *c, size_t n) { return outq_reserve(&c->out, n); }
+
+void lr_conn_commit(lr_conn_t *c, size_t n) {
+  outq_commit(&c->out, n);
+  lr_conn_defer(c);
+}
+
+void lr_conn_write(lr_conn_t *c, const void *p, size_t n) {
+  char *d = outq_reserve(&c->out, n);
+  if (d == NULL) return;
+  memcpy(d, p, n);
+  lr_conn_commit(c, n);
+}
+
+void lr_conn_write_ref(lr_conn_t *c, const char *p, size_t n, lr_release_cb release, void *arg) {
+  if (c->flags & LR_CF_CLOSING || outq_seg(&c->out)) {
+    if (release) release(arg);
+    return;
+  }
+  c->out.segs[c->out.n++] = (lr_seg_t){p, 0, n, release, arg};
+  c->out.total += n;
+  lr_conn_defer(c);
+}
+
+size_t lr_conn_queued(const lr_conn_t *c) { return c->out.total + c->inflight.total; }
+
+void lr_conn_defer(lr_conn_t *c) {
+  if (c->flags & LR_CF_DEFERRED) return;
+  c->flags |= LR_CF_DEFERRED;
+  lr_list_push(&c->worker->deferred, &c->deferred);
+}
+
+static void on_close(uv_handle_t *h) {
+  lr_conn_t *c = h->data;
+  outq_free(&c->out);
+  outq_free(&c->inflight);
+  free(c);
+}
+
+void lr_conn_close(lr_conn_t *c) {
+  if (c->flags & LR_CF_CLOSING) return;
+  c->flags |= LR_CF_CLOSING;
+  lr_link_unlink(&c->timeout.link);
+  lr_link_unlink(&c->deferred);
+  c->flags &= ~LR_CF_DEFERRED;
+  lr_link_unlink(&c->all);
+  c->worker->n_conns--;
+  if (c->proto && c->proto->on_close) c->proto->on_close(c);
+  /* queued external segments belong to their owners: release them now; an
+   * in-flight write still references its buffers until its callback runs */
+  outq_release(&c->out);
+  uv_close((uv_handle_t *)&c->tcp, on_close);
+}
+
+void lr_conn_close_after_write(lr_conn_t *c) {
+  c->flags |= LR_CF_CLOSE_AFTER_WRITE;
+  lr_conn_defer(c);
+}
+
+static void build_iov(lr_outq_t *q, uv_buf_t *iov, unsigned n) {
+  for (unsigned i = 0; i < n; i++) {
+    lr_seg_t *s = &q->segs[i];
+    iov[i].base = (char *)(s->ext ? s->ext : q->bytes.base + s->off);
+    iov[i].len = s->len;
+  }
+}
+
+/* drop the first `done` bytes of q (the part the kernel took) */
+static void outq_advance(lr_outq_t *q, size_t done) {
+  unsigned i = 0;
+  while (i < q->n && done >= q->segs[i].len) {
+    done -= q->segs[i].len;
+    q->total -= q->segs[i].len;
+    if (q->segs[i].release) q->segs[i].release(q->segs[i].arg);
+    i++;
+  }
+  if (i < q->n && done) {
+    lr_seg_t *s = &q->segs[i];
+    if (s->ext)
+      s->ext += done;
+    else
+      s->off += done;
+    s->len -= done;
+    q->total -= done;
+  }
+  memmove(q->segs, q->segs + i, (q->n - i) * sizeof *q->segs);
+  q->n -= i;
+  if (q->n == 0) q->bytes.len = 0;
+}
+
+static void after_write(lr_conn_t *c);
+
+static void on_write(uv_write_t *req, int status) {
+  lr_conn_t *c = req->data;
+  c->flags &= ~LR_CF_WRITING;
+  outq_release(&c->inflight);
+  if (c->flags & LR_CF_CLOSING) return;
+  if (status < 0) {
+    LR_DEBUG("write failed: %s", uv_strerror(status));
+    lr_conn_close(c);
+    return;
+  }
+  after_write(c);
+}
+
+#define LR_IOV_MAX 512
+
+void lr__conn_flush(lr_conn_t *c) {
+  if (c->flags & (LR_CF_CLOSING | LR_CF_WRITING)) return;
+  while (c->out.n) {
+    uv_buf_t iov[LR_IOV_MAX];
+    unsigned n = c->out.n < LR_IOV_MAX ? c->out.n : LR_IOV_MAX;
+    build_iov(&c->out, iov, n);
+    size_t want = 0;
+    for (unsigned i = 0; i < n; i++) want += iov[i].len;
+    int r = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
+    if (r == UV_EAGAIN) r = 0;
+    if (r < 0) {
+      LR_DEBUG("write failed: %s", uv_strerror(r));
+      lr_conn_close(c);
+      return;
+    }
+    outq_advance(&c->out, (size_t)r);
+    if ((size_t)r < want) {
+      /* the kernel is full: hand the rest to uv_write and fill a fresh queue meanwhile */
+      lr_outq_t tmp = c->inflight;
+      c->inflight = c->out;
+      c->out = tmp;
+      n = c->inflight.n < LR_IOV_MAX ? c->inflight.n : LR_IOV_MAX;
+      uv_buf_t wiov[LR_IOV_MAX];
+      build_iov(&c->inflight, wiov, n);
+      c->wreq.data = c;
+      r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, wiov, n, on_write);
+      if (r < 0) {
+        lr_conn_close(c);
+        return;
+      }
+      c->flags |= LR_CF_WRITING;
+      /* segments beyond the first write batch go back to the front of out */
+      if (c->inflight.n > n) {
+        /* rare: more than LR_IOV_MAX pieces pending; keep it simple by writing
+         * them after this batch completes */
+        lr_outq_t rest = {0};
+        for (unsigned i = n; i < c->inflight.n; i++) {
+          lr_seg_t s = c->inflight.segs[i];
+          if (s.ext == NULL) {
+            char *d = outq_reserve(&rest, s.len);
+            if (d) {
+              memcpy(d, c->inflight.bytes.base + s.off, s.len);
+              outq_commit(&rest, s.len);
+            }
+          } else if (outq_seg(&rest) == 0) {
+            rest.segs[rest.n++] = s;
+            rest.total += s.len;
+          }
+          c->inflight.total -= s.len;
+        }
+        c->inflight.n = n;
+        /* prepend rest before whatever out holds (it is empty: out was swapped) */
+        outq_free(&c->out);
+        c->out = rest;
+      }
+      return;
+    }
+  }
+  outq_trim(&c->out);
+  after_write(c);
+}
+
+static void after_write(lr_conn_t *c) {
+  if (c->out.n) {
+    lr__conn_flush(c);
+    return;
+  }
+  if (c->flags & LR_CF_CLOSE_AFTER_WRITE) {
+    lr_conn_close(c);
+    return;
+  }
+  if (c->proto && c->proto->on_drain) c->proto->on_drain(c);
+}
+
+/* ---- reading ---- */
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  (void)hint;
+  lr_conn_t *c = h->data;
+  buf->base = c->worker->read_buf;
+  buf->len = c->worker->read_buf_size;
+}
+
+static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
+  lr_conn_t *c = stream->data;
+  if (n > 0) {
+    c->proto->on_read(c, buf->base, (size_t)n);
+  } else if (n < 0) {
+    c->flags |= LR_CF_EOF;
+    uv_read_stop(stream);
+    c->flags |= LR_CF_READ_STOPPED;
+    if (n == UV_EOF && c->proto->on_eof)
+      c->proto->on_eof(c);
+    else
+      lr_conn_close(c);
+  }
+}
+
+void lr_conn_read_stop(lr_conn_t *c) {
+  if (c->flags & (LR_CF_READ_STOPPED | LR_CF_CLOSING)) return;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->flags |= LR_CF_READ_STOPPED;
+}
+
+void lr_conn_read_start(lr_conn_t *c) {
+  if (!(c->flags & LR_CF_READ_STOPPED) || (c->flags & (LR_CF_CLOSING | LR_CF_EOF))) return;
+  c->flags &= ~LR_CF_READ_STOPPED;
+  uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+}
+
+/* ---- timeouts ---- */
+
+void lr_conn_set_timeout(lr_conn_t *c, int kind) {
+  lr_link_unlink(&c->timeout.link);
+  c->timeout.kind = kind;
+  if (kind == LR_TO_NONE || (c->flags & LR_CF_CLOSING)) return;
+  lr_worker_t *w = c->worker;
+  c->timeout.deadline = uv_now(&w->loop) + w->timeout_ms[kind];
+  lr_list_push(&w->timeouts[kind], &c->timeout.link);
+}
+
+/* ---- accepting ---- */
+
+void lr__conn_accept(lr_listener_t *l) {
+  lr_worker_t *w = l->worker;
+  lr_conn_t *c = calloc(1, lr_http1_conn_size());
+  if (c == NULL) return;
+  uv_tcp_init(&w->loop, &c->tcp);
+  c->tcp.data = c;
+  c->worker = w;
+  c->listener = l;
+  lr_list_init(&c->timeout.link);
+  lr_list_init(&c->deferred);
+  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+    uv_close((uv_handle_t *)&c->tcp, on_close);
+    return;
+  }
+  uv_tcp_nodelay(&c->tcp, 1);
+  lr_list_push(&w->conns, &c->all);
+  w->n_conns++;
+  c->proto = &lr_http1_proto;
+  lr_http1_init(c);
+  lr_conn_set_timeout(c, LR_TO_HEADER);
+  c->flags |= LR_CF_READ_STOPPED;
+  lr_conn_read_start(c);
+}

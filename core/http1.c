@@ -1,0 +1,663 @@
+/* HTTP/1.1 (RFC 9112) over llhttp.
+ *
+ * One request is handled at a time, Cowboy style: when its head is parsed the
+ * parser pauses and the handler starts; pipelined requests behind it wait,
+ * unparsed, until its response is complete, so responses leave in request
+ * order. The application is never called from inside an llhttp callback:
+ * callbacks record what happened and pause, and h1_process acts on it. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <llhttp.h>
+
+#include "lariat.h"
+
+enum { PAUSE_NONE, PAUSE_HEADERS, PAUSE_MESSAGE };
+enum { HS_NONE, HS_FIELD, HS_VALUE };
+
+typedef struct h1_conn_s {
+  lr_conn_t base;
+  llhttp_t parser;
+  lr_stream_t *cur;   /* request being parsed or handled */
+  lr_buf_t leftover;  /* input received while a response is pending */
+  uint32_t requests;  /* requests started on this connection */
+  uint32_t head_bytes;/* header section size so far */
+  uint8_t pause;      /* why the parser paused */
+  uint8_t hstate;     /* header span being parsed: HS_NONE, HS_FIELD, HS_VALUE */
+  uint8_t keepalive;  /* current request allows keep-alive */
+  uint8_t msg_done;   /* current request fully parsed */
+  uint8_t blocked;    /* waiting for cur's response before parsing more */
+  uint8_t closing;    /* close once the current response is written */
+  uint8_t in_process; /* h1_process is on the stack */
+  uint8_t body_stopped;/* reading paused because the body buffer is full */
+  uint16_t error;     /* status to answer for a bad request */
+  uint16_t n_host;
+  uint8_t te_unknown; /* a transfer coding we don't implement */
+  uint8_t is_upgrade;
+} h1_conn_t;
+
+#define H1(c) ((h1_conn_t *)(c))
+#define BODY_HIGH (256 * 1024)
+#define BODY_LOW (64 * 1024)
+#define LEFTOVER_MAX (64 * 1024)
+
+size_t lr_http1_conn_size(void) { return sizeof(h1_conn_t); }
+
+/* ---- request head: bytes go into s->body (reused as raw storage) until the
+ * head is complete, then into the stream pool in one copy ---- */
+
+/* during parsing, header slices hold offsets into the raw buffer */
+#define OFF(p) ((const char *)(uintptr_t)(p))
+#define UNOFF(p) ((size_t)(uintptr_t)(p))
+
+static int set_error(h1_conn_t *h, int status) {
+  if (!h->error) h->error = (uint16_t)status;
+  return HPE_USER;
+}
+
+static int on_message_begin(llhttp_t *p) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = lr__stream_new(&h->base);
+  if (s == NULL) return set_error(h, 503);
+  h->cur = s;
+  s->id = ++h->requests;
+  h->head_bytes = 0;
+  h->hstate = HS_NONE;
+  h->msg_done = 0;
+  h->n_host = 0;
+  h->te_unknown = 0;
+  lr_conn_set_timeout(&h->base, LR_TO_HEADER);
+  return 0;
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = h->cur;
+  if (s->target.len + len > h->base.worker->cfg->max_request_line) return set_error(h, 414);
+  if (s->target.len == 0) s->target.base = OFF(s->body.len);
+  s->target.len += len;
+  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
+}
+
+static int on_header_field(llhttp_t *p, const char *at, size_t len) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = h->cur;
+  const lr_config_t *cfg = h->base.worker->cfg;
+  if ((h->head_bytes += (uint32_t)len) > cfg->max_header_bytes) return set_error(h, 431);
+  if (h->hstate != HS_FIELD) { /* else: the rest of a name split across reads */
+    if (s->n_headers >= cfg->max_headers) return set_error(h, 431);
+    if (lr__stream_add_header(s, OFF(s->body.len), 0, OFF(0), 0)) return set_error(h, 503);
+    h->hstate = HS_FIELD;
+  }
+  if (lr_buf_reserve(&s->body, len)) return set_error(h, 503);
+  char *d = s->body.base + s->body.len;
+  for (size_t i = 0; i < len; i++) {
+    char ch = at[i];
+    d[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
+  }
+  s->body.len += len;
+  s->headers[s->n_headers - 1].name.len += len;
+  return 0;
+}
+
+static int on_header_value(llhttp_t *p, const char *at, size_t len) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = h->cur;
+  if ((h->head_bytes += (uint32_t)len) > h->base.worker->cfg->max_header_bytes) return set_error(h, 431);
+  lr_header_t *hd = &s->headers[s->n_headers - 1];
+  if (h->hstate != HS_VALUE) {
+    hd->value.base = OFF(s->body.len);
+    h->hstate = HS_VALUE;
+  }
+  hd->value.len += len;
+  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
+}
+
+static int eq(const lr_str_t *a, const char *lit, size_t n) { return a->len == n && memcmp(a->base, lit, n) == 0; }
+
+/* does a comma-separated list contain token (case-insensitive)? */
+static int has_token(const char *v, size_t len, const char *tok) {
+  size_t tl = strlen(tok), i = 0;
+  while (i < len) {
+    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+    size_t st = i;
+    while (i < len && v[i] != ',') i++;
+    size_t e = i;
+    while (e > st && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+    if (e - st == tl && strncasecmp(v + st, tok, tl) == 0) return 1;
+  }
+  return 0;
+}
+
+/* every coding before the final chunked must be one we know of; we decode none
+ * of them, so any other coding is "not implemented" (RFC 9112 §6.1) */
+static void check_transfer_coding(h1_conn_t *h, const char *v, size_t len) {
+  size_t i = 0;
+  while (i < len) {
+    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+    size_t st = i;
+    while (i < len && v[i] != ',' && v[i] != ';') i++;
+    size_t e = i;
+    while (e > st && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+    while (i < len && v[i] != ',') i++; /* skip parameters */
+    if (e > st && !(e - st == 7 && strncasecmp(v + st, "chunked", 7) == 0)) h->te_unknown = 1;
+  }
+}
+
+static int on_header_value_complete(llhttp_t *p) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = h->cur;
+  lr_header_t *hd = &s->headers[s->n_headers - 1];
+  h->hstate = HS_NONE;
+  /* names are still offsets here: compare against the raw buffer */
+  lr_str_t name = {s->body.base + UNOFF(hd->name.base), hd->name.len};
+  const char *v = s->body.base + UNOFF(hd->value.base);
+  if (eq(&name, "host", 4))
+    h->n_host++;
+  else if (eq(&name, "transfer-encoding", 17))
+    check_transfer_coding(h, v, hd->value.len);
+  return 0;
+}
+
+static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
+  lr_worker_t *w = h->base.worker;
+  /* one copy of the whole head; slices become pointers */
+  char *raw = lr_pool_alloc(w, &s->pool, s->body.len + 1);
+  if (raw == NULL) return;
+  memcpy(raw, s->body.base, s->body.len);
+  s->target.base = raw + UNOFF(s->target.base);
+  unsigned kept = 0;
+  for (unsigned i = 0; i < s->n_headers; i++) {
+    lr_header_t hd = s->headers[i];
+    hd.name.base = raw + UNOFF(hd.name.base);
+    hd.value.base = hd.value.len ? raw + UNOFF(hd.value.base) : "";
+    /* trailing whitespace is not part of the value (llhttp keeps it) */
+    while (hd.value.len && (hd.value.base[hd.value.len - 1] == ' ' || hd.value.base[hd.value.len - 1] == '\t'))
+      hd.value.len--;
+    /* connection-level headers are the core's business, not the handler's */
+    if (lr_header_is_hop_by_hop(hd.name.base, hd.name.len) && !eq(&hd.name, "content-length", 14)) {
+      if (eq(&hd.name, "upgrade", 7)) h->is_upgrade = 1;
+      continue;
+    }
+    s->headers[kept++] = hd;
+  }
+  s->n_headers = kept;
+  s->body.len = 0;
+  /* split the target into path and query */
+  const char *q = memchr(s->target.base, '?', s->target.len);
+  s->path.base = s->target.base;
+  s->path.len = q ? (size_t)(q - s->target.base) : s->target.len;
+  s->query.base = q ? q + 1 : "";
+  s->query.len = q ? s->target.len - s->path.len - 1 : 0;
+  const lr_str_t *host = lr_stream_header(s, "host", 4);
+  if (host) s->authority = *host;
+}
+
+static int on_headers_complete(llhttp_t *p) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = h->cur;
+  lr_worker_t *w = h->base.worker;
+  h->is_upgrade = 0;
+  head_to_pool(h, s);
+  s->version = p->http_major == 1 && p->http_minor == 0 ? 10 : 11;
+  if (p->http_major != 1) return set_error(h, 505);
+  s->method.base = llhttp_method_name(p->method);
+  s->method.len = strlen(s->method.base);
+  if (p->method == HTTP_HEAD) s->flags |= LR_SF_HEAD;
+  if (h->te_unknown) return set_error(h, 501);
+  if (s->version == 11 && h->n_host != 1) return set_error(h, 400);
+  if (h->n_host > 1) return set_error(h, 400);
+  if (p->flags & F_CONTENT_LENGTH) {
+    s->content_length = (int64_t)p->content_length;
+    if (p->content_length > w->cfg->max_body) return set_error(h, 413);
+  } else if (!(p->flags & F_CHUNKED)) {
+    s->content_length = 0;
+  }
+  if (s->content_length == 0) s->flags |= LR_SF_BODY_DONE;
+  const lr_str_t *v = lr_stream_header(s, "expect", 6);
+  if (v && v->len == 12 && strncasecmp(v->base, "100-continue", 12) == 0 && s->version == 11 &&
+      !(s->flags & LR_SF_BODY_DONE))
+    s->flags |= LR_SF_EXPECT;
+  v = lr_stream_header(s, "te", 2);
+  if (v && has_token(v->base, v->len, "trailers")) s->flags |= LR_SF_TE_TRAILERS;
+  h->keepalive = llhttp_should_keep_alive(p) && !h->closing;
+  h->pause = PAUSE_HEADERS;
+  return HPE_PAUSED;
+}
+
+static int on_body(llhttp_t *p, const char *at, size_t len) {
+  h1_conn_t *h = p->data;
+  lr_stream_t *s = h->cur;
+  s->body_received += len;
+  if (s->body_received > h->base.worker->cfg->max_body) {
+    s->flags |= LR_SF_BODY_TOO_BIG;
+    return set_error(h, 413);
+  }
+  /* a response that is already complete doesn't want the rest: drop it */
+  if (s->flags & LR_SF_FINISHED) return 0;
+  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
+}
+
+static int on_message_complete(llhttp_t *p) {
+  h1_conn_t *h = p->data;
+  h->cur->flags |= LR_SF_BODY_DONE;
+  h->msg_done = 1;
+  h->pause = PAUSE_MESSAGE;
+  return HPE_PAUSED;
+}
+
+static const llhttp_settings_t settings = {
+    .on_message_begin = on_message_begin,
+    .on_url = on_url,
+    .on_header_field = on_header_field,
+    .on_header_value = on_header_value,
+    .on_header_value_complete = on_header_value_complete,
+    .on_headers_complete = on_headers_complete,
+    .on_body = on_body,
+    .on_message_complete = on_message_complete,
+};
+
+/* ---- writing the response ---- */
+
+static char *put(char *d, const char *s, size_t n) {
+  memcpy(d, s, n);
+  return d + n;
+}
+
+static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
+
+/* only tokens in names and no CR/LF/NUL in values: never let a handler split a response */
+static int header_ok(const lr_header_t *hd) {
+  if (hd->name.len == 0) return 0;
+  for (size_t i = 0; i < hd->name.len; i++) {
+    unsigned char ch = (unsigned char)hd->name.base[i];
+    if (ch <= ' ' || ch >= 127 || ch == ':') return 0;
+  }
+  for (size_t i = 0; i < hd->value.len; i++) {
+    unsigned char ch = (unsigned char)hd->value.base[i];
+    if (ch == '\r' || ch == '\n' || ch == 0) return 0;
+  }
+  return 1;
+}
+
+static void response_complete(h1_conn_t *h, lr_stream_t *s);
+
+static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_t n, const char *body, size_t len,
+                        lr_release_cb release, void *arg, int fin) {
+  h1_conn_t *h = H1(s->conn);
+  lr_conn_t *c = &h->base;
+  lr_worker_t *w = c->worker;
+  int has_body = status_has_body(status);
+  int head_only = (s->flags & LR_SF_HEAD) || !has_body;
+  if (!h->keepalive || h->requests >= w->cfg->max_keepalive || c->worker->stopping) h->closing = 1;
+  /* a body the client was told to wait for and never sent can't be skipped */
+  if ((s->flags & LR_SF_EXPECT) && !(s->flags & LR_SF_CONTINUED) && !(s->flags & LR_SF_BODY_DONE)) h->closing = 1;
+  int chunked = 0;
+  if (!fin && has_body) {
+    if (s->version == 11)
+      chunked = 1;
+    else
+      h->closing = 1; /* HTTP/1.0: the end of the body is the end of the connection */
+  }
+  size_t need = 128 + 64;
+  for (size_t i = 0; i < n; i++) need += hs[i].name.len + hs[i].value.len + 4;
+  int inline_body = fin && !head_only && release == NULL;
+  if (inline_body) need += len;
+  char *d0 = lr_conn_reserve(c, need), *d = d0;
+  if (d == NULL) return UV_ENOMEM;
+  d += sprintf(d, "HTTP/1.1 %d %s\r\n", status, lr_status_reason(status));
+  int has_server = 0;
+  for (size_t i = 0; i < n; i++) {
+    const lr_header_t *hd = &hs[i];
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !header_ok(hd)) continue;
+    for (size_t k = 0; k < hd->name.len; k++) {
+      char ch = hd->name.base[k];
+      *d++ = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
+    }
+    if (hd->name.len == 6 && strncasecmp(hd->name.base, "server", 6) == 0) has_server = 1;
+    d = put(d, ": ", 2);
+    d = put(d, hd->value.base, hd->value.len);
+    d = put(d, "\r\n", 2);
+  }
+  if (!has_server) d = put(d, "server: lariat\r\n", 16);
+  d = put(d, "date: ", 6);
+  d = put(d, lr_worker_date(w), 29);
+  d = put(d, "\r\n", 2);
+  if (fin) {
+    if (has_body) d += sprintf(d, "content-length: %zu\r\n", len);
+  } else if (chunked) {
+    d = put(d, "transfer-encoding: chunked\r\n", 28);
+  }
+  if (h->closing)
+    d = put(d, "connection: close\r\n", 19);
+  else if (s->version == 10)
+    d = put(d, "connection: keep-alive\r\n", 24);
+  d = put(d, "\r\n", 2);
+  if (inline_body) {
+    d = put(d, body, len);
+    s->bytes_sent += len;
+  }
+  lr_conn_commit(c, (size_t)(d - d0));
+  if (release) {
+    if (fin && !head_only && len) {
+      lr_conn_write_ref(c, body, len, release, arg); /* big bodies are referenced, not copied */
+      s->bytes_sent += len;
+    } else {
+      release(arg);
+    }
+  }
+  if (fin) response_complete(h, s);
+  return 0;
+}
+
+static int h1_send_data(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg, int fin) {
+  h1_conn_t *h = H1(s->conn);
+  lr_conn_t *c = &h->base;
+  int chunked = s->version == 11 && status_has_body(s->status);
+  int drop = (s->flags & LR_SF_HEAD) || !status_has_body(s->status);
+  if (len && !drop) {
+    if (chunked) {
+      char sz[24];
+      int k = snprintf(sz, sizeof sz, "%zx\r\n", len);
+      lr_conn_write(c, sz, (size_t)k);
+    }
+    if (release)
+      lr_conn_write_ref(c, data, len, release, arg);
+    else
+      lr_conn_write(c, data, len);
+    if (chunked) lr_conn_write(c, "\r\n", 2);
+    s->bytes_sent += len;
+  } else if (release) {
+    release(arg);
+  }
+  if (fin) {
+    if (chunked && !drop) lr_conn_write(c, "0\r\n\r\n", 5);
+    response_complete(h, s);
+  }
+  return 0;
+}
+
+static int h1_send_trailers(lr_stream_t *s, const lr_header_t *hs, size_t n) {
+  h1_conn_t *h = H1(s->conn);
+  lr_conn_t *c = &h->base;
+  int chunked = s->version == 11 && status_has_body(s->status) && !(s->flags & LR_SF_HEAD);
+  if (chunked) {
+    lr_conn_write(c, "0\r\n", 3);
+    /* RFC 9110 §6.5: only to a client that said it accepts them */
+    if (s->flags & LR_SF_TE_TRAILERS) {
+      for (size_t i = 0; i < n; i++) {
+        const lr_header_t *hd = &hs[i];
+        if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !header_ok(hd)) continue;
+        char *d0 = lr_conn_reserve(c, hd->name.len + hd->value.len + 4), *d = d0;
+        if (d == NULL) break;
+        for (size_t k = 0; k < hd->name.len; k++) {
+          char ch = hd->name.base[k];
+          *d++ = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
+        }
+        d = put(d, ": ", 2);
+        d = put(d, hd->value.base, hd->value.len);
+        d = put(d, "\r\n", 2);
+        lr_conn_commit(c, (size_t)(d - d0));
+      }
+    }
+    lr_conn_write(c, "\r\n", 2);
+  }
+  response_complete(h, s);
+  return 0;
+}
+
+/* ---- request lifecycle ---- */
+
+static void h1_process(h1_conn_t *h, const char *p, size_t n);
+
+static void release_current(h1_conn_t *h) {
+  lr_stream_t *s = h->cur;
+  h->cur = NULL;
+  h->blocked = 0;
+  if (s) lr__stream_conn_release(s);
+}
+
+/* the response is complete and the request fully read: on to the next request */
+static void next_request(h1_conn_t *h) {
+  lr_conn_t *c = &h->base;
+  if (h->closing) {
+    release_current(h);
+    lr_conn_close_after_write(c);
+    return;
+  }
+  if (h->msg_done) {
+    /* ready for the next request: parse what is waiting, after this loop phase
+     * (never from inside the handler that just replied) */
+    release_current(h);
+    lr_conn_set_timeout(c, LR_TO_IDLE);
+    if (h->leftover.len) {
+      c->flags |= LR_CF_NEED_RESUME;
+      lr_conn_defer(c);
+    }
+    if (h->body_stopped || h->leftover.len < LEFTOVER_MAX) {
+      h->body_stopped = 0;
+      lr_conn_read_start(c);
+    }
+  }
+  /* else: the rest of the request body is still coming; it is read and dropped */
+}
+
+static void response_complete(h1_conn_t *h, lr_stream_t *s) {
+  s->flags |= LR_SF_FINISHED;
+  lr_worker_access_log(h->base.worker, s);
+  s->body.len = 0; /* unread body is dropped from now on */
+  next_request(h);
+}
+
+static void send_error(h1_conn_t *h, int status) {
+  lr_conn_t *c = &h->base;
+  lr_stream_t *s = h->cur;
+  h->closing = 1;
+  if (s && (s->flags & LR_SF_REPLIED)) {
+    /* the response already started: all we can do is cut the connection */
+    release_current(h);
+    lr_conn_close(c);
+    return;
+  }
+  const char *reason = lr_status_reason(status);
+  char buf[512];
+  int k = snprintf(buf, sizeof buf,
+                   "HTTP/1.1 %d %s\r\nserver: lariat\r\ndate: %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                   "content-length: %zu\r\nconnection: close\r\n\r\n%s\n",
+                   status, reason, lr_worker_date(c->worker), strlen(reason) + 1, reason);
+  lr_conn_write(c, buf, (size_t)k);
+  if (s) {
+    s->flags |= LR_SF_REPLIED | LR_SF_FINISHED | LR_SF_RESET;
+    s->status = status;
+    if (s->method.base == NULL) s->method = (lr_str_t){"-", 1};
+    lr_worker_access_log(c->worker, s);
+  }
+  release_current(h);
+  lr_conn_close_after_write(c);
+  lr_conn_read_stop(c);
+}
+
+static int parse_error_status(h1_conn_t *h, llhttp_errno_t e) {
+  if (h->error) return h->error;
+  switch (e) {
+    case HPE_INVALID_TRANSFER_ENCODING: return h->te_unknown ? 501 : 400;
+    case HPE_INVALID_METHOD: return 400; /* unknown methods are 400 for llhttp; 501 would need a list */
+    default: return 400;
+  }
+}
+
+static void wake_reader(h1_conn_t *h) {
+  lr_stream_t *s = h->cur;
+  if (s && s->wait == LR_WAIT_BODY && (s->body.len || (s->flags & LR_SF_BODY_DONE)))
+    h->base.worker->app->wake(s);
+}
+
+static void save_leftover(h1_conn_t *h, const char *p, size_t n) {
+  if (n == 0) return;
+  lr_buf_append(&h->leftover, p, n);
+  if (h->leftover.len >= LEFTOVER_MAX) lr_conn_read_stop(&h->base);
+}
+
+static void h1_process(h1_conn_t *h, const char *p, size_t n) {
+  lr_conn_t *c = &h->base;
+  h->in_process = 1;
+  while (n > 0 && !(c->flags & LR_CF_CLOSING)) {
+    if (h->blocked || h->closing) {
+      save_leftover(h, p, n);
+      break;
+    }
+    if (h->cur == NULL && c->worker->stopping) {
+      lr_conn_close(c);
+      break;
+    }
+    h->pause = PAUSE_NONE;
+    llhttp_errno_t e = llhttp_execute(&h->parser, p, n);
+    size_t used = e == HPE_OK ? n : (size_t)(llhttp_get_error_pos(&h->parser) - p);
+    p += used;
+    n -= used;
+    if (e == HPE_OK) {
+      wake_reader(h);
+      break;
+    }
+    if (e == HPE_PAUSED_UPGRADE) {
+      /* no protocol upgrade is offered yet: carry on as plain HTTP/1.1 */
+      llhttp_resume_after_upgrade(&h->parser);
+      e = HPE_PAUSED;
+    }
+    if (e != HPE_PAUSED) {
+      send_error(h, parse_error_status(h, e));
+      break;
+    }
+    llhttp_resume(&h->parser);
+    lr_stream_t *s = h->cur;
+    if (h->pause == PAUSE_HEADERS) {
+      lr_conn_set_timeout(c, LR_TO_NONE);
+      c->worker->app->start(s);
+    } else if (h->pause == PAUSE_MESSAGE) {
+      if (s->flags & LR_SF_FINISHED)
+        next_request(h);
+      else {
+        h->blocked = 1;
+        wake_reader(h);
+      }
+    }
+  }
+  h->in_process = 0;
+  if (h->cur && !(c->flags & LR_CF_CLOSING)) {
+    wake_reader(h);
+    /* a handler that reads slowly pushes back on its client */
+    if (h->cur && h->cur->body.len > BODY_HIGH) {
+      h->body_stopped = 1;
+      lr_conn_read_stop(c);
+    }
+  }
+}
+
+/* ---- lr_proto_t ---- */
+
+static void h1_on_read(lr_conn_t *c, const char *data, size_t len) {
+  h1_conn_t *h = H1(c);
+  if (h->cur == NULL && c->timeout.kind == LR_TO_IDLE) lr_conn_set_timeout(c, LR_TO_HEADER);
+  if (h->leftover.len || h->in_process) {
+    save_leftover(h, data, len);
+    return;
+  }
+  h1_process(h, data, len);
+}
+
+static void h1_resume(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  if (h->in_process || h->blocked) return;
+  lr_buf_t in = h->leftover;
+  h->leftover = (lr_buf_t){0};
+  h1_process(h, in.base, in.len);
+  lr_buf_free(&in);
+}
+
+static void h1_on_eof(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  /* a client may half-close after its last request: answer it, then close */
+  if (h->cur && h->msg_done && !(h->cur->flags & LR_SF_FINISHED)) {
+    h->closing = 1;
+    return;
+  }
+  lr_conn_close(c);
+}
+
+static void h1_on_drain(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  if (h->cur && h->cur->wait == LR_WAIT_DRAIN) c->worker->app->wake(h->cur);
+}
+
+static void h1_on_timeout(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  if (c->timeout.kind == LR_TO_HEADER && h->cur) {
+    send_error(h, 408); /* slowloris: a request head that never completes */
+    return;
+  }
+  lr_conn_close(c);
+}
+
+static void h1_on_close(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  lr_stream_t *s = h->cur;
+  h->cur = NULL;
+  if (s) {
+    s->flags |= LR_SF_RESET;
+    lr__stream_conn_release(s);
+  }
+  lr_buf_free(&h->leftover);
+}
+
+static void h1_on_shutdown(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  if (h->cur == NULL && h->leftover.len == 0)
+    lr_conn_close(c);
+  else
+    h->closing = 1; /* the response in progress says connection: close */
+}
+
+static void h1_abort(lr_stream_t *s) {
+  h1_conn_t *h = H1(s->conn);
+  /* the client must not mistake a truncated response for a complete one */
+  lr__conn_flush(&h->base);
+  lr_conn_close(&h->base);
+}
+
+static void h1_body_wanted(lr_stream_t *s) {
+  h1_conn_t *h = H1(s->conn);
+  lr_conn_t *c = &h->base;
+  if ((s->flags & LR_SF_EXPECT) && !(s->flags & (LR_SF_CONTINUED | LR_SF_REPLIED))) {
+    /* Cowboy's rule: 100 only once the handler actually reads the body */
+    s->flags |= LR_SF_CONTINUED;
+    lr_conn_write(c, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+  }
+  if (h->body_stopped && s->body.len < BODY_LOW) {
+    h->body_stopped = 0;
+    if (h->leftover.len < LEFTOVER_MAX) lr_conn_read_start(c);
+  }
+}
+
+const lr_proto_t lr_http1_proto = {
+    .name = "http/1.1",
+    .on_read = h1_on_read,
+    .on_eof = h1_on_eof,
+    .on_drain = h1_on_drain,
+    .on_timeout = h1_on_timeout,
+    .on_close = h1_on_close,
+    .on_shutdown = h1_on_shutdown,
+    .send_head = h1_send_head,
+    .send_data = h1_send_data,
+    .send_trailers = h1_send_trailers,
+    .abort = h1_abort,
+    .body_wanted = h1_body_wanted,
+    .resume = h1_resume,
+};
+
+void lr_http1_init(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  llhttp_init(&h->parser, HTTP_REQUEST, &settings);
+  h->parser.data = h;
+}

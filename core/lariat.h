@@ -1,0 +1,383 @@
+/*
+ * lariat core: listeners, connections, protocols and streams. No Lua here.
+ *
+ * Ownership follows libuv: the core owns every object below and frees it in a
+ * close callback. The application layer (bindings/) plugs in through
+ * lr_app_hooks_t and only ever sees lr_stream_t.
+ *
+ * Each struct member says who writes it and when.
+ */
+#ifndef LARIAT_H
+#define LARIAT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#define LR_VERSION "0.1.0"
+
+/* ---- errors: 0 or a negative code (libuv codes where they fit) ---- */
+#define LR_ECLOSED (-10001) /* the peer or the core closed the stream */
+#define LR_ESTATE (-10002)  /* call not valid in the stream's state */
+
+/* ---- small helpers ---- */
+#define LR_CONTAINER_OF(ptr, type, field) ((type *)((char *)(ptr)-offsetof(type, field)))
+
+typedef struct lr_str_s {
+  const char *base;
+  size_t len;
+} lr_str_t;
+
+/* intrusive doubly linked list (h2o style) */
+typedef struct lr_link_s {
+  struct lr_link_s *prev, *next;
+} lr_link_t;
+
+static inline void lr_list_init(lr_link_t *l) { l->prev = l->next = l; }
+static inline int lr_list_empty(const lr_link_t *l) { return l->next == l; }
+static inline int lr_link_linked(const lr_link_t *l) { return l->next != NULL && l->next != l; }
+static inline void lr_list_push(lr_link_t *head, lr_link_t *n) {
+  n->prev = head->prev;
+  n->next = head;
+  head->prev->next = n;
+  head->prev = n;
+}
+static inline void lr_link_unlink(lr_link_t *n) {
+  if (n->next == NULL || n->next == n) return;
+  n->prev->next = n->next;
+  n->next->prev = n->prev;
+  n->prev = n->next = n;
+}
+
+/* ---- log ---- */
+enum { LR_LOG_DEBUG, LR_LOG_INFO, LR_LOG_WARN, LR_LOG_ERROR };
+extern int lr_log_level; /* set once by main */
+void lr_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void lr_log_raw(int level, const char *msg, size_t len);
+#define LR_DEBUG(...) \
+  do { \
+    if (lr_log_level <= LR_LOG_DEBUG) lr_log(LR_LOG_DEBUG, __VA_ARGS__); \
+  } while (0)
+
+/* ---- configuration, filled by the command line, read-only afterwards ---- */
+#define LR_MAX_LISTENERS 16
+
+typedef struct lr_listen_addr_s {
+  char host[64];
+  int port; /* 0 = any; rewritten with the bound port at startup */
+  int tls;  /* reserved for the TLS listener */
+} lr_listen_addr_t;
+
+typedef struct lr_config_s {
+  lr_listen_addr_t listen[LR_MAX_LISTENERS];
+  int n_listen;
+  int workers;
+  const char *app_path;
+  const char *access_log; /* NULL, "-" or a file */
+  const char *lua_dir;    /* where lua/lariat lives, resolved at startup */
+  uint64_t max_body;
+  unsigned max_keepalive;
+  unsigned max_request_line;
+  unsigned max_header_bytes;
+  unsigned max_headers;
+  uint64_t header_timeout_ms;
+  uint64_t idle_timeout_ms;
+  uint64_t body_timeout_ms;
+  uint64_t drain_timeout_ms;
+  size_t lua_memory; /* cap per Lua state in bytes, 0 = none */
+  int log_level;
+} lr_config_t;
+
+void lr_config_defaults(lr_config_t *cfg);
+/* returns 0, 1 (printed help/version, exit 0) or writes a one-line message to err and returns -1 */
+int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* ---- memory: fixed-size blocks recycled per worker, and a per-stream arena ---- */
+#define LR_BLOCK_SIZE 4096
+
+typedef struct lr_block_s {
+  struct lr_block_s *next;
+  size_t size; /* usable bytes after the header */
+} lr_block_t;
+
+typedef struct lr_pool_s {
+  lr_block_t *head; /* newest block first */
+  size_t used;      /* bytes used in head */
+} lr_pool_t;
+
+struct lr_worker_s;
+void *lr_pool_alloc(struct lr_worker_s *w, lr_pool_t *p, size_t n);
+char *lr_pool_strdup(struct lr_worker_s *w, lr_pool_t *p, const char *s, size_t n);
+void lr_pool_clear(struct lr_worker_s *w, lr_pool_t *p);
+
+/* growable byte buffer; backing memory comes from malloc and is kept for reuse */
+typedef struct lr_buf_s {
+  char *base;
+  size_t len, cap;
+} lr_buf_t;
+
+int lr_buf_reserve(lr_buf_t *b, size_t extra);
+int lr_buf_append(lr_buf_t *b, const void *p, size_t n);
+void lr_buf_consume(lr_buf_t *b, size_t n);
+void lr_buf_free(lr_buf_t *b);
+
+/* ---- output queue of a connection: bytes plus referenced external chunks ---- */
+typedef void (*lr_release_cb)(void *arg);
+
+typedef struct lr_seg_s {
+  const char *ext;   /* NULL: bytes live in the queue's buffer at off */
+  size_t off, len;
+  lr_release_cb release; /* for ext segments, called once written or dropped */
+  void *arg;
+} lr_seg_t;
+
+typedef struct lr_outq_s {
+  lr_buf_t bytes;
+  lr_seg_t *segs;
+  unsigned n, cap;
+  size_t total; /* bytes queued (buffer + external) */
+} lr_outq_t;
+
+/* ---- headers: slices into the stream's pool, names lowercase ---- */
+typedef struct lr_header_s {
+  lr_str_t name, value;
+} lr_header_t;
+
+/* ---- streams: one request/response, protocol-neutral ---- */
+typedef struct lr_conn_s lr_conn_t;
+typedef struct lr_stream_s lr_stream_t;
+
+enum lr_wait {
+  LR_WAIT_NONE = 0,
+  LR_WAIT_BODY,  /* handler waits for request body data */
+  LR_WAIT_DRAIN, /* handler waits for the output to drain */
+};
+
+enum lr_stream_flags {
+  LR_SF_HEAD = 1 << 0,          /* request method is HEAD */
+  LR_SF_REPLIED = 1 << 1,       /* response head sent */
+  LR_SF_STREAMING = 1 << 2,     /* body sent in pieces (chunked on h1) */
+  LR_SF_FINISHED = 1 << 3,      /* response complete */
+  LR_SF_BODY_DONE = 1 << 4,     /* request body fully received */
+  LR_SF_EXPECT = 1 << 5,        /* client sent expect: 100-continue */
+  LR_SF_CONTINUED = 1 << 6,     /* 100 Continue sent */
+  LR_SF_TE_TRAILERS = 1 << 7,   /* client accepts trailers */
+  LR_SF_CONN_GONE = 1 << 8,     /* connection side released the stream */
+  LR_SF_APP_GONE = 1 << 9,      /* application side released the stream */
+  LR_SF_RESET = 1 << 10,        /* aborted: client went away or protocol error */
+  LR_SF_CLOSE = 1 << 11,        /* close the connection after this response */
+  LR_SF_BODY_TIMEOUT = 1 << 12, /* a body wait timed out */
+  LR_SF_BODY_TOO_BIG = 1 << 13, /* body passed max_body while streaming in */
+};
+
+struct lr_stream_s {
+  /* written by the protocol when the request head is complete */
+  lr_conn_t *conn; /* NULL once the connection is gone */
+  struct lr_worker_s *worker;
+  lr_pool_t pool;
+  lr_str_t method, target, path, query, authority;
+  int version; /* 10, 11 or 20 */
+  lr_header_t *headers;
+  unsigned n_headers, cap_headers;
+  int64_t content_length; /* -1 when unknown (chunked or none on h2) */
+  uint32_t id;            /* h2 stream id; request number on h1 */
+  /* request body, written by the protocol, consumed by lr_stream_read_body */
+  lr_buf_t body;
+  uint64_t body_received;
+  /* response state, written by lr_stream_* calls */
+  unsigned flags;
+  int status;
+  uint64_t bytes_sent;
+  /* application */
+  void *app_data;   /* owned by bindings/ */
+  int wait;         /* enum lr_wait, set by the app before it yields */
+  uint64_t start_ms;
+  lr_link_t link; /* protocol-private list membership */
+};
+
+/* the application layer, set once per worker */
+typedef struct lr_app_hooks_s {
+  /* request head is complete: start the handler. May reply synchronously. */
+  void (*start)(lr_stream_t *s);
+  /* something the stream waits for happened (body data, drain, reset). */
+  void (*wake)(lr_stream_t *s);
+  /* the connection side will never touch the stream again (after a reset) */
+  void (*conn_gone)(lr_stream_t *s);
+  /* once per loop phase, before output is flushed: run deferred wake-ups */
+  void (*tick)(struct lr_worker_s *w);
+} lr_app_hooks_t;
+
+/* ---- response API used by the application layer ---- */
+/* Flags for send_head / send_data */
+#define LR_FIN 1
+
+/* headers from the handler: names may be mixed case (lowercased on output);
+ * protocol headers are dropped. body may be NULL. */
+int lr_stream_send_head(lr_stream_t *s, int status, const lr_header_t *h, size_t n, const char *body, size_t len,
+                        lr_release_cb release, void *arg, int fin);
+/* body data after send_head(fin=0); large data may be referenced: release is then
+ * called when the bytes are written or dropped (release==NULL: data is copied) */
+int lr_stream_send_data(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg);
+int lr_stream_send_trailers(lr_stream_t *s, const lr_header_t *h, size_t n);
+int lr_stream_finish(lr_stream_t *s);
+/* abort the response: the peer sees a truncated message (h1 closes the connection) */
+void lr_stream_abort(lr_stream_t *s);
+/* body: copies up to max bytes into out; returns bytes, 0 and sets *fin, or LR_ECLOSED.
+ * Returning 0 without fin means: wait (then set s->wait = LR_WAIT_BODY). */
+int lr_stream_read_body(lr_stream_t *s, lr_buf_t *out, size_t max, int *fin);
+/* true when the handler should wait for the connection to drain before writing more */
+int lr_stream_write_blocked(lr_stream_t *s);
+/* the application is done with the stream (coroutine ended) */
+void lr_stream_app_release(lr_stream_t *s);
+const lr_str_t *lr_stream_header(const lr_stream_t *s, const char *name, size_t len);
+int lr_stream_peer(const lr_stream_t *s, char *out, size_t outlen, int *port);
+int lr_stream_local_port(const lr_stream_t *s);
+const char *lr_stream_scheme(const lr_stream_t *s);
+
+/* ---- protocols ---- */
+typedef struct lr_proto_s {
+  const char *name;
+  void (*on_read)(lr_conn_t *c, const char *data, size_t len);
+  void (*on_eof)(lr_conn_t *c);
+  void (*on_drain)(lr_conn_t *c);   /* output queue fell below the low-water mark */
+  void (*on_timeout)(lr_conn_t *c); /* the connection's timeout expired */
+  void (*on_close)(lr_conn_t *c);   /* free protocol state; streams lose their conn */
+  void (*on_shutdown)(lr_conn_t *c);/* graceful stop requested */
+  /* stream operations */
+  int (*send_head)(lr_stream_t *s, int status, const lr_header_t *h, size_t n, const char *body, size_t len,
+                   lr_release_cb release, void *arg, int fin);
+  int (*send_data)(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg, int fin);
+  int (*send_trailers)(lr_stream_t *s, const lr_header_t *h, size_t n);
+  void (*abort)(lr_stream_t *s);
+  void (*body_wanted)(lr_stream_t *s); /* the handler reads: send 100, reopen windows */
+  void (*resume)(lr_conn_t *c);        /* deferred work: parse pipelined input */
+} lr_proto_t;
+
+/* ---- timeouts: FIFO lists of fixed duration, checked by one timer per worker ---- */
+typedef struct lr_timeout_s {
+  lr_link_t link;
+  uint64_t deadline;
+  int kind;
+} lr_timeout_t;
+
+enum { LR_TO_NONE = 0, LR_TO_HEADER, LR_TO_IDLE, LR_TO_N };
+
+/* ---- connections ---- */
+enum lr_conn_flags {
+  LR_CF_CLOSING = 1 << 0,
+  LR_CF_WRITING = 1 << 1,    /* a uv_write is in flight */
+  LR_CF_READ_STOPPED = 1 << 2,
+  LR_CF_DEFERRED = 1 << 3,   /* in the worker's deferred list */
+  LR_CF_NEED_RESUME = 1 << 4,/* proto->resume wanted in the deferred pass */
+  LR_CF_CLOSE_AFTER_WRITE = 1 << 5,
+  LR_CF_EOF = 1 << 6,
+};
+
+struct lr_conn_s {
+  uv_tcp_t tcp; /* first: the handle's data points to the conn */
+  struct lr_worker_s *worker;
+  const lr_proto_t *proto;
+  struct lr_listener_s *listener;
+  unsigned flags;
+  lr_outq_t out;      /* being filled */
+  lr_outq_t inflight; /* being written by uv_write */
+  uv_write_t wreq;
+  lr_timeout_t timeout;
+  void *proto_state;  /* owned by the protocol (h2 session, websocket) */
+  lr_link_t deferred; /* worker's deferred list: flush and resume */
+  lr_link_t all;      /* worker's list of connections */
+};
+
+/* low/high water marks of a connection's output queue */
+#define LR_OUT_HIGH (256 * 1024)
+#define LR_OUT_LOW (64 * 1024)
+
+void lr_conn_write(lr_conn_t *c, const void *p, size_t n);
+void lr_conn_write_ref(lr_conn_t *c, const char *p, size_t n, lr_release_cb release, void *arg);
+char *lr_conn_reserve(lr_conn_t *c, size_t n); /* space to write into, then commit */
+void lr_conn_commit(lr_conn_t *c, size_t n);
+void lr_conn_defer(lr_conn_t *c);  /* flush (and resume if NEED_RESUME) after this loop phase */
+void lr_conn_close(lr_conn_t *c);  /* close now, dropping queued output */
+void lr_conn_close_after_write(lr_conn_t *c);
+void lr_conn_read_stop(lr_conn_t *c);
+void lr_conn_read_start(lr_conn_t *c);
+void lr_conn_set_timeout(lr_conn_t *c, int kind);
+size_t lr_conn_queued(const lr_conn_t *c);
+void lr__conn_accept(struct lr_listener_s *l);
+void lr__conn_flush(lr_conn_t *c);
+
+/* ---- listeners and workers ---- */
+typedef struct lr_listener_s {
+  uv_tcp_t tcp;
+  struct lr_worker_s *worker;
+  const lr_listen_addr_t *addr;
+  int fd;
+  int paused; /* --max-connections reached: stopped accepting */
+} lr_listener_t;
+
+typedef struct lr_worker_s {
+  int id;
+  const lr_config_t *cfg;
+  uv_loop_t loop;
+  uv_thread_t thread;
+  lr_listener_t listeners[LR_MAX_LISTENERS];
+  int n_listeners;
+  const lr_app_hooks_t *app;
+  void *app_data; /* owned by bindings/ */
+  /* shared per loop: the read buffer (all reads of this loop land here first) */
+  char *read_buf;
+  size_t read_buf_size;
+  /* recycled blocks for stream pools */
+  lr_block_t *free_blocks;
+  unsigned n_free_blocks;
+  /* deferred work: connections to flush or resume, run in prepare and check */
+  lr_link_t deferred;
+  uv_prepare_t prepare;
+  uv_check_t check;
+  /* connection timeouts */
+  lr_link_t timeouts[LR_TO_N];
+  uint64_t timeout_ms[LR_TO_N];
+  uv_timer_t timeout_timer;
+  /* date header value, refreshed at most once per second */
+  uint64_t date_sec;
+  char date[40];
+  /* access log */
+  int access_fd;
+  lr_buf_t access_buf;
+  /* connections */
+  lr_link_t conns;
+  unsigned n_conns;
+  int stopping;
+  volatile int exited; /* set by the worker thread as its loop ends */
+  uv_async_t wakeup; /* stop requests from the main thread */
+  uv_timer_t drain_timer;
+  /* scratch header array for building responses */
+  lr_header_t *scratch;
+  size_t scratch_cap;
+} lr_worker_t;
+
+int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data);
+int lr_worker_listen(lr_worker_t *w, int fds[], int n);
+void lr_worker_run(lr_worker_t *w);
+void lr_worker_stop(lr_worker_t *w); /* thread-safe: asks the worker to drain and exit */
+void lr_worker_destroy(lr_worker_t *w);
+const char *lr_worker_date(lr_worker_t *w);
+void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s);
+
+/* bind every listener once per worker with SO_REUSEPORT; fds[worker][listener] */
+int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen);
+
+/* ---- HTTP/1.1: every plain connection starts as one ---- */
+extern const lr_proto_t lr_http1_proto;
+size_t lr_http1_conn_size(void);
+void lr_http1_init(lr_conn_t *c);
+
+/* shared between protocols */
+const char *lr_status_reason(int status);
+int lr_header_is_hop_by_hop(const char *name, size_t len);
+lr_stream_t *lr__stream_new(lr_conn_t *c);
+void lr__stream_conn_release(lr_stream_t *s);
+int lr__stream_add_header(lr_stream_t *s, const char *name, size_t nlen, const char *value, size_t vlen);
+
+#endif

@@ -1,0 +1,238 @@
+/* Streams: the protocol-neutral request/response object. The protocol creates
+ * it and fills the request; the application replies through these calls,
+ * which check the state and hand the work to the protocol.
+ *
+ * A stream lives until both sides let go of it: the connection (response
+ * complete or connection gone) and the application (its coroutine ended), so
+ * a handler can still read req fields after it replied. */
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "lariat.h"
+
+lr_stream_t *lr__stream_new(lr_conn_t *c) {
+  lr_stream_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return NULL;
+  s->conn = c;
+  s->worker = c->worker;
+  s->content_length = -1;
+  s->start_ms = uv_now(&c->worker->loop);
+  lr_list_init(&s->link);
+  return s;
+}
+
+static void stream_free(lr_stream_t *s) {
+  lr_pool_clear(s->worker, &s->pool);
+  lr_buf_free(&s->body);
+  free(s);
+}
+
+/* the connection side is done with the stream */
+void lr__stream_conn_release(lr_stream_t *s) {
+  if (s->flags & LR_SF_CONN_GONE) return;
+  s->flags |= LR_SF_CONN_GONE;
+  s->conn = NULL;
+  /* a stream the application never started (bad request) has no other owner */
+  if ((s->flags & LR_SF_APP_GONE) || s->app_data == NULL) {
+    stream_free(s);
+    return;
+  }
+  /* a handler still runs: let it notice (a pending wait returns "closed") */
+  if (s->app_data && s->worker->app->conn_gone) s->worker->app->conn_gone(s);
+}
+
+void lr_stream_app_release(lr_stream_t *s) {
+  s->flags |= LR_SF_APP_GONE;
+  s->app_data = NULL;
+  if (s->flags & LR_SF_CONN_GONE) stream_free(s);
+}
+
+int lr__stream_add_header(lr_stream_t *s, const char *name, size_t nlen, const char *value, size_t vlen) {
+  if (s->n_headers == s->cap_headers) {
+    unsigned cap = s->cap_headers ? s->cap_headers * 2 : 16;
+    lr_header_t *h = lr_pool_alloc(s->worker, &s->pool, cap * sizeof *h);
+    if (h == NULL) return UV_ENOMEM;
+    if (s->n_headers) memcpy(h, s->headers, s->n_headers * sizeof *h);
+    s->headers = h;
+    s->cap_headers = cap;
+  }
+  s->headers[s->n_headers++] = (lr_header_t){{name, nlen}, {value, vlen}};
+  return 0;
+}
+
+const lr_str_t *lr_stream_header(const lr_stream_t *s, const char *name, size_t len) {
+  for (unsigned i = 0; i < s->n_headers; i++)
+    if (s->headers[i].name.len == len && memcmp(s->headers[i].name.base, name, len) == 0) return &s->headers[i].value;
+  return NULL;
+}
+
+int lr_stream_peer(const lr_stream_t *s, char *out, size_t outlen, int *port) {
+  if (s->conn == NULL) return LR_ECLOSED;
+  struct sockaddr_storage ss;
+  int sl = sizeof ss;
+  if (uv_tcp_getpeername(&s->conn->tcp, (struct sockaddr *)&ss, &sl)) return LR_ECLOSED;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    uv_ip4_name(a, out, outlen);
+    *port = ntohs(a->sin_port);
+  } else {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    uv_ip6_name(a, out, outlen);
+    *port = ntohs(a->sin6_port);
+  }
+  return 0;
+}
+
+int lr_stream_local_port(const lr_stream_t *s) {
+  if (s->conn == NULL) return 0;
+  return s->conn->listener->addr->port;
+}
+
+const char *lr_stream_scheme(const lr_stream_t *s) {
+  return s->conn && s->conn->listener->addr->tls ? "https" : "http";
+}
+
+/* ---- response ---- */
+
+static int usable(lr_stream_t *s) {
+  if (s->conn == NULL || (s->flags & LR_SF_RESET)) return LR_ECLOSED;
+  return 0;
+}
+
+int lr_stream_send_head(lr_stream_t *s, int status, const lr_header_t *h, size_t n, const char *body, size_t len,
+                        lr_release_cb release, void *arg, int fin) {
+  int r = (s->flags & LR_SF_REPLIED) ? LR_ESTATE : usable(s);
+  if (r) {
+    if (release) release(arg);
+    return r;
+  }
+  s->flags |= LR_SF_REPLIED;
+  if (!fin) s->flags |= LR_SF_STREAMING;
+  s->status = status;
+  return s->conn->proto->send_head(s, status, h, n, body, len, release, arg, fin);
+}
+
+int lr_stream_send_data(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg) {
+  int r = (s->flags & LR_SF_STREAMING) && !(s->flags & LR_SF_FINISHED) ? usable(s) : LR_ESTATE;
+  if (r) {
+    if (release) release(arg);
+    return r;
+  }
+  if (len == 0) {
+    if (release) release(arg);
+    return 0;
+  }
+  return s->conn->proto->send_data(s, data, len, release, arg, 0);
+}
+
+int lr_stream_send_trailers(lr_stream_t *s, const lr_header_t *h, size_t n) {
+  if (!(s->flags & LR_SF_STREAMING) || (s->flags & LR_SF_FINISHED)) return LR_ESTATE;
+  int r = usable(s);
+  if (r) return r;
+  return s->conn->proto->send_trailers(s, h, n);
+}
+
+int lr_stream_finish(lr_stream_t *s) {
+  if (!(s->flags & LR_SF_STREAMING) || (s->flags & LR_SF_FINISHED)) return LR_ESTATE;
+  int r = usable(s);
+  if (r) return r;
+  return s->conn->proto->send_data(s, NULL, 0, NULL, NULL, LR_FIN);
+}
+
+void lr_stream_abort(lr_stream_t *s) {
+  if (s->conn == NULL || (s->flags & LR_SF_FINISHED)) return;
+  s->conn->proto->abort(s);
+}
+
+int lr_stream_write_blocked(lr_stream_t *s) { return s->conn && lr_conn_queued(s->conn) > LR_OUT_HIGH; }
+
+int lr_stream_read_body(lr_stream_t *s, lr_buf_t *out, size_t max, int *fin) {
+  *fin = 0;
+  if (s->body.len) {
+    size_t n = s->body.len < max ? s->body.len : max;
+    if (lr_buf_append(out, s->body.base, n)) return UV_ENOMEM;
+    lr_buf_consume(&s->body, n);
+    if (s->body.len == 0 && (s->flags & LR_SF_BODY_DONE)) *fin = 1;
+    /* room again: let the protocol read (or open the window) */
+    if (s->conn) s->conn->proto->body_wanted(s);
+    return (int)n;
+  }
+  if (s->flags & LR_SF_BODY_DONE) {
+    *fin = 1;
+    return 0;
+  }
+  if (s->conn == NULL || (s->flags & LR_SF_RESET)) return LR_ECLOSED;
+  s->conn->proto->body_wanted(s);
+  return 0;
+}
+
+/* ---- helpers shared by the protocols ---- */
+
+const char *lr_status_reason(int status) {
+  switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 203: return "Non-Authoritative Information";
+    case 204: return "No Content";
+    case 205: return "Reset Content";
+    case 206: return "Partial Content";
+    case 300: return "Multiple Choices";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 418: return "I'm a teapot";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 425: return "Too Early";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+  }
+}
+
+/* headers the core owns: a handler can neither set nor see them */
+int lr_header_is_hop_by_hop(const char *name, size_t len) {
+  switch (len) {
+    case 7: return strncasecmp(name, "upgrade", 7) == 0;
+    case 10: return strncasecmp(name, "connection", 10) == 0 || strncasecmp(name, "keep-alive", 10) == 0;
+    case 14: return strncasecmp(name, "content-length", 14) == 0;
+    case 16: return strncasecmp(name, "proxy-connection", 16) == 0;
+    case 17: return strncasecmp(name, "transfer-encoding", 17) == 0;
+    default: return 0;
+  }
+}

@@ -1,0 +1,279 @@
+/* A worker: one thread, one uv loop, its own listening sockets (SO_REUSEPORT),
+ * its own connections. Nothing here is shared with other workers. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "lariat.h"
+
+#define LR_READ_BUF_SIZE (64 * 1024)
+
+/* ---- deferred work: flush output and resume protocols once per loop phase ---- */
+
+static void run_deferred(lr_worker_t *w) {
+  if (w->app->tick) w->app->tick(w);
+  /* a flush can close a connection or defer another one: pop one at a time */
+  while (!lr_list_empty(&w->deferred)) {
+    lr_link_t *l = w->deferred.next;
+    lr_link_unlink(l);
+    lr_conn_t *c = LR_CONTAINER_OF(l, lr_conn_t, deferred);
+    c->flags &= ~LR_CF_DEFERRED;
+    if (c->flags & LR_CF_NEED_RESUME) {
+      c->flags &= ~LR_CF_NEED_RESUME;
+      if (c->proto->resume) c->proto->resume(c);
+      if (c->flags & LR_CF_CLOSING) continue;
+    }
+    lr__conn_flush(c);
+  }
+  if (w->access_buf.len && w->access_fd >= 0) {
+    ssize_t r = write(w->access_fd, w->access_buf.base, w->access_buf.len);
+    (void)r;
+    w->access_buf.len = 0;
+  }
+}
+
+static void on_prepare(uv_prepare_t *h) { run_deferred(h->data); }
+static void on_check(uv_check_t *h) { run_deferred(h->data); }
+
+/* ---- timeouts ---- */
+
+static void on_timeout_tick(uv_timer_t *t) {
+  lr_worker_t *w = t->data;
+  uint64_t now = uv_now(&w->loop);
+  for (int k = 1; k < LR_TO_N; k++) {
+    while (!lr_list_empty(&w->timeouts[k])) {
+      lr_timeout_t *to = LR_CONTAINER_OF(w->timeouts[k].next, lr_timeout_t, link);
+      if (to->deadline > now) break;
+      lr_link_unlink(&to->link);
+      lr_conn_t *c = LR_CONTAINER_OF(to, lr_conn_t, timeout);
+      if (c->proto->on_timeout)
+        c->proto->on_timeout(c);
+      else
+        lr_conn_close(c);
+    }
+  }
+}
+
+/* ---- date ---- */
+
+const char *lr_worker_date(lr_worker_t *w) {
+  time_t now = time(NULL);
+  if ((uint64_t)now != w->date_sec) {
+    static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+    static const char *months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                   "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    snprintf(w->date, sizeof w->date, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday], tm.tm_mday,
+             months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+    w->date_sec = (uint64_t)now;
+  }
+  return w->date;
+}
+
+/* ---- access log: combined log format, buffered per loop iteration ---- */
+
+void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s) {
+  if (w->access_fd < 0) return;
+  char peer[64];
+  int port;
+  if (lr_stream_peer(s, peer, sizeof peer, &port) != 0) strcpy(peer, "-");
+  time_t now = time(NULL);
+  struct tm tm;
+  gmtime_r(&now, &tm);
+  char when[40];
+  strftime(when, sizeof when, "%d/%b/%Y:%H:%M:%S +0000", &tm);
+  const lr_str_t *ref = lr_stream_header(s, "referer", 7);
+  const lr_str_t *ua = lr_stream_header(s, "user-agent", 10);
+  const char *ver = s->version == 20 ? "HTTP/2" : s->version == 10 ? "HTTP/1.0" : "HTTP/1.1";
+  if (lr_buf_reserve(&w->access_buf, 512 + s->target.len + (ref ? ref->len : 0) + (ua ? ua->len : 0))) return;
+  int n = snprintf(w->access_buf.base + w->access_buf.len, w->access_buf.cap - w->access_buf.len,
+                   "%s - - [%s] \"%.*s %.*s %s\" %d %llu \"%.*s\" \"%.*s\"\n", peer, when, (int)s->method.len,
+                   s->method.base, (int)s->target.len, s->target.base, ver, s->status,
+                   (unsigned long long)s->bytes_sent, ref ? (int)ref->len : 1, ref ? ref->base : "-",
+                   ua ? (int)ua->len : 1, ua ? ua->base : "-");
+  if (n > 0 && (size_t)n < w->access_buf.cap - w->access_buf.len) w->access_buf.len += (size_t)n;
+}
+
+/* ---- listeners ---- */
+
+static void on_connection(uv_stream_t *server, int status) {
+  lr_listener_t *l = server->data;
+  if (status < 0) return;
+  lr__conn_accept(l);
+}
+
+int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen) {
+  for (int i = 0; i < cfg->n_listen; i++) {
+    lr_listen_addr_t *a = &cfg->listen[i];
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    memset(&ss, 0, sizeof ss);
+    struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+    int family;
+    if (inet_pton(AF_INET, a->host, &sin->sin_addr) == 1) {
+      family = sin->sin_family = AF_INET;
+      sl = sizeof *sin;
+    } else if (inet_pton(AF_INET6, a->host, &sin6->sin6_addr) == 1) {
+      family = sin6->sin6_family = AF_INET6;
+      sl = sizeof *sin6;
+    } else {
+      snprintf(err, errlen, "listen %s:%d: not a numeric IP address", a->host, a->port);
+      return -1;
+    }
+    for (int k = 0; k < workers; k++) {
+      if (family == AF_INET)
+        sin->sin_port = htons((uint16_t)a->port);
+      else
+        sin6->sin6_port = htons((uint16_t)a->port);
+      int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+      int one = 1;
+      if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+          setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) || bind(fd, (struct sockaddr *)&ss, sl) ||
+          listen(fd, 4096)) {
+        snprintf(err, errlen, "listen %s:%d: %s", a->host, a->port, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+      }
+      if (a->port == 0) {
+        /* the first socket picked a port: the other workers share it */
+        struct sockaddr_storage got;
+        socklen_t gl = sizeof got;
+        getsockname(fd, (struct sockaddr *)&got, &gl);
+        a->port = ntohs(family == AF_INET ? ((struct sockaddr_in *)&got)->sin_port
+                                          : ((struct sockaddr_in6 *)&got)->sin6_port);
+      }
+      fds[k * LR_MAX_LISTENERS + i] = fd;
+    }
+  }
+  return 0;
+}
+
+int lr_worker_listen(lr_worker_t *w, int fds[], int n) {
+  for (int i = 0; i < n; i++) {
+    lr_listener_t *l = &w->listeners[i];
+    l->worker = w;
+    l->addr = &w->cfg->listen[i];
+    l->fd = fds[i];
+    uv_tcp_init(&w->loop, &l->tcp);
+    l->tcp.data = l;
+    int r = uv_tcp_open(&l->tcp, fds[i]);
+    if (r == 0) r = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
+    if (r) return r;
+    w->n_listeners++;
+  }
+  return 0;
+}
+
+/* ---- stop: stop accepting, let in-flight requests finish, then leave the loop ---- */
+
+static void close_walk(uv_handle_t *h, void *arg) {
+  (void)arg;
+  if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+static void on_drain_timeout(uv_timer_t *t) {
+  lr_worker_t *w = t->data;
+  lr_log(LR_LOG_WARN, "worker %d: drain timeout, closing %u connections", w->id, w->n_conns);
+  while (!lr_list_empty(&w->conns)) lr_conn_close(LR_CONTAINER_OF(w->conns.next, lr_conn_t, all));
+}
+
+static void on_wakeup(uv_async_t *a) {
+  lr_worker_t *w = a->data;
+  if (w->stopping) return;
+  w->stopping = 1;
+  /* the loop ends once the last connection and handler are gone */
+  uv_unref((uv_handle_t *)&w->wakeup);
+  uv_timer_init(&w->loop, &w->drain_timer);
+  w->drain_timer.data = w;
+  uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->drain_timeout_ms, 0);
+  uv_unref((uv_handle_t *)&w->drain_timer);
+  for (int i = 0; i < w->n_listeners; i++) uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+  /* ask every connection to finish: idle ones close now */
+  lr_link_t *l = w->conns.next;
+  while (l != &w->conns) {
+    lr_conn_t *c = LR_CONTAINER_OF(l, lr_conn_t, all);
+    l = l->next;
+    if (c->proto->on_shutdown)
+      c->proto->on_shutdown(c);
+    else
+      lr_conn_close(c);
+  }
+}
+
+void lr_worker_stop(lr_worker_t *w) { uv_async_send(&w->wakeup); }
+
+int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data) {
+  memset(w, 0, sizeof *w);
+  w->id = id;
+  w->cfg = cfg;
+  w->app = app;
+  w->app_data = app_data;
+  int r = uv_loop_init(&w->loop);
+  if (r) return r;
+  w->loop.data = w;
+  w->read_buf_size = LR_READ_BUF_SIZE;
+  w->read_buf = malloc(w->read_buf_size);
+  if (w->read_buf == NULL) return UV_ENOMEM;
+  lr_list_init(&w->deferred);
+  lr_list_init(&w->conns);
+  for (int k = 0; k < LR_TO_N; k++) lr_list_init(&w->timeouts[k]);
+  w->timeout_ms[LR_TO_HEADER] = cfg->header_timeout_ms;
+  w->timeout_ms[LR_TO_IDLE] = cfg->idle_timeout_ms;
+  uv_prepare_init(&w->loop, &w->prepare);
+  w->prepare.data = w;
+  uv_prepare_start(&w->prepare, on_prepare);
+  uv_check_init(&w->loop, &w->check);
+  w->check.data = w;
+  uv_check_start(&w->check, on_check);
+  /* tick often enough to honour the shortest timeout within a quarter of it */
+  uint64_t tick = cfg->header_timeout_ms < cfg->idle_timeout_ms ? cfg->header_timeout_ms : cfg->idle_timeout_ms;
+  tick /= 4;
+  if (tick < 10) tick = 10;
+  if (tick > 1000) tick = 1000;
+  uv_timer_init(&w->loop, &w->timeout_timer);
+  w->timeout_timer.data = w;
+  uv_timer_start(&w->timeout_timer, on_timeout_tick, tick, tick);
+  uv_unref((uv_handle_t *)&w->timeout_timer);
+  uv_unref((uv_handle_t *)&w->prepare);
+  uv_unref((uv_handle_t *)&w->check);
+  uv_async_init(&w->loop, &w->wakeup, on_wakeup);
+  w->wakeup.data = w;
+  w->access_fd = -1;
+  if (cfg->access_log) {
+    if (strcmp(cfg->access_log, "-") == 0)
+      w->access_fd = STDOUT_FILENO;
+    else
+      w->access_fd = open(cfg->access_log, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  }
+  return 0;
+}
+
+void lr_worker_run(lr_worker_t *w) {
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  __atomic_store_n(&w->exited, 1, __ATOMIC_SEQ_CST);
+}
+
+/* after lr_worker_run returned: every connection is gone */
+void lr_worker_destroy(lr_worker_t *w) {
+  uv_walk(&w->loop, close_walk, NULL);
+  uv_run(&w->loop, UV_RUN_DEFAULT);
+  uv_loop_close(&w->loop);
+  while (w->free_blocks) {
+    lr_block_t *b = w->free_blocks;
+    w->free_blocks = b->next;
+    free(b);
+  }
+  free(w->read_buf);
+  free(w->scratch);
+  lr_buf_free(&w->access_buf);
+  if (w->access_fd > STDERR_FILENO) close(w->access_fd);
+}
