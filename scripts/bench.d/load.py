@@ -50,7 +50,10 @@ def wrk(port, path="/", duration=10, connections=50, post=False, pin=True):
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = sum(int(x) for x in sock.groups()) if sock else 0
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    errors += int(non2xx.group(1)) if non2xx else 0
+    non2xx = int(non2xx.group(1)) if non2xx else 0
+    if non2xx > requests / 1000:
+        raise LoadError(f"{non2xx} of {requests} responses were not 2xx")
+    errors += non2xx
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     return {"requests": requests, "rps": rps, "errors": errors,
@@ -71,8 +74,10 @@ def h2load(url, n=200000, connections=50, streams=10, pin=True):
     req = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded", out)
     if not (fin and st and req):
         raise LoadError(f"unreadable h2load output: {out[-300:]}")
-    ok = int(st.group(1))
-    return {"requests": ok, "rps": float(fin.group(1)), "errors": int(req.group(1)) - ok,
+    ok, done = int(st.group(1)), int(req.group(2))
+    if done - ok > done / 1000:
+        raise LoadError(f"{done - ok} of {done} responses were not 2xx")
+    return {"requests": ok, "rps": float(fin.group(1)), "errors": int(req.group(1)) - ok,   # not done or not 2xx
             "p50": None, "p99": None}
 
 

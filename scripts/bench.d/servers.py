@@ -124,6 +124,16 @@ def _h2o(env, prefix, workers, tls):
     return ["h2o", "-c", f"{prefix}/h2o.conf"], port, port, tls_port
 
 
+_help = {}
+
+
+def _lariat_help(binary):
+    if binary not in _help:
+        p = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+        _help[binary] = p.stdout + p.stderr
+    return _help[binary]
+
+
 def _lariat(env, prefix, workers, tls):
     if not os.access(env.lariat, os.X_OK):
         raise Unsupported(f"{os.path.relpath(env.lariat, env.repo)} not built")
@@ -132,6 +142,10 @@ def _lariat(env, prefix, workers, tls):
     os.makedirs(prefix)
     port = free_port()
     cmd = [env.lariat, "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
+    # Same as the nginx anchor's keepalive_requests 1000000 (h2o has no cap):
+    # lariat's default of 1000 would make wrk reconnect and h2load fail after GOAWAY.
+    if "--max-keepalive" in _lariat_help(env.lariat):
+        cmd += ["--max-keepalive", "1000000"]
     tls_port = 0
     if tls:
         tls_port = free_port()
