@@ -84,7 +84,7 @@ local function parse_range(value, size)
     return math.max(size - n, 0), size - 1
   end
   local first, last = tonumber(a), b ~= "" and tonumber(b) or size - 1
-  if last < first then return nil end
+  if b ~= "" and last < first then return nil end -- invalid: ignored
   if first >= size then return "unsatisfiable" end
   return first, math.min(last, size - 1)
 end
