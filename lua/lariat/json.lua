@@ -8,8 +8,45 @@ cjson.encode_invalid_numbers(false)
 
 local M = { null = cjson.null }
 
+-- An empty Lua table is both {} and []; cjson picks {}. Tables passed through
+-- json.array() encode as [] even when empty: they are swapped for a sentinel
+-- string that is replaced in the output. The walk only happens once some
+-- array was marked in this Lua state.
+local array_mt = { __name = "lariat.json.array" }
+local SENTINEL = "\0lariat:[]\0"
+local SENTINEL_JSON = '"\\u0000lariat:%[%]\\u0000"'
+local marked = false
+
+-- array([t]) → t, encoded as a JSON array even when empty.
+function M.array(t)
+  marked = true
+  return setmetatable(t or {}, array_mt)
+end
+
+local function swap_empty_arrays(v, depth)
+  if depth > 1000 then error("json.encode: nesting too deep (cycle?)", 0) end
+  if getmetatable(v) == array_mt and next(v) == nil then return SENTINEL end
+  local copy
+  for k, x in pairs(v) do
+    if type(x) == "table" then
+      local nx = swap_empty_arrays(x, depth + 1)
+      if nx ~= x then
+        if not copy then copy = {}; for kk, vv in pairs(v) do copy[kk] = vv end end
+        copy[k] = nx
+      end
+    end
+  end
+  return copy or v
+end
+
 -- encode(value) → string; raises on values JSON cannot represent.
 function M.encode(value)
+  if marked and type(value) == "table" then
+    local swapped = swap_empty_arrays(value, 0)
+    if swapped ~= value then
+      return (cjson.encode(swapped):gsub(SENTINEL_JSON, "[]"))
+    end
+  end
   return cjson.encode(value)
 end
 
