@@ -134,8 +134,9 @@ return function(dir, opts)
   local prefix = opts.prefix and lpath.prefix(opts.prefix)
   local root, err = realpath(dir)
   if not root then error(("lariat.static: %s: %s"):format(dir, tostring(err)), 2) end
-  local st_root = stat(root)
-  if not st_root or st_root.type ~= "directory" then
+  local st_root, serr = stat(root)
+  if not st_root then error(("lariat.static: %s: %s"):format(dir, tostring(serr)), 2) end
+  if st_root.type ~= "directory" then
     error(("lariat.static: %s is not a directory"):format(dir), 2)
   end
 
