@@ -4,6 +4,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 
 #include "bindings.h"
@@ -53,7 +54,27 @@ static int l_realpath(lua_State *L) {
   return 1;
 }
 
+/* stat(path) → {type=, size=, mtime=} or nil, message */
+static int l_stat(lua_State *L) {
+  const char *p = luaL_checkstring(L, 1);
+  struct stat st;
+  if (stat(p, &st) != 0) {
+    luaL_pushfail(L);
+    lua_pushstring(L, strerror(errno));
+    return 2;
+  }
+  lua_createtable(L, 0, 3);
+  lua_pushstring(L, S_ISREG(st.st_mode) ? "file" : S_ISDIR(st.st_mode) ? "directory" : "other");
+  lua_setfield(L, -2, "type");
+  lua_pushinteger(L, (lua_Integer)st.st_size);
+  lua_setfield(L, -2, "size");
+  lua_pushinteger(L, (lua_Integer)st.st_mtime);
+  lua_setfield(L, -2, "mtime");
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
+    {"stat", l_stat},
     {"sleep", l_sleep},
     {"now", l_now},
     {"log", l_log},

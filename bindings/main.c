@@ -52,6 +52,18 @@ static void on_signal(uv_signal_t *h, int signum) {
   for (int i = 0; i < n_slots; i++) lr_worker_stop(&slots[i].w);
 }
 
+/* tear down what startup built so far; every startup failure exits 2 */
+static int startup_failed(int n_ready, int *fds, const char *msg) {
+  fprintf(stderr, "lariat: %s\n", msg);
+  for (int i = 0; i < n_ready; i++) {
+    if (slots[i].lw.app) lr_app_unref(slots[i].lw.app);
+    lr_worker_destroy(&slots[i].w);
+  }
+  free(slots);
+  free(fds);
+  return 2;
+}
+
 int main(int argc, char **argv) {
   static lr_config_t cfg;
   char err[1024];
@@ -73,28 +85,19 @@ int main(int argc, char **argv) {
   /* load the app in every worker before binding: a broken app never listens */
   for (int i = 0; i < n_slots; i++) {
     worker_slot_t *ws = &slots[i];
-    if (lr_worker_init(&ws->w, i, &cfg, &lr_lua_hooks, &ws->lw)) {
-      fprintf(stderr, "lariat: cannot start worker %d\n", i);
-      return 1;
-    }
+    if (lr_worker_init(&ws->w, i, &cfg, &lr_lua_hooks, &ws->lw)) return startup_failed(i, fds, "cannot start a worker");
     ws->lw.w = &ws->w;
     ws->lw.cfg = &cfg;
     lr_list_init(&ws->lw.ready);
     ws->lw.app = lr_app_load(&ws->lw, err, sizeof err);
-    if (ws->lw.app == NULL) {
-      fprintf(stderr, "lariat: %s\n", err);
-      return 2;
-    }
+    if (ws->lw.app == NULL) return startup_failed(i + 1, fds, err);
   }
-  if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) {
-    fprintf(stderr, "lariat: %s\n", err);
-    return 1;
-  }
+  if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) return startup_failed(n_slots, fds, err);
   for (int i = 0; i < n_slots; i++) {
     r = lr_worker_listen(&slots[i].w, &fds[i * LR_MAX_LISTENERS], cfg.n_listen);
     if (r) {
-      fprintf(stderr, "lariat: listen: %s\n", uv_strerror(r));
-      return 1;
+      snprintf(err, sizeof err, "listen: %s", uv_strerror(r));
+      return startup_failed(n_slots, fds, err);
     }
   }
   for (int i = 0; i < cfg.n_listen; i++) {

@@ -128,6 +128,11 @@ static int req_index(lua_State *L) {
       break;
     case 6:
       if (memcmp(k, "method", 6) == 0) return push_str(L, &s->method), 1;
+      if (memcmp(k, "status", 6) == 0) {
+        if (!(s->flags & LR_SF_REPLIED)) return 0;
+        lua_pushinteger(L, s->status);
+        return 1;
+      }
       if (memcmp(k, "scheme", 6) == 0) return lua_pushstring(L, lr_stream_scheme(s)), 1;
       if (memcmp(k, "target", 6) == 0) return push_str(L, &s->target), 1;
       break;
@@ -140,6 +145,9 @@ static int req_index(lua_State *L) {
       break;
     case 8:
       if (memcmp(k, "bindings", 8) == 0) goto cached_table;
+      break;
+    case 10:
+      if (memcmp(k, "bytes_sent", 10) == 0) return lua_pushinteger(L, (lua_Integer)s->bytes_sent), 1;
       break;
     case 9:
       if (memcmp(k, "peer_port", 9) == 0) {

@@ -141,6 +141,7 @@ static void finish_error(lr_co_t *co) {
   lua_pushvalue(L, err);
   lua_xmove(L, M, 2);
   lua_resetthread(L);
+  lua_settop(L, 0);   /* a reset keeps the error object at index 1 */
   lua_xmove(M, L, 2); /* L: req, error */
   if (s == NULL) return;
   if (is_http && !(s->flags & LR_SF_REPLIED)) {

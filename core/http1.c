@@ -35,7 +35,9 @@ typedef struct h1_conn_s {
   uint16_t error;     /* status to answer for a bad request */
   uint16_t n_host;
   uint8_t te_unknown; /* a transfer coding we don't implement */
+  uint8_t te_bad;     /* chunked is not the final transfer coding */
   uint8_t is_upgrade;
+  uint8_t in_body;    /* head done: header callbacks now carry trailer fields */
 } h1_conn_t;
 
 #define H1(c) ((h1_conn_t *)(c))
@@ -68,6 +70,8 @@ static int on_message_begin(llhttp_t *p) {
   h->msg_done = 0;
   h->n_host = 0;
   h->te_unknown = 0;
+  h->te_bad = 0;
+  h->in_body = 0;
   lr_conn_set_timeout(&h->base, LR_TO_HEADER);
   return 0;
 }
@@ -86,6 +90,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
   lr_stream_t *s = h->cur;
   const lr_config_t *cfg = h->base.worker->cfg;
   if ((h->head_bytes += (uint32_t)len) > cfg->max_header_bytes) return set_error(h, 431);
+  if (h->in_body) return 0; /* request trailers are read and dropped */
   if (h->hstate != HS_FIELD) { /* else: the rest of a name split across reads */
     if (s->n_headers >= cfg->max_headers) return set_error(h, 431);
     if (lr__stream_add_header(s, OFF(s->body.len), 0, OFF(0), 0)) return set_error(h, 503);
@@ -106,6 +111,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   h1_conn_t *h = p->data;
   lr_stream_t *s = h->cur;
   if ((h->head_bytes += (uint32_t)len) > h->base.worker->cfg->max_header_bytes) return set_error(h, 431);
+  if (h->in_body) return 0;
   lr_header_t *hd = &s->headers[s->n_headers - 1];
   if (h->hstate != HS_VALUE) {
     hd->value.base = OFF(s->body.len);
@@ -131,10 +137,11 @@ static int has_token(const char *v, size_t len, const char *tok) {
   return 0;
 }
 
-/* every coding before the final chunked must be one we know of; we decode none
- * of them, so any other coding is "not implemented" (RFC 9112 §6.1) */
+/* RFC 9112 §6.1/§6.3: chunked must be the final coding (else 400); we decode
+ * no other coding, so any before it is "not implemented" (501) */
 static void check_transfer_coding(h1_conn_t *h, const char *v, size_t len) {
   size_t i = 0;
+  int last_chunked = 0;
   while (i < len) {
     while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
     size_t st = i;
@@ -142,13 +149,17 @@ static void check_transfer_coding(h1_conn_t *h, const char *v, size_t len) {
     size_t e = i;
     while (e > st && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
     while (i < len && v[i] != ',') i++; /* skip parameters */
-    if (e > st && !(e - st == 7 && strncasecmp(v + st, "chunked", 7) == 0)) h->te_unknown = 1;
+    if (e == st) continue;
+    last_chunked = e - st == 7 && strncasecmp(v + st, "chunked", 7) == 0;
+    if (!last_chunked) h->te_unknown = 1;
   }
+  if (!last_chunked) h->te_bad = 1;
 }
 
 static int on_header_value_complete(llhttp_t *p) {
   h1_conn_t *h = p->data;
   lr_stream_t *s = h->cur;
+  if (h->in_body) return 0;
   lr_header_t *hd = &s->headers[s->n_headers - 1];
   h->hstate = HS_NONE;
   /* names are still offsets here: compare against the raw buffer */
@@ -166,7 +177,7 @@ static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   /* one copy of the whole head; slices become pointers */
   char *raw = lr_pool_alloc(w, &s->pool, s->body.len + 1);
   if (raw == NULL) return;
-  memcpy(raw, s->body.base, s->body.len);
+  if (s->body.len) memcpy(raw, s->body.base, s->body.len);
   s->target.base = raw + UNOFF(s->target.base);
   unsigned kept = 0;
   for (unsigned i = 0; i < s->n_headers; i++) {
@@ -200,12 +211,14 @@ static int on_headers_complete(llhttp_t *p) {
   lr_stream_t *s = h->cur;
   lr_worker_t *w = h->base.worker;
   h->is_upgrade = 0;
+  h->in_body = 1;
   head_to_pool(h, s);
   s->version = p->http_major == 1 && p->http_minor == 0 ? 10 : 11;
   if (p->http_major != 1) return set_error(h, 505);
   s->method.base = llhttp_method_name(p->method);
   s->method.len = strlen(s->method.base);
   if (p->method == HTTP_HEAD) s->flags |= LR_SF_HEAD;
+  if (h->te_bad) return set_error(h, 400);
   if (h->te_unknown) return set_error(h, 501);
   if (s->version == 11 && h->n_host != 1) return set_error(h, 400);
   if (h->n_host > 1) return set_error(h, 400);
@@ -262,7 +275,7 @@ static const llhttp_settings_t settings = {
 /* ---- writing the response ---- */
 
 static char *put(char *d, const char *s, size_t n) {
-  memcpy(d, s, n);
+  if (n) memcpy(d, s, n);
   return d + n;
 }
 
@@ -482,7 +495,7 @@ static void send_error(h1_conn_t *h, int status) {
 static int parse_error_status(h1_conn_t *h, llhttp_errno_t e) {
   if (h->error) return h->error;
   switch (e) {
-    case HPE_INVALID_TRANSFER_ENCODING: return h->te_unknown ? 501 : 400;
+    case HPE_INVALID_TRANSFER_ENCODING: return h->te_unknown && !h->te_bad ? 501 : 400;
     case HPE_INVALID_METHOD: return 400; /* unknown methods are 400 for llhttp; 501 would need a list */
     default: return 400;
   }
