@@ -136,7 +136,7 @@ def test_version():
 
 def _serve_and_check(srv):
     for port in srv.ports:
-        r = httpx.get("http://127.0.0.1:%d/" % port, timeout=10)
+        r = httpx.get("http://127.0.0.1:%d/" % port, timeout=10, trust_env=False)
         assert r.status_code == 200
         assert r.text == "Hello world!"
 

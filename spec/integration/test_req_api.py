@@ -13,9 +13,9 @@ from conftest import module_server, request
 mw = module_server("middleware.lua")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def client(server):
-    with httpx.Client(base_url=server.url(""), timeout=10) as c:
+    with httpx.Client(base_url=server.url(""), timeout=10, trust_env=False) as c:
         yield c
 
 
@@ -29,7 +29,7 @@ def test_string_result_is_200_text_plain(client):
 
 
 def test_curl_gets_hello_world(server):
-    out = subprocess.run(["curl", "-sS", "--max-time", "10", server.url("/")],
+    out = subprocess.run(["curl", "--noproxy", "*", "-sS", "--max-time", "10", server.url("/")],
                          capture_output=True, check=True)
     assert out.stdout == b"Hello world!"
 
@@ -229,7 +229,7 @@ def test_error_after_streaming_began_truncates_and_closes(server):
 
 
 def test_curl_reports_truncated_stream(server):
-    out = subprocess.run(["curl", "-sS", "--max-time", "10", server.url("/stream-error")],
+    out = subprocess.run(["curl", "--noproxy", "*", "-sS", "--max-time", "10", server.url("/stream-error")],
                          capture_output=True)
     assert out.returncode != 0
     assert b"partial-data" in out.stdout
@@ -238,28 +238,28 @@ def test_curl_reports_truncated_stream(server):
 # -- middleware ---------------------------------------------------------------
 
 def test_middleware_runs_before_handler_in_order(mw):
-    r = httpx.get(mw.url("/plain"), timeout=10)
+    r = httpx.get(mw.url("/plain"), timeout=10, trust_env=False)
     assert r.status_code == 200
     assert r.text == "handler after outer,inner"
     assert r.headers["x-outer"] == "1"
 
 
 def test_middleware_acts_after_next(mw):
-    r = httpx.get(mw.url("/after"), timeout=10)
+    r = httpx.get(mw.url("/after"), timeout=10, trust_env=False)
     assert r.status_code == 200
     assert r.headers["x-after"] == "inner"
     assert r.text == "handler+after"
 
 
 def test_middleware_changes_the_result(mw):
-    r = httpx.get(mw.url("/change"), timeout=10)
+    r = httpx.get(mw.url("/change"), timeout=10, trust_env=False)
     assert r.status_code == 202
     assert r.headers["x-changed"] == "yes"
     assert r.text == "changed: original"
 
 
 def test_middleware_short_circuits(mw):
-    r = httpx.get(mw.url("/block"), timeout=10)
+    r = httpx.get(mw.url("/block"), timeout=10, trust_env=False)
     assert r.status_code == 403
     assert r.text == "blocked by middleware"
 

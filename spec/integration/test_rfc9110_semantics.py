@@ -276,7 +276,7 @@ def test_10_1_1_curl_expect_100_upload(server, tmp_path):
     src = tmp_path / "up.bin"
     src.write_bytes(data)
     out = subprocess.run(
-        ["curl", "-sS", "-v", "--max-time", "20", "--expect100-timeout", "10",
+        ["curl", "--noproxy", "*", "-sS", "-v", "--max-time", "20", "--expect100-timeout", "10",
          "-H", "expect: 100-continue", "--data-binary", "@%s" % src,
          server.url("/echo")], capture_output=True, check=True)
     assert out.stdout == data

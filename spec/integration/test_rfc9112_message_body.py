@@ -424,15 +424,16 @@ def test_7_1_curl_chunked_upload_round_trips(server, tmp_path):
     src = tmp_path / "in.bin"
     src.write_bytes(data)
     out = subprocess.run(
-        ["curl", "-sS", "--max-time", "20", "-H", "transfer-encoding: chunked",
+        ["curl", "--noproxy", "*", "-sS", "-v", "--max-time", "20",
+         "-H", "transfer-encoding: chunked",
          "-H", "content-type: application/x-test", "--data-binary", "@%s" % src,
          server.url("/echo")],
         capture_output=True, check=True)
-    assert out.stdout == data
+    assert out.stdout == data, out.stderr.decode()[-3000:]
 
 
 def test_7_1_curl_reads_streamed_response(server):
     """RFC 9112 7.1 with a real client: curl decodes the chunked stream."""
-    out = subprocess.run(["curl", "-sS", "--max-time", "10", server.url("/stream")],
+    out = subprocess.run(["curl", "--noproxy", "*", "-sS", "--max-time", "10", server.url("/stream")],
                          capture_output=True, check=True)
     assert out.stdout == b"chunk1\nchunk2\nchunk3\n"

@@ -44,18 +44,27 @@ def test_2_2_bare_cr_as_line_terminator_is_400(server):
 @pytest.mark.parametrize("line", [
     b"GET / HTTP/1.1 extra",
     b"GET",
-    b"GET /",
     b"/ HTTP/1.1",
     b"GET / HTTP/1.x",
     b"GET / FOO/1.1",
     b"GET / http/1.1",
-], ids=["trailing-token", "method-only", "no-version", "no-method",
+], ids=["trailing-token", "method-only", "no-method",
         "bad-version-digit", "bad-protocol-name", "lowercase-http"])
 def test_3_malformed_request_line_is_400(server, line):
     """RFC 9112 3: "Recipients of an invalid request-line SHOULD respond with
     either a 400 (Bad Request) error or a 301 (Moved Permanently) redirect with
     the request-target properly encoded." """
     assert_rejected(server, line + b"\r\nhost: x\r\n\r\n", 400)
+
+
+def test_2_3_request_line_without_version_is_rejected(server):
+    """RFC 9112 2.3: "HTTP-version = HTTP-name "/" DIGIT "." DIGIT"; a request
+    line without it is either malformed (400) or an HTTP/0.9 request, which
+    lariat does not support (RFC 9110 15.6.6: "The 505 (HTTP Version Not
+    Supported) status code indicates that the server does not support, or
+    refuses to support, the major version of HTTP that was used in the request
+    message.")"""
+    assert_rejected(server, b"GET /\r\nhost: x\r\n\r\n", (400, 505))
 
 
 def test_3_1_invalid_character_in_method_is_400(server):
