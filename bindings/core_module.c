@@ -10,9 +10,10 @@
 #include "bindings.h"
 
 static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)L;
   (void)status;
   (void)ctx;
+  lr_co_t *co = lr_co_current(L);
+  if (co) co->timed_out = 0; /* the timer firing is the point of a sleep */
   return 0;
 }
 

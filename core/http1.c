@@ -112,6 +112,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   lr_stream_t *s = h->cur;
   if ((h->head_bytes += (uint32_t)len) > h->base.worker->cfg->max_header_bytes) return set_error(h, 431);
   if (h->in_body) return 0;
+  if (h->hstate == HS_NONE) return set_error(h, 400); /* a value without a name */
+  /* obs-fold (a value continued on the next line) is rejected, RFC 9112 §5.2 */
+  if (memchr(at, '\n', len) || memchr(at, '\r', len)) return set_error(h, 400);
   lr_header_t *hd = &s->headers[s->n_headers - 1];
   if (h->hstate != HS_VALUE) {
     hd->value.base = OFF(s->body.len);
@@ -214,11 +217,14 @@ static int on_headers_complete(llhttp_t *p) {
   h->in_body = 1;
   head_to_pool(h, s);
   s->version = p->http_major == 1 && p->http_minor == 0 ? 10 : 11;
+  if (p->http_major == 0) return set_error(h, 400); /* no version: not an HTTP/1.x request line */
   if (p->http_major != 1) return set_error(h, 505);
   s->method.base = llhttp_method_name(p->method);
   s->method.len = strlen(s->method.base);
   if (p->method == HTTP_HEAD) s->flags |= LR_SF_HEAD;
   if (h->te_bad) return set_error(h, 400);
+  /* RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing: answer, then close */
+  if (s->version == 10 && (p->flags & F_TRANSFER_ENCODING)) h->closing = 1;
   if (h->te_unknown) return set_error(h, 501);
   if (s->version == 11 && h->n_host != 1) return set_error(h, 400);
   if (h->n_host > 1) return set_error(h, 400);
@@ -324,7 +330,13 @@ static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_
   int has_server = 0;
   for (size_t i = 0; i < n; i++) {
     const lr_header_t *hd = &hs[i];
-    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !header_ok(hd)) continue;
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !header_ok(hd)) {
+      /* the handler can't write connection headers, but can ask to close */
+      if (hd->name.len == 10 && strncasecmp(hd->name.base, "connection", 10) == 0 &&
+          has_token(hd->value.base, hd->value.len, "close"))
+        h->closing = 1;
+      continue;
+    }
     for (size_t k = 0; k < hd->name.len; k++) {
       char ch = hd->name.base[k];
       *d++ = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
@@ -516,7 +528,11 @@ static void save_leftover(h1_conn_t *h, const char *p, size_t n) {
 static void h1_process(h1_conn_t *h, const char *p, size_t n) {
   lr_conn_t *c = &h->base;
   h->in_process = 1;
-  while (n > 0 && !(c->flags & LR_CF_CLOSING)) {
+  /* after a pause at the end of a head, the parser may still owe us the
+   * message's completion without needing another byte: run it once more */
+  int kick = 0;
+  while ((n > 0 || kick) && !(c->flags & LR_CF_CLOSING)) {
+    kick = 0;
     if (h->blocked || h->closing) {
       save_leftover(h, p, n);
       break;
@@ -547,6 +563,7 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
     lr_stream_t *s = h->cur;
     if (h->pause == PAUSE_HEADERS) {
       lr_conn_set_timeout(c, LR_TO_NONE);
+      kick = 1;
       c->worker->app->start(s);
     } else if (h->pause == PAUSE_MESSAGE) {
       if (s->flags & LR_SF_FINISHED)
