@@ -54,8 +54,14 @@ typedef struct lr_lworker_s {
 /* the req userdata: a box the core empties when the stream goes away */
 typedef struct lr_req_s {
   lr_stream_t *s;
-  lr_co_t *co; /* owner coroutine */
+  lr_co_t *co;     /* owner coroutine */
+  int told_closed; /* a call already returned nil, "closed" */
 } lr_req_t;
+
+/* raised (as a light userdata) to stop a handler that ignores that its client
+ * is gone; the scheduler ends it quietly */
+extern char lr_stop_handler;
+int lr_req_closed(lua_State *L, lr_req_t *r);
 
 #define LR_REQ_MT "lariat.req"
 

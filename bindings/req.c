@@ -10,7 +10,21 @@
 
 #define BIG_BODY 16384 /* bodies above this are referenced, not copied */
 
+char lr_stop_handler;
+
 static lr_req_t *check_req(lua_State *L, int idx) { return luaL_checkudata(L, idx, LR_REQ_MT); }
+
+/* nil, "closed" the first time; a handler that carries on regardless (a write
+ * loop that never checks) is stopped the next time, so it can't spin */
+int lr_req_closed(lua_State *L, lr_req_t *r) {
+  if (r->told_closed++) {
+    lua_pushlightuserdata(L, &lr_stop_handler);
+    return lua_error(L);
+  }
+  luaL_pushfail(L);
+  lua_pushliteral(L, "closed");
+  return 2;
+}
 
 static lr_stream_t *check_stream(lua_State *L, int idx) {
   lr_req_t *r = check_req(L, idx);
@@ -503,11 +517,7 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   lr_req_t *r = check_req(L, 1);
-  if (r->s == NULL || r->s->conn == NULL) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
+  if (r->s == NULL || r->s->conn == NULL) return lr_req_closed(L, r);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -543,9 +553,7 @@ static int m_write(lua_State *L) {
   lua_pushboolean(L, 1);
   return 1;
 closed:
-  luaL_pushfail(L);
-  lua_pushliteral(L, "closed");
-  return 2;
+  return lr_req_closed(L, check_req(L, 1));
 }
 
 static int m_trailers(lua_State *L) {
@@ -614,9 +622,12 @@ static int read_body_step(lua_State *L, lr_co_t *co) {
   if (co == NULL || !lua_isyieldable(L)) return luaL_error(L, "req:read_body: can't wait outside a request coroutine");
   return lr_co_yield(L, co, CO_WAIT_BODY, timeout_arg(L, 2, co->app->lw->cfg), read_body_k);
 closed:
-  luaL_pushfail(L);
-  lua_pushstring(L, s && (s->flags & LR_SF_BODY_TOO_BIG) ? "too large" : "closed");
-  return 2;
+  if (s && (s->flags & LR_SF_BODY_TOO_BIG)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "too large");
+    return 2;
+  }
+  return lr_req_closed(L, r);
 }
 
 static int read_body_k(lua_State *L, int status, lua_KContext ctx) {
@@ -675,9 +686,12 @@ static int body_step(lua_State *L) {
   lua_pop(L, 1);
   return 1;
 closed:
-  luaL_pushfail(L);
-  lua_pushstring(L, s && (s->flags & LR_SF_BODY_TOO_BIG) ? "too large" : "closed");
-  return 2;
+  if (s && (s->flags & LR_SF_BODY_TOO_BIG)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "too large");
+    return 2;
+  }
+  return lr_req_closed(L, r);
 }
 
 static int body_k(lua_State *L, int status, lua_KContext ctx) {

@@ -125,12 +125,15 @@ static void finish_error(lr_co_t *co) {
   int err = lua_gettop(L);
   /* an error object with a numeric status is an HTTP answer (lariat.http_error) */
   int is_http = 0;
-  if (lua_type(L, err) == LUA_TTABLE) {
+  if (lua_touserdata(L, err) == &lr_stop_handler) {
+    LR_DEBUG("%s: handler stopped: its client is gone", s ? "request" : "coroutine");
+    is_http = -1;
+  } else if (lua_type(L, err) == LUA_TTABLE) {
     lua_pushliteral(L, "status");
     is_http = lua_rawget(L, err) == LUA_TNUMBER && lua_isinteger(L, -1);
     lua_pop(L, 1);
   }
-  if (!is_http) {
+  if (is_http == 0) {
     const char *msg = lua_tostring(L, err);
     if (msg == NULL) msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, err));
     luaL_traceback(M, L, msg, 0);
@@ -144,7 +147,7 @@ static void finish_error(lr_co_t *co) {
   lua_settop(L, 0);   /* a reset keeps the error object at index 1 */
   lua_xmove(M, L, 2); /* L: req, error */
   if (s == NULL) return;
-  if (is_http && !(s->flags & LR_SF_REPLIED)) {
+  if (is_http == 1 && !(s->flags & LR_SF_REPLIED)) {
     lua_getfield(L, 2, "status");
     lua_getfield(L, 2, "headers");
     lua_getfield(L, 2, "body");

@@ -38,6 +38,7 @@ typedef struct h1_conn_s {
   uint8_t te_bad;     /* chunked is not the final transfer coding */
   uint8_t is_upgrade;
   uint8_t in_body;    /* head done: header callbacks now carry trailer fields */
+  const char *exec_start; /* input given to the running llhttp_execute */
 } h1_conn_t;
 
 #define H1(c) ((h1_conn_t *)(c))
@@ -113,6 +114,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
   if ((h->head_bytes += (uint32_t)len) > h->base.worker->cfg->max_header_bytes) return set_error(h, 431);
   if (h->in_body) return 0;
   if (h->hstate == HS_NONE) return set_error(h, 400); /* a value without a name */
+  /* llhttp joins an obs-fold line to the value as a new span in the middle of
+   * the input; a span continued across reads starts at the input's start */
+  if (h->hstate == HS_VALUE && at != h->exec_start) return set_error(h, 400);
   /* obs-fold (a value continued on the next line) is rejected, RFC 9112 §5.2 */
   if (memchr(at, '\n', len) || memchr(at, '\r', len)) return set_error(h, 400);
   lr_header_t *hd = &s->headers[s->n_headers - 1];
@@ -165,6 +169,7 @@ static int on_header_value_complete(llhttp_t *p) {
   if (h->in_body) return 0;
   lr_header_t *hd = &s->headers[s->n_headers - 1];
   h->hstate = HS_NONE;
+  if (hd->name.len == 0) return set_error(h, 400);
   /* names are still offsets here: compare against the raw buffer */
   lr_str_t name = {s->body.base + UNOFF(hd->name.base), hd->name.len};
   const char *v = s->body.base + UNOFF(hd->value.base);
@@ -542,6 +547,7 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
       break;
     }
     h->pause = PAUSE_NONE;
+    h->exec_start = p;
     llhttp_errno_t e = llhttp_execute(&h->parser, p, n);
     size_t used = e == HPE_OK ? n : (size_t)(llhttp_get_error_pos(&h->parser) - p);
     p += used;
