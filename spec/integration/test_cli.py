@@ -211,6 +211,25 @@ def test_sigterm_stops_an_idle_server_cleanly():
     assert rc == 0, srv.stderr_text()
 
 
+def test_sigterm_finishes_in_flight_request():
+    """kill -TERM: stop accepting, finish in-flight requests, exit."""
+    srv = LariatServer(HELLO).start()
+    try:
+        with srv.connect() as c:
+            c.send(request("GET", "/sleep/700"))
+            time.sleep(0.2)
+            srv.proc.send_signal(signal.SIGTERM)
+            resp = c.read_response()
+            assert resp.status == 200
+            assert resp.body == b"slept 700"
+        rc = srv.proc.wait(10)
+        assert rc == 0, srv.stderr_text()
+        with pytest.raises(OSError):
+            socket.create_connection(("127.0.0.1", srv.port), timeout=2).close()
+    finally:
+        srv.stop()
+
+
 def test_access_log_to_file(tmp_path):
     log = tmp_path / "access.log"
     srv = LariatServer(HELLO, "--access-log", log).start()

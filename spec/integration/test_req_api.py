@@ -68,6 +68,20 @@ def test_stream_reply_and_write(client):
     assert r.text == "chunk1\nchunk2\nchunk3\n"
 
 
+def test_large_known_body(client):
+    r = client.get("/big/5000000")
+    assert r.status_code == 200
+    assert r.headers["content-length"] == "5000000"
+    assert r.content == b"a" * 5000000
+
+
+def test_invalid_handler_result_is_500(server):
+    with server.connect() as c:
+        c.send(request("GET", "/bad-result") + request("GET", "/p/after"))
+        assert c.read_response().status == 500
+        assert c.read_response().body == b"/p/after"
+
+
 def test_set_header_adds_a_response_header(client):
     r = client.get("/set-header")
     assert r.status_code == 200

@@ -263,6 +263,18 @@ def test_413_content_length_over_limit_is_rejected_before_reading(small):
         assert c.expect_closed(3)
 
 
+def test_413_default_limit_is_8_mib(server):
+    """The default --max-body is 8 MiB: a declared 8 MiB + 1 is refused at
+    once, exactly 8 MiB is accepted (the handler asks for it: 100 Continue)."""
+    with server.connect(timeout=3) as c:
+        c.send(post("/echo", b"", [("content-length", str(8 * 1024 * 1024 + 1))]))
+        assert c.read_response().status == 413
+    with server.connect(timeout=3) as c:
+        c.send(post("/echo", b"", [("content-length", str(8 * 1024 * 1024)),
+                                   ("expect", "100-continue")]))
+        assert c.read_response(skip_interim=False).status == 100
+
+
 def test_413_other_connections_are_not_disturbed(small):
     """RFC 9110 15.5.14: the 413 answer concerns that request only."""
     assert_rejected(small, post("/echo", b"x" * 5000, [("content-length", "5000")]), 413)
@@ -372,6 +384,16 @@ def test_7_1_streamed_response_is_chunked(server):
         assert resp.body == b"chunk1\nchunk2\nchunk3\n"
         # the connection stays usable after the terminating chunk
         c.send(request("GET", "/p/after"))
+        assert c.read_response().body == b"/p/after"
+
+
+def test_7_1_stream_without_writes_is_an_empty_chunked_body(server):
+    """RFC 9112 7.1: a chunked body may consist of the last-chunk alone."""
+    with server.connect() as c:
+        c.send(request("GET", "/stream-empty") + request("GET", "/p/after"))
+        resp = c.read_response()
+        assert resp.status == 200
+        assert resp.body == b""
         assert c.read_response().body == b"/p/after"
 
 

@@ -105,6 +105,35 @@ def test_3_request_line_under_8k_is_accepted(server):
     assert resp.body == b"file " + target.encode()
 
 
+def test_3_2_2_absolute_form_is_accepted(server):
+    """RFC 9112 3.2.2: "A server MUST accept the absolute-form in requests even
+    though most HTTP/1.1 clients will only send the absolute-form to a
+    proxy." """
+    resp = exchange(server, request("GET", "http://127.0.0.1/p/absolute"))
+    assert resp.status == 200
+    assert resp.body == b"/p/absolute"
+
+
+def test_3_2_2_absolute_form_host_wins_over_host_header(server):
+    """RFC 9112 3.2.2: "When an origin server receives a request with an
+    absolute-form of request-target, the origin server MUST ignore the
+    received Host header field (if any) and instead use the host information
+    of the request-target." """
+    resp = exchange(server, request("GET", "http://example.com/req?x=1", host="other.example"))
+    assert resp.status == 200
+    info = resp.json()
+    assert info["host"] == "example.com"
+    assert info["path"] == "/req"
+    assert info["qs"] == "x=1"
+
+
+def test_3_2_4_asterisk_form_options(server):
+    """RFC 9112 3.2.4: "The asterisk-form of request-target is only used for a
+    server-wide OPTIONS request" -- it is answered with a success status."""
+    resp = exchange(server, b"OPTIONS * HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert 200 <= resp.status < 300, resp
+
+
 # -- 3.2 Host ---------------------------------------------------------------
 
 def test_3_2_missing_host_in_http11_is_400(server):

@@ -97,6 +97,12 @@ end)
 
 app:get("/empty", function(req) end)
 
+app:get("/stream-empty", function(req)
+  req:stream_reply(200, { ["content-type"] = "text/plain" })
+end)
+
+app:get("/bad-result", function(req) return 1000, {}, "no such status" end)
+
 app:get("/reply", function(req)
   req:reply(201, { ["x-reply"] = "yes", ["content-type"] = "text/plain" }, "created")
 end)
