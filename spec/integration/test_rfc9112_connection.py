@@ -214,6 +214,20 @@ def test_9_3_2_pipelined_streamed_and_known_length_responses(server):
     assert r[2].trailer("x-checksum") == "abc123"
 
 
+def test_9_3_2_bad_request_after_good_ones_in_a_pipeline(server):
+    """RFC 9112 9.3.2: responses in order -- the good requests before a
+    malformed one are answered first, then the 400, then the close."""
+    with server.connect() as c:
+        c.send(request("GET", "/sleep/100") + request("GET", "/p/b")
+               + b"GET / HTTP/1.1\r\nhost: x\r\nbad header line\r\n\r\n"
+               + request("GET", "/p/never"))
+        first, second, third = (c.read_response() for _ in range(3))
+        assert first.body == b"slept 100"
+        assert second.body == b"/p/b"
+        assert third.status == 400
+        assert c.read_to_close() == b""
+
+
 # -- 9.4 Concurrency ---------------------------------------------------------
 
 def test_9_4_sleeping_handler_does_not_block_other_connections(server):
