@@ -204,14 +204,27 @@ static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   }
   s->n_headers = kept;
   s->body.len = 0;
-  /* split the target into path and query */
-  const char *q = memchr(s->target.base, '?', s->target.len);
-  s->path.base = s->target.base;
-  s->path.len = q ? (size_t)(q - s->target.base) : s->target.len;
-  s->query.base = q ? q + 1 : "";
-  s->query.len = q ? s->target.len - s->path.len - 1 : 0;
   const lr_str_t *host = lr_stream_header(s, "host", 4);
   if (host) s->authority = *host;
+  /* absolute-form (RFC 9112 §3.2.2): the target's authority wins over Host */
+  lr_str_t t = s->target;
+  size_t skip = t.len >= 7 && strncasecmp(t.base, "http://", 7) == 0    ? 7
+                : t.len >= 8 && strncasecmp(t.base, "https://", 8) == 0 ? 8
+                                                                        : 0;
+  if (skip) {
+    const char *a = t.base + skip, *end = t.base + t.len;
+    const char *slash = a;
+    while (slash < end && *slash != '/' && *slash != '?') slash++;
+    s->authority = (lr_str_t){a, (size_t)(slash - a)};
+    t = (lr_str_t){slash, (size_t)(end - slash)};
+  }
+  /* split the target into path and query */
+  const char *q = t.len ? memchr(t.base, '?', t.len) : NULL;
+  s->path.base = t.base;
+  s->path.len = q ? (size_t)(q - t.base) : t.len;
+  if (s->path.len == 0) s->path = (lr_str_t){"/", 1};
+  s->query.base = q ? q + 1 : "";
+  s->query.len = q ? t.len - (size_t)(q - t.base) - 1 : 0;
 }
 
 static int on_headers_complete(llhttp_t *p) {
@@ -538,7 +551,8 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
   int kick = 0;
   while ((n > 0 || kick) && !(c->flags & LR_CF_CLOSING)) {
     kick = 0;
-    if (h->blocked || h->closing) {
+    /* closing: finish reading the current request, never start another */
+    if (h->blocked || (h->closing && (h->msg_done || h->cur == NULL))) {
       save_leftover(h, p, n);
       break;
     }
