@@ -94,8 +94,10 @@ def notes(args, rows, cells):
         "process tree (nginx master + workers; h2o and its helper processes; lariat's one "
         "process, all threads) before and after the run, divided by the requests served.",
         "- KiB/conn: VmRSS summed over the same process tree, after N keep-alive connections "
-        "that each served one GET / (opened by `scripts/bench.d/idle_conns.py`) minus before "
-        "them, divided by N. The master/helper processes don't change, so the sum is the "
+        "that each served one GET / (opened by `scripts/bench.d/idle_conns.py`; h2c sends "
+        ":authority without HPACK indexing, so no dynamic table is kept — indexing it costs "
+        "nginx ~4.5 KiB more per connection) minus before them, divided by the connections "
+        "opened. The master/helper processes don't change, so the sum is the "
         "serving process's growth. Errors: connections that failed or were closed by the "
         "server before the measurement.",
         "- Anchors from `../shared/anchors/`, with deviations: nginx keeps request bodies up to "
