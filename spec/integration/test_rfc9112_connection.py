@@ -5,6 +5,8 @@ per-connection request cap (--max-keepalive) and the timeouts
 (--header-timeout, --idle-timeout, --body-timeout).
 """
 
+import socket
+import struct
 import threading
 import time
 
@@ -168,6 +170,18 @@ def test_9_3_max_keepalive_with_pipelined_requests(capped):
         assert c.read_to_close() == b""
 
 
+def test_9_3_default_max_keepalive_is_1000(server):
+    """--max-keepalive defaults to 1000: 1001 pipelined requests get exactly
+    1000 responses, the last with connection: close."""
+    with server.connect(timeout=20) as c:
+        c.send(request("GET", "/p/k") * 1001)
+        for i in range(1000):
+            resp = c.read_response()
+            assert resp.body == b"/p/k"
+        assert "close" in resp.connection_tokens()
+        assert c.read_to_close() == b""
+
+
 # -- 9.3.2 Pipelining --------------------------------------------------------
 
 def test_9_3_2_pipelined_responses_in_request_order(server):
@@ -228,6 +242,26 @@ def test_9_3_2_bad_request_after_good_ones_in_a_pipeline(server):
         assert c.read_to_close() == b""
 
 
+def test_9_3_2_unread_pipelined_responses_do_not_grow_memory(server):
+    """RFC 9112 9.3.2 with a client that sends many pipelined requests and
+    reads nothing: the server stops reading requests while responses back up
+    (back-pressure), so its memory stays bounded; then everything arrives in
+    order."""
+    n = 600                                     # 600 x 100 KB = 60 MB of responses
+    data = b"".join(request("GET", "/big/100000") for _ in range(n))
+    with server.connect(timeout=30) as c:
+        base = server.rss_kib()
+        sender = threading.Thread(target=c.send_lenient, args=(data,), daemon=True)
+        sender.start()
+        time.sleep(2.0)
+        growth = server.rss_kib() - base
+        assert growth < 25 * 1024, "RSS grew by %d KiB" % growth
+        for i in range(n):
+            resp = c.read_response()
+            assert resp.status == 200 and len(resp.body) == 100000, i
+        sender.join(10)
+
+
 # -- 9.4 Concurrency ---------------------------------------------------------
 
 def test_9_4_sleeping_handler_does_not_block_other_connections(server):
@@ -261,6 +295,63 @@ def test_9_4_concurrent_sleeps_overlap(server):
         t.join(10)
     assert results == [b"slept 500"] * 8
     assert time.monotonic() - t0 < 2.0
+
+
+def test_9_4_many_concurrent_connections(server):
+    """RFC 9112 9.4: 200 simultaneous connections are all served."""
+    conns = [server.connect(timeout=10) for _ in range(200)]
+    try:
+        for i, c in enumerate(conns):
+            c.send(request("GET", "/p/%d" % i))
+        for i, c in enumerate(conns):
+            assert c.read_response().body == b"/p/%d" % i
+    finally:
+        for c in conns:
+            c.close()
+
+
+# -- 8 Handling Incomplete Messages / 9.6 abrupt closes ------------------------
+
+def _abort(server, data, wait=0.05):
+    c = server.connect()
+    c.send(data)
+    time.sleep(wait)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()                                   # RST
+
+
+def test_8_client_gone_while_handler_sleeps(server):
+    """RFC 9112 8: "A server that receives an incomplete request message,
+    usually due to a canceled request ... MAY send an error response prior to
+    closing the connection." Clients that vanish (RST) while their handler
+    sleeps, reads a body or streams never disturb the server."""
+    for _ in range(10):
+        _abort(server, request("GET", "/sleep/200"))
+        _abort(server, request("POST", "/read-stream", headers=[("content-length", "100")]) + b"abc")
+        _abort(server, request("GET", "/stream"))
+        _abort(server, b"GET /p/partial HTTP/1.1\r\nhost: x\r\nx-a: ")
+        _abort(server, request("POST", "/echo", headers=[("content-length", "100000")]) + b"x" * 50000)
+    time.sleep(0.5)                             # let the sleeps and timers fire
+    with server.connect() as c:
+        c.send(request("GET", "/p/alive"))
+        assert c.read_response().body == b"/p/alive"
+
+
+def test_8_client_half_close_mid_body(server):
+    """RFC 9112 8: a body cut short by the client's FIN is incomplete; the
+    handler does not get it as complete, and the server keeps serving."""
+    with server.connect() as c:
+        c.send(request("POST", "/echo", headers=[("content-length", "10")]) + b"abc")
+        c.sock.shutdown(socket.SHUT_WR)
+        try:
+            resp = c.read_response()
+        except Exception:
+            resp = None                         # closed without an answer: fine
+    if resp is not None:
+        assert not (resp.status == 200 and resp.body == b"abc"), resp
+    with server.connect() as c:
+        c.send(request("GET", "/p/alive"))
+        assert c.read_response().body == b"/p/alive"
 
 
 # -- 9.5 Failures and Timeouts -----------------------------------------------

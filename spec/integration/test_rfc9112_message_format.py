@@ -67,6 +67,13 @@ def test_2_3_request_line_without_version_is_rejected(server):
     assert_rejected(server, b"GET /\r\nhost: x\r\n\r\n", (400, 505))
 
 
+def test_3_1_method_is_case_sensitive(server):
+    """RFC 9110 9.1: "The method token is case-sensitive"; "get" is not GET and
+    must not reach the GET handler."""
+    resp = exchange(server, b"get /p/x HTTP/1.1\r\nhost: x\r\n\r\n")
+    assert resp.status in (400, 405, 501), resp
+
+
 def test_3_1_invalid_character_in_method_is_400(server):
     """RFC 9112 3.1: "method = token"; "(" is not a tchar."""
     assert_rejected(server, b"G(ET / HTTP/1.1\r\nhost: x\r\n\r\n", 400)
@@ -244,6 +251,14 @@ def test_5_tab_in_field_value_is_accepted(server):
     resp = exchange(server, b"GET /header HTTP/1.1\r\nhost: x\r\nx-test: a\tb\r\n\r\n")
     assert resp.status == 200
     assert resp.body == b"a\tb"
+
+
+def test_5_obs_text_in_field_value_is_accepted(server):
+    """RFC 9110 5.5: "field-vchar = VCHAR / obs-text"; bytes 0x80-0xFF (UTF-8
+    here) are valid in a value and reach the handler unchanged."""
+    resp = exchange(server, b"GET /header HTTP/1.1\r\nhost: x\r\nx-test: caf\xc3\xa9\r\n\r\n")
+    assert resp.status == 200
+    assert resp.body == b"caf\xc3\xa9"
 
 
 def test_5_leading_and_trailing_whitespace_is_not_part_of_value(server):
