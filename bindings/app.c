@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bindings.h"
@@ -62,10 +63,46 @@ static void *lr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
     free(ptr);
     return NULL;
   }
-  if (app->mem_limit && nsize > old && app->mem + (nsize - old) > app->mem_limit) return NULL;
+  if (app->limit_on && nsize > old && app->mem + (nsize - old) > app->mem_limit) return NULL;
   void *p = realloc(ptr, nsize);
   if (p) app->mem = app->mem - old + nsize;
   return p;
+}
+
+/* a handler that runs too long without yielding: checked every few thousand
+ * instructions; once over budget every instruction raises, so a pcall in a
+ * loop can't keep it alive */
+#define BUDGET_EVERY 10000
+
+static void budget_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lr_app_t *app;
+  lua_getallocf(L, (void **)&app);
+  lr_lworker_t *lw = app->lw;
+  lr_co_t *co = lw->running;
+  if (co == NULL) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+  if (!co->over_budget && now < lw->resume_ms + lw->cfg->cpu_budget_ms) return;
+  if (!co->over_budget) {
+    co->over_budget = 1;
+    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
+  }
+  lua_pushfstring(L, "CPU budget exceeded: the handler ran %d ms without yielding", (int)(now - lw->resume_ms));
+  lua_error(L);
+}
+
+void lr_app_reset_budget(lua_State *co) { lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_EVERY); }
+
+/* Lua warnings (errors in __gc among them) go to the log */
+static void on_warning(void *ud, const char *msg, int tocont) {
+  lr_app_t *app = ud;
+  if (!tocont && app->warning.len == 0 && msg[0] == '@') return; /* control messages */
+  lr_buf_append(&app->warning, msg, strlen(msg));
+  if (tocont) return;
+  lr_log(LR_LOG_WARN, "lua warning: %.*s", (int)app->warning.len, app->warning.base);
+  app->warning.len = 0;
 }
 
 static int traceback(lua_State *L) {
@@ -118,6 +155,7 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   }
   app->L = L;
   *(lr_co_t **)lua_getextraspace(L) = NULL; /* copied into every new thread: "not a request" */
+  lua_setwarnf(L, on_warning, app);
   luaL_openlibs(L);
   set_path(L, lua_dir, cfg->app_path);
   lr_req_open(L);
@@ -160,10 +198,12 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   }
   app->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
+  lr_app_reset_budget(L); /* new threads inherit the hook */
   lua_gc(L, LUA_GCGEN, 0, 0); /* most request garbage dies young */
   return app;
 fail:
   lua_close(L);
+  lr_buf_free(&app->warning);
   free(app);
   return NULL;
 }
@@ -175,7 +215,13 @@ void lr_app_unref(lr_app_t *app) {
   free_cos(app);
   lua_close(app->L);
   app->L = NULL;
+  lr_buf_free(&app->warning);
   free(app);
+}
+
+void lr_app_retire(lr_app_t *app) {
+  free_cos(app);
+  lr_app_unref(app);
 }
 
 static void on_co_closed(uv_handle_t *h) {

@@ -23,7 +23,9 @@ typedef struct lr_app_s {
   lr_co_t *free_cos;  /* finished coroutines kept for reuse */
   unsigned n_free_cos;
   size_t mem, mem_limit; /* allocator accounting (0 = no limit) */
+  int limit_on;          /* the cap applies only while a handler runs */
   unsigned generation;
+  lr_buf_t warning;      /* a Lua warning being assembled (lua_setwarnf) */
 } lr_app_t;
 
 /* a request's coroutine; also used for lariat.sleep from any coroutine */
@@ -36,6 +38,7 @@ struct lr_co_s {
   int timed_out;
   uv_timer_t timer;    /* sleeps and read timeouts */
   lr_buf_t acc;        /* req:body() accumulates here across yields */
+  int over_budget;     /* stopped for running too long without yielding */
   lr_co_t *next_free;
   lr_link_t ready;     /* in lw->ready: resume at the next tick */
 };
@@ -46,7 +49,9 @@ enum lr_co_wait { CO_WAIT_NONE, CO_WAIT_BODY, CO_WAIT_DRAIN, CO_WAIT_SLEEP };
 typedef struct lr_lworker_s {
   lr_worker_t *w;
   lr_app_t *app;      /* the current version: new requests go here */
+  lr_app_t *pending;  /* a reloaded version handed over by the main thread (atomic) */
   lr_co_t *running;   /* coroutine being resumed, NULL when the loop runs */
+  uint64_t resume_ms; /* loop time when `running` was resumed (CPU budget) */
   lr_link_t ready;    /* coroutines to resume once the running one yields */
   const lr_config_t *cfg;
 } lr_lworker_t;
@@ -70,6 +75,8 @@ extern const lr_app_hooks_t lr_lua_hooks;
 /* app.c */
 lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen);
 void lr_app_unref(lr_app_t *app);
+void lr_app_retire(lr_app_t *app); /* no new requests; closed when its last one ends */
+void lr_app_reset_budget(lua_State *co);
 const char *lr_lua_dir(void);
 
 /* scheduler.c */

@@ -18,6 +18,8 @@ static int n_slots;
 static int stop_requests;
 static uv_async_t worker_exited;
 static uv_signal_t sig_term, sig_int, sig_hup;
+static uv_fs_event_t watcher;
+static uv_timer_t debounce;
 
 static void worker_main(void *arg) {
   worker_slot_t *ws = arg;
@@ -35,12 +37,54 @@ static void on_worker_exited(uv_async_t *a) {
   uv_close((uv_handle_t *)&sig_int, NULL);
   uv_close((uv_handle_t *)&sig_hup, NULL);
   uv_close((uv_handle_t *)&worker_exited, NULL);
+  if (uv_is_active((uv_handle_t *)&watcher)) uv_close((uv_handle_t *)&watcher, NULL);
+  if (debounce.loop && !uv_is_closing((uv_handle_t *)&debounce)) uv_close((uv_handle_t *)&debounce, NULL);
+}
+
+/* Build a new app state for every worker here, in the main thread, so the
+ * workers keep serving while it loads; hand each over only if all loaded. A
+ * broken app is rejected and the running version keeps serving. */
+static void reload_all(const char *why) {
+  char err[1024];
+  lr_app_t **fresh = calloc((size_t)n_slots, sizeof *fresh);
+  if (fresh == NULL) return;
+  for (int i = 0; i < n_slots; i++) {
+    fresh[i] = lr_app_load(&slots[i].lw, err, sizeof err);
+    if (fresh[i] == NULL) {
+      lr_log(LR_LOG_ERROR, "reload (%s) rejected, still serving the previous version: %s", why, err);
+      for (int k = 0; k < i; k++) lr_app_unref(fresh[k]);
+      free(fresh);
+      return;
+    }
+  }
+  for (int i = 0; i < n_slots; i++) {
+    lr_app_t *stale = __atomic_exchange_n(&slots[i].lw.pending, fresh[i], __ATOMIC_SEQ_CST);
+    if (stale) lr_app_unref(stale); /* a previous reload the worker had not taken yet */
+    lr_worker_wakeup(&slots[i].w);
+  }
+  lr_log(LR_LOG_INFO, "reloading the app (%s)", why);
+  free(fresh);
+}
+
+/* --watch: changes come in bursts (an editor writes, renames, touches): wait
+ * for a quiet moment, then reload once */
+
+static void on_debounced(uv_timer_t *t) {
+  (void)t;
+  reload_all("files changed");
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *file, int events, int status) {
+  (void)h;
+  (void)events;
+  if (status < 0 || (file && (file[0] == '.' || strchr(file, '~')))) return; /* editor droppings */
+  uv_timer_start(&debounce, on_debounced, 200, 0);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
   (void)h;
   if (signum == SIGHUP) {
-    lr_log(LR_LOG_INFO, "reload requested (SIGHUP)");
+    if (stop_requests == 0) reload_all("SIGHUP");
     return;
   }
   if (++stop_requests > 1 && signum == SIGINT) {
@@ -117,11 +161,28 @@ int main(int argc, char **argv) {
   uv_signal_start(&sig_int, on_signal, SIGINT);
   uv_signal_start(&sig_hup, on_signal, SIGHUP);
 
+  if (cfg.watch) {
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", cfg.app_path);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+      *slash = '\0';
+    else
+      strcpy(dir, ".");
+    uv_timer_init(main_loop, &debounce);
+    uv_fs_event_init(main_loop, &watcher);
+    if (uv_fs_event_start(&watcher, on_fs_event, dir, 0) == 0)
+      lr_log(LR_LOG_INFO, "watching %s for changes", dir);
+    else
+      lr_log(LR_LOG_WARN, "--watch: cannot watch %s", dir);
+  }
+
   for (int i = 0; i < n_slots; i++) uv_thread_create(&slots[i].w.thread, worker_main, &slots[i]);
   uv_run(main_loop, UV_RUN_DEFAULT);
   for (int i = 0; i < n_slots; i++) uv_thread_join(&slots[i].w.thread);
   for (int i = 0; i < n_slots; i++) {
-    lr_app_unref(slots[i].lw.app);
+    if (slots[i].lw.pending) lr_app_unref(slots[i].lw.pending);
+    lr_app_retire(slots[i].lw.app);
     lr_worker_destroy(&slots[i].w);
   }
   free(slots);

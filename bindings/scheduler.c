@@ -5,6 +5,7 @@
  * coroutine: a wake-up that happens while Lua runs (a handler closing a
  * connection another handler waits on) goes to the ready list and is resumed
  * at the next tick of the loop. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,10 +70,11 @@ static void co_release(lr_co_t *co) {
 /* The coroutine's stack holds the req at index 1, then what the handler
  * returned (or the error it raised). */
 
-static void reply_500(lr_stream_t *s) {
+static void reply_status(lr_stream_t *s, int status) {
   static const lr_header_t ct = {{"content-type", 12}, {"text/plain; charset=utf-8", 25}};
-  const char *body = "Internal Server Error\n";
-  lr_stream_send_head(s, 500, &ct, 1, body, strlen(body), NULL, NULL, LR_FIN);
+  char body[64];
+  int n = snprintf(body, sizeof body, "%s\n", lr_status_reason(status));
+  lr_stream_send_head(s, status, &ct, 1, body, (size_t)n, NULL, NULL, LR_FIN);
 }
 
 static void log_request_error(lr_co_t *co, const char *what, const char *msg) {
@@ -114,12 +116,12 @@ static void finish_ok(lr_co_t *co, int nres) {
     lua_pushinteger(L, 204);
     lua_replace(L, base);
   }
-  if (reply_protected(co, base) != 0 && !(s->flags & LR_SF_REPLIED)) reply_500(s);
+  if (reply_protected(co, base) != 0 && !(s->flags & LR_SF_REPLIED)) reply_status(s, 500);
 }
 
 /* The coroutine died: log why and answer. Its stack can't run code any more,
  * so req and the error object move aside while the thread is reset for reuse. */
-static void finish_error(lr_co_t *co) {
+static void finish_error(lr_co_t *co, int status) {
   lua_State *L = co->L, *M = co->app->L;
   lr_stream_t *s = co->stream;
   int err = lua_gettop(L);
@@ -140,23 +142,33 @@ static void finish_error(lr_co_t *co) {
     log_request_error(co, "", lua_tostring(M, -1));
     lua_pop(M, 1);
   }
-  lua_pushvalue(L, 1);
+  /* a dead coroutine keeps its frames: index 1 is the failing function's, so
+   * find req as the first argument of the outermost one, dispatch(req, ...) */
+  lua_Debug ar;
+  int level = 0;
+  while (lua_getstack(L, level + 1, &ar)) level++;
+  if (!lua_getstack(L, level, &ar) || lua_getlocal(L, &ar, 1) == NULL) lua_pushnil(L);
   lua_pushvalue(L, err);
   lua_xmove(L, M, 2);
   lua_resetthread(L);
   lua_settop(L, 0);   /* a reset keeps the error object at index 1 */
   lua_xmove(M, L, 2); /* L: req, error */
   if (s == NULL) return;
-  if (is_http == 1 && !(s->flags & LR_SF_REPLIED)) {
+  if (is_http == 1 && !(s->flags & LR_SF_REPLIED) && luaL_testudata(L, 1, LR_REQ_MT)) {
     lua_getfield(L, 2, "status");
     lua_getfield(L, 2, "headers");
     lua_getfield(L, 2, "body");
     if (reply_protected(co, 3) == 0) return;
   }
-  if (!(s->flags & LR_SF_REPLIED))
-    reply_500(s);
-  else if (!(s->flags & LR_SF_FINISHED))
+  if (!(s->flags & LR_SF_REPLIED)) {
+    /* the handler was stopped by a limit: the server is busy, not broken */
+    if (co->over_budget || status == LUA_ERRMEM)
+      reply_status(s, 503);
+    else
+      reply_status(s, 500);
+  } else if (!(s->flags & LR_SF_FINISHED)) {
     lr_stream_abort(s); /* a truncated response, never a fake success */
+  }
 }
 
 static void resume(lr_co_t *co, int nargs) {
@@ -165,7 +177,10 @@ static void resume(lr_co_t *co, int nargs) {
   co->wait = CO_WAIT_NONE;
   if (co->stream) co->stream->wait = LR_WAIT_NONE;
   lw->running = co;
+  lw->resume_ms = uv_now(&lw->w->loop);
+  co->app->limit_on = co->app->mem_limit != 0;
   int status = lua_resume(co->L, NULL, nargs, &nres);
+  co->app->limit_on = 0;
   lw->running = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co->L, nres);
@@ -178,10 +193,14 @@ static void resume(lr_co_t *co, int nargs) {
   if (status == LUA_OK)
     finish_ok(co, nres);
   else
-    finish_error(co);
+    finish_error(co, status);
   if (s) {
     s->app_data = NULL;
     lr_stream_app_release(s);
+  }
+  if (co->over_budget) {
+    co->over_budget = 0;
+    lr_app_reset_budget(co->L);
   }
   co_release(co);
 }
@@ -258,9 +277,23 @@ static void hook_conn_gone(lr_stream_t *s) {
 
 static void hook_tick(lr_worker_t *w) { lr_lworker_tick(w); }
 
+/* a reloaded app arrived from the main thread: new requests go to it; the old
+ * one finishes what it runs (WebSockets included) and is closed after */
+static void hook_wakeup(lr_worker_t *w) {
+  lr_lworker_t *lw = w->app_data;
+  lr_app_t *fresh = __atomic_exchange_n(&lw->pending, NULL, __ATOMIC_SEQ_CST);
+  if (fresh == NULL) return;
+  lr_app_t *old = lw->app;
+  fresh->generation = old->generation + 1;
+  lw->app = fresh;
+  lr_app_retire(old);
+  lr_log(LR_LOG_INFO, "worker %d: app reloaded (generation %u)", w->id, fresh->generation);
+}
+
 const lr_app_hooks_t lr_lua_hooks = {
     .start = hook_start,
     .wake = hook_wake,
     .conn_gone = hook_conn_gone,
     .tick = hook_tick,
+    .wakeup = hook_wakeup,
 };

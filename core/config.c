@@ -20,6 +20,8 @@ void lr_config_defaults(lr_config_t *cfg) {
   cfg->idle_timeout_ms = 60000;
   cfg->body_timeout_ms = 10000;
   cfg->drain_timeout_ms = 30000;
+  cfg->cpu_budget_ms = 1000;
+  cfg->lua_memory = (size_t)1024 * 1024 * 1024;
   cfg->log_level = LR_LOG_INFO;
 }
 
@@ -35,9 +37,12 @@ static const char usage[] =
     "      --body-timeout SEC     time a body read waits for data (default 10)\n"
     "      --drain-timeout SEC    time to finish requests on stop (default 30)\n"
     "      --log-level LEVEL      debug, info, warn or error (default info)\n"
+    "      --watch                reload the app when files in its directory change\n"
+    "      --cpu-budget SEC       longest a handler may run without yielding (default 1) -> 503\n"
+    "      --lua-memory MIB       Lua memory cap per worker (default 1024) -> 503\n"
     "  -h, --help                 this text\n"
     "  -v, --version              print the version\n"
-    "signals: HUP reloads the app, TERM/INT stop gracefully\n";
+    "signals: HUP reloads the app without dropping a connection, TERM/INT stop gracefully\n";
 
 static int parse_listen(lr_listen_addr_t *a, const char *v) {
   const char *colon = strrchr(v, ':');
@@ -158,6 +163,22 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
         snprintf(err, errlen, "bad %s value '%s' (want seconds > 0)", name, val);
         return -1;
       }
+    } else if (IS("--watch", "--watch")) {
+      cfg->watch = 1;
+    } else if (IS("--cpu-budget", "--cpu-budget")) {
+      NEEDVAL();
+      if (parse_seconds(val, &cfg->cpu_budget_ms) || cfg->cpu_budget_ms == 0) {
+        snprintf(err, errlen, "bad --cpu-budget value '%s' (want seconds > 0)", val);
+        return -1;
+      }
+    } else if (IS("--lua-memory", "--lua-memory")) {
+      NEEDVAL();
+      uint64_t mib;
+      if (parse_u64(val, &mib) || mib < 1 || mib > (1u << 20)) {
+        snprintf(err, errlen, "bad --lua-memory value '%s' (want MiB, 1 or more)", val);
+        return -1;
+      }
+      cfg->lua_memory = (size_t)mib * 1024 * 1024;
     } else if (IS("--log-level", "--log-level")) {
       NEEDVAL();
       static const char *levels[] = {"debug", "info", "warn", "error"};

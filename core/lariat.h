@@ -66,7 +66,7 @@ void lr_log_raw(int level, const char *msg, size_t len);
 typedef struct lr_listen_addr_s {
   char host[64];
   int port; /* 0 = any; rewritten with the bound port at startup */
-  int tls;  /* reserved for the TLS listener */
+  int tls;  /* TLS listener (--tls): ALPN h2 or http/1.1 */
 } lr_listen_addr_t;
 
 typedef struct lr_config_s {
@@ -86,6 +86,16 @@ typedef struct lr_config_s {
   uint64_t body_timeout_ms;
   uint64_t drain_timeout_ms;
   size_t lua_memory; /* cap per Lua state in bytes, 0 = none */
+  /* TLS (--cert/--key pairs, the first is the default; SNI picks among them) */
+#define LR_MAX_CERTS 8
+  const char *tls_cert[LR_MAX_CERTS], *tls_key[LR_MAX_CERTS];
+  int n_certs;
+  /* HTTP/2 settings and limits */
+  unsigned h2_max_streams; /* SETTINGS_MAX_CONCURRENT_STREAMS */
+  unsigned h2_window;      /* SETTINGS_INITIAL_WINDOW_SIZE: request body bytes buffered per stream */
+  unsigned h2_max_frame;   /* SETTINGS_MAX_FRAME_SIZE */
+  uint64_t cpu_budget_ms; /* longest a handler may run without yielding */
+  int watch;              /* reload when the app's files change */
   int log_level;
 } lr_config_t;
 
@@ -194,6 +204,7 @@ struct lr_stream_s {
   int wait;         /* enum lr_wait, set by the app before it yields */
   uint64_t start_ms;
   lr_link_t link; /* protocol-private list membership */
+  void *proto_data; /* protocol-private per-stream state (h2), NULL once the conn lets go */
 };
 
 /* the application layer, set once per worker */
@@ -206,6 +217,8 @@ typedef struct lr_app_hooks_s {
   void (*conn_gone)(lr_stream_t *s);
   /* once per loop phase, before output is flushed: run deferred wake-ups */
   void (*tick)(struct lr_worker_s *w);
+  /* the worker was woken by another thread (lr_worker_wakeup): e.g. a reload */
+  void (*wakeup)(struct lr_worker_s *w);
 } lr_app_hooks_t;
 
 /* ---- response API used by the application layer ---- */
@@ -251,7 +264,10 @@ typedef struct lr_proto_s {
   int (*send_trailers)(lr_stream_t *s, const lr_header_t *h, size_t n);
   void (*abort)(lr_stream_t *s);
   void (*body_wanted)(lr_stream_t *s); /* the handler reads: send 100, reopen windows */
-  void (*resume)(lr_conn_t *c);        /* deferred work: parse pipelined input */
+  void (*resume)(lr_conn_t *c);        /* deferred work: parse pipelined input, produce h2 frames */
+  /* optional: should the stream's handler wait before writing more? (default:
+   * the connection's output queue is above LR_OUT_HIGH) */
+  int (*write_blocked)(lr_stream_t *s);
 } lr_proto_t;
 
 /* ---- timeouts: FIFO lists of fixed duration, checked by one timer per worker ---- */
@@ -285,6 +301,7 @@ struct lr_conn_s {
   uv_write_t wreq;
   lr_timeout_t timeout;
   void *proto_state;  /* owned by the protocol (h2 session, websocket) */
+  void *tls;          /* TLS filter under the protocol (core/tls.c), NULL on plain connections */
   lr_link_t deferred; /* worker's deferred list: flush and resume */
   lr_link_t all;      /* worker's list of connections */
 };
@@ -349,6 +366,7 @@ typedef struct lr_worker_s {
   lr_link_t conns;
   unsigned n_conns;
   int stopping;
+  int stop_requested; /* written by any thread (atomic), read by the worker */
   volatile int exited; /* set by the worker thread as its loop ends */
   uv_async_t wakeup; /* stop requests from the main thread */
   uv_timer_t drain_timer;
@@ -360,7 +378,8 @@ typedef struct lr_worker_s {
 int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data);
 int lr_worker_listen(lr_worker_t *w, int fds[], int n);
 void lr_worker_run(lr_worker_t *w);
-void lr_worker_stop(lr_worker_t *w); /* thread-safe: asks the worker to drain and exit */
+void lr_worker_stop(lr_worker_t *w);   /* thread-safe: asks the worker to drain and exit */
+void lr_worker_wakeup(lr_worker_t *w); /* thread-safe: calls app->wakeup in the worker */
 void lr_worker_destroy(lr_worker_t *w);
 const char *lr_worker_date(lr_worker_t *w);
 void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s);
@@ -372,6 +391,23 @@ int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t
 extern const lr_proto_t lr_http1_proto;
 size_t lr_http1_conn_size(void);
 void lr_http1_init(lr_conn_t *c);
+
+/* ---- HTTP/2 (core/http2.c) ---- */
+extern const lr_proto_t lr_http2_proto;
+/* switch a fresh connection to h2 (preface seen, or ALPN h2); data: bytes already read */
+int lr_http2_start(lr_conn_t *c, const char *data, size_t len);
+/* HTTP/1.1 `Upgrade: h2c` (RFC 7540 §3.2): answers 101 and carries on as h2 with s as
+ * stream 1; returns 0 when taken over (data: the bytes after the request head), else
+ * nonzero and the request stays HTTP/1.1. settings: the HTTP2-Settings value. */
+int lr_http2_upgrade(lr_conn_t *c, lr_stream_t *s, const lr_str_t *settings, const char *data, size_t len);
+
+/* ---- TLS (core/tls.c): a filter between the socket and the protocol ---- */
+int lr_tls_global_init(const lr_config_t *cfg, char *err, size_t errlen); /* once, before workers */
+void lr_tls_global_free(void);
+int lr__tls_accept(lr_conn_t *c);                                   /* sets c->tls */
+void lr__tls_on_read(lr_conn_t *c, const char *data, size_t len);   /* decrypt, hand to proto */
+void lr__tls_encrypt(lr_conn_t *c);                                 /* c->out plaintext -> records */
+void lr__tls_free(lr_conn_t *c);
 
 /* shared between protocols */
 const char *lr_status_reason(int status);

@@ -186,8 +186,7 @@ static void on_drain_timeout(uv_timer_t *t) {
   while (!lr_list_empty(&w->conns)) lr_conn_close(LR_CONTAINER_OF(w->conns.next, lr_conn_t, all));
 }
 
-static void on_wakeup(uv_async_t *a) {
-  lr_worker_t *w = a->data;
+static void start_stopping(lr_worker_t *w) {
   if (w->stopping) return;
   w->stopping = 1;
   /* the loop ends once the last connection and handler are gone */
@@ -209,7 +208,18 @@ static void on_wakeup(uv_async_t *a) {
   }
 }
 
-void lr_worker_stop(lr_worker_t *w) { uv_async_send(&w->wakeup); }
+static void on_wakeup(uv_async_t *a) {
+  lr_worker_t *w = a->data;
+  if (w->app->wakeup) w->app->wakeup(w);
+  if (__atomic_load_n(&w->stop_requested, __ATOMIC_SEQ_CST)) start_stopping(w);
+}
+
+void lr_worker_stop(lr_worker_t *w) {
+  __atomic_store_n(&w->stop_requested, 1, __ATOMIC_SEQ_CST);
+  uv_async_send(&w->wakeup);
+}
+
+void lr_worker_wakeup(lr_worker_t *w) { uv_async_send(&w->wakeup); }
 
 int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data) {
   memset(w, 0, sizeof *w);
