@@ -4,6 +4,8 @@ response header names and the fields only the core may write.
 
 import email.utils
 import re
+
+import pytest
 import time
 from datetime import datetime, timezone
 
@@ -142,6 +144,36 @@ def test_7_6_1_handler_cannot_emit_connection_options(server):
         assert "upgrade" not in resp.connection_tokens()
         assert resp.body == b"body"
         assert c.read_response().body == b"/p/after"
+
+
+@pytest.mark.parametrize("path", ["/inject-value", "/inject-name"])
+def test_5_5_handler_cannot_inject_header_lines(server, path):
+    """RFC 9110 5.5: "Field values containing CR, LF, or NUL characters are
+    invalid and dangerous, due to the varying ways that implementations might
+    parse and interpret those characters" -- a handler's CR LF never reaches
+    the wire (response splitting, RFC 9112 11.1)."""
+    with server.connect() as c:
+        c.send(request("GET", path) + request("GET", "/p/after"))
+        resp = c.read_response()
+        assert resp.header("x-injected") is None
+        assert b"x-injected" not in resp.raw_head
+        after = c.read_response()
+        assert after.body == b"/p/after"
+
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_15_no_content_in_204_and_304(server, status):
+    """RFC 9110 15.3.5: "A 204 response is terminated by the end of the header
+    section; it cannot contain content or trailers." RFC 9110 15.4.5: "A 304
+    response is terminated by the end of the header section; it cannot contain
+    content or trailers." A body the handler returned anyway is dropped."""
+    with server.connect() as c:
+        c.send(request("GET", "/no-content/%d" % status) + request("GET", "/p/after"))
+        resp = c.read_response()
+        assert resp.status == status
+        assert resp.header("transfer-encoding") is None
+        after = c.read_response()
+        assert after.status == 200 and after.body == b"/p/after", after
 
 
 # -- 9.3.2 HEAD ---------------------------------------------------------------

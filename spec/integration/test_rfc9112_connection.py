@@ -397,6 +397,20 @@ def test_9_5_slowloris_trickle_still_times_out(timeouts):
     assert elapsed < 3.0
 
 
+def test_9_5_incomplete_second_request_gets_408(timeouts):
+    """RFC 9110 15.5.9: the header timeout also covers the next request on a
+    kept-alive connection once it has started arriving."""
+    with timeouts.connect(timeout=5) as c:
+        c.send(request("GET", "/p/first"))
+        assert c.read_response().body == b"/p/first"
+        t0 = time.monotonic()
+        c.send(b"GET /p/second HTTP/1.1\r\nhost: x\r\n")
+        resp = c.read_response()
+        assert resp.status == 408
+        assert time.monotonic() - t0 < 3.0
+        assert c.expect_closed(3)
+
+
 def test_9_5_idle_keepalive_connection_is_closed(timeouts):
     """RFC 9112 9.5: "Servers will usually have some timeout value beyond which
     they will no longer maintain an inactive connection." (--idle-timeout 1)"""
@@ -445,6 +459,19 @@ def test_9_5_stalled_body_read_returns_timeout(timeouts):
     assert resp.status == 200
     assert resp.body.startswith(b"timeout after "), resp.body
     assert resp.body.endswith(b"timeout"), resp.body
+    assert 0.3 < elapsed < 3.0
+
+
+def test_9_5_stalled_whole_body_read_returns_timeout(timeouts):
+    """req:body() on a stalled body returns nil, "timeout" (Lua's nil, message
+    convention) after --body-timeout 0.5."""
+    with timeouts.connect(timeout=5) as c:
+        t0 = time.monotonic()
+        c.send(request("POST", "/body-or-error", headers=[("content-length", "10")]) + b"abc")
+        resp = c.read_response()
+        elapsed = time.monotonic() - t0
+    assert resp.status == 200
+    assert resp.body == b"body=nil err=timeout"
     assert 0.3 < elapsed < 3.0
 
 

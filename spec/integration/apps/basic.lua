@@ -67,6 +67,12 @@ app:post("/read-timeout", function(req)
   end
 end)
 
+-- The whole-body read reports a stall as nil, "timeout".
+app:post("/body-or-error", function(req)
+  local body, err = req:body()
+  return "body=" .. tostring(body) .. " err=" .. tostring(err)
+end)
+
 app:route({ "GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS" }, "/req", function(req)
   return {
     method = req.method, version = req.version, scheme = req.scheme,
@@ -99,6 +105,18 @@ app:get("/empty", function(req) end)
 
 app:get("/stream-empty", function(req)
   req:stream_reply(200, { ["content-type"] = "text/plain" })
+end)
+
+app:get("/inject-value", function(req)
+  return 200, { ["x-evil"] = "a\r\nx-injected: 1" }, "body"
+end)
+
+app:get("/inject-name", function(req)
+  return 200, { ["x-evil\r\nx-injected"] = "1" }, "body"
+end)
+
+app:get("/no-content/:status", function(req)
+  return tonumber(req.bindings.status), { ["content-type"] = "text/plain" }, "must not be sent"
 end)
 
 app:get("/bad-result", function(req) return 1000, {}, "no such status" end)
