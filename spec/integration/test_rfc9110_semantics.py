@@ -264,6 +264,33 @@ def test_10_1_1_final_status_without_100_when_handler_does_not_read(server):
     assert resp.body == b"ignored body"
 
 
+def test_10_1_1_100_continue_with_chunked_body(server):
+    """RFC 9110 10.1.1: "indicates a request content will follow" also holds
+    for a chunked body."""
+    with server.connect() as c:
+        c.send(request("POST", "/echo", headers=[
+            ("transfer-encoding", "chunked"), ("expect", "100-continue")]))
+        assert c.read_response(skip_interim=False).status == 100
+        c.send(b"5\r\nhello\r\n0\r\n\r\n")
+        resp = c.read_response()
+    assert resp.status == 200 and resp.body == b"hello"
+
+
+def test_10_1_1_no_100_after_the_final_response(server):
+    """RFC 9110 15.2: a 1xx is interim, it precedes the final response; after
+    a handler answered without reading, the body the client sends anyway is
+    skipped silently (or the connection is closed) -- never a late 100."""
+    with server.connect() as c:
+        c.send(request("POST", "/noread", headers=[
+            ("content-length", "5"), ("expect", "100-continue")]))
+        resp = c.read_response(skip_interim=False)
+        assert resp.status == 200
+        c.send_lenient(b"hello" + request("GET", "/p/after"))
+        rest = c.read_response(skip_interim=False) if not c.expect_closed(0.5) else None
+    if rest is not None:
+        assert rest.status == 200 and rest.body == b"/p/after", rest
+
+
 def test_10_1_1_no_route_gets_404_without_100(server):
     """RFC 9110 10.1.1: a final status known from the request line alone is
     sent instead of 100."""

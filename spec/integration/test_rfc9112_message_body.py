@@ -440,6 +440,16 @@ def test_7_1_2_no_trailers_without_te_trailers(server):
         assert c.read_response().body == b"/p/after"
 
 
+def test_7_1_2_no_trailers_in_close_delimited_http10_body(server):
+    """RFC 9112 6.1: no chunked coding (hence no trailer section) for HTTP/1.0;
+    req:trailers{} must not leak into the close-delimited body."""
+    with server.connect() as c:
+        c.send(request("GET", "/trailers", version="HTTP/1.0", headers=[("te", "trailers")]))
+        resp = c.read_response()
+    assert resp.status == 200
+    assert resp.body == b"hello trailers"
+
+
 def test_7_1_curl_chunked_upload_round_trips(server, tmp_path):
     """RFC 9112 7.1 with a real client: curl uploads a file chunked."""
     data = os.urandom(300000)
