@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "bindings.h"
@@ -68,32 +67,6 @@ static void *lr_alloc(void *ud, void *ptr, size_t osize, size_t nsize) {
   if (p) app->mem = app->mem - old + nsize;
   return p;
 }
-
-/* a handler that runs too long without yielding: checked every few thousand
- * instructions; once over budget every instruction raises, so a pcall in a
- * loop can't keep it alive */
-#define BUDGET_EVERY 10000
-
-static void budget_hook(lua_State *L, lua_Debug *ar) {
-  (void)ar;
-  lr_app_t *app;
-  lua_getallocf(L, (void **)&app);
-  lr_lworker_t *lw = app->lw;
-  lr_co_t *co = lw->running;
-  if (co == NULL) return;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  uint64_t now = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-  if (!co->over_budget && now < lw->resume_ms + lw->cfg->cpu_budget_ms) return;
-  if (!co->over_budget) {
-    co->over_budget = 1;
-    lua_sethook(L, budget_hook, LUA_MASKCOUNT, 1);
-  }
-  lua_pushfstring(L, "CPU budget exceeded: the handler ran %d ms without yielding", (int)(now - lw->resume_ms));
-  lua_error(L);
-}
-
-void lr_app_reset_budget(lua_State *co) { lua_sethook(co, budget_hook, LUA_MASKCOUNT, BUDGET_EVERY); }
 
 /* Lua warnings (errors in __gc among them) go to the log */
 static void on_warning(void *ud, const char *msg, int tocont) {
@@ -198,7 +171,6 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   }
   app->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
-  lr_app_reset_budget(L); /* new threads inherit the hook */
   lua_gc(L, LUA_GCGEN, 0, 0); /* most request garbage dies young */
   return app;
 fail:

@@ -51,7 +51,8 @@ typedef struct lr_lworker_s {
   lr_app_t *app;      /* the current version: new requests go here */
   lr_app_t *pending;  /* a reloaded version handed over by the main thread (atomic) */
   lr_co_t *running;   /* coroutine being resumed, NULL when the loop runs */
-  uint64_t resume_ms; /* loop time when `running` was resumed (CPU budget) */
+  lua_State *running_L; /* its thread; read by the budget signal handler */
+  uint64_t resume_ms; /* loop time when `running` was resumed; read by the watchdog */
   lr_link_t ready;    /* coroutines to resume once the running one yields */
   const lr_config_t *cfg;
 } lr_lworker_t;
@@ -76,7 +77,11 @@ extern const lr_app_hooks_t lr_lua_hooks;
 lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen);
 void lr_app_unref(lr_app_t *app);
 void lr_app_retire(lr_app_t *app); /* no new requests; closed when its last one ends */
-void lr_app_reset_budget(lua_State *co);
+/* budget.c: stopping handlers that run too long without yielding */
+void lr_budget_install(void);
+void lr_budget_worker_init(lr_lworker_t *lw);
+void lr_budget_check(lr_lworker_t *lw, uv_thread_t thread);
+void lr_budget_clear(lua_State *L);
 const char *lr_lua_dir(void);
 
 /* scheduler.c */

@@ -20,9 +20,17 @@ static uv_async_t worker_exited;
 static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_fs_event_t watcher;
 static uv_timer_t debounce;
+static uv_timer_t watchdog;
+
+/* the CPU budget's watchdog: see budget.c */
+static void on_watchdog(uv_timer_t *t) {
+  (void)t;
+  for (int i = 0; i < n_slots; i++) lr_budget_check(&slots[i].lw, slots[i].w.thread);
+}
 
 static void worker_main(void *arg) {
   worker_slot_t *ws = arg;
+  lr_budget_worker_init(&ws->lw);
   lr_worker_run(&ws->w);
   uv_async_send(&worker_exited);
 }
@@ -37,6 +45,7 @@ static void on_worker_exited(uv_async_t *a) {
   uv_close((uv_handle_t *)&sig_int, NULL);
   uv_close((uv_handle_t *)&sig_hup, NULL);
   uv_close((uv_handle_t *)&worker_exited, NULL);
+  uv_close((uv_handle_t *)&watchdog, NULL);
   if (uv_is_active((uv_handle_t *)&watcher)) uv_close((uv_handle_t *)&watcher, NULL);
   if (debounce.loop && !uv_is_closing((uv_handle_t *)&debounce)) uv_close((uv_handle_t *)&debounce, NULL);
 }
@@ -177,6 +186,10 @@ int main(int argc, char **argv) {
       lr_log(LR_LOG_WARN, "--watch: cannot watch %s", dir);
   }
 
+  lr_budget_install();
+  uint64_t every = cfg.cpu_budget_ms / 4 < 10 ? 10 : cfg.cpu_budget_ms / 4;
+  uv_timer_init(main_loop, &watchdog);
+  uv_timer_start(&watchdog, on_watchdog, every, every);
   for (int i = 0; i < n_slots; i++) uv_thread_create(&slots[i].w.thread, worker_main, &slots[i]);
   uv_run(main_loop, UV_RUN_DEFAULT);
   for (int i = 0; i < n_slots; i++) uv_thread_join(&slots[i].w.thread);

@@ -177,10 +177,12 @@ static void resume(lr_co_t *co, int nargs) {
   co->wait = CO_WAIT_NONE;
   if (co->stream) co->stream->wait = LR_WAIT_NONE;
   lw->running = co;
-  lw->resume_ms = uv_now(&lw->w->loop);
+  __atomic_store_n(&lw->resume_ms, uv_now(&lw->w->loop), __ATOMIC_RELAXED);
+  __atomic_store_n(&lw->running_L, co->L, __ATOMIC_RELEASE);
   co->app->limit_on = co->app->mem_limit != 0;
   int status = lua_resume(co->L, NULL, nargs, &nres);
   co->app->limit_on = 0;
+  __atomic_store_n(&lw->running_L, NULL, __ATOMIC_RELEASE);
   lw->running = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co->L, nres);
@@ -200,7 +202,7 @@ static void resume(lr_co_t *co, int nargs) {
   }
   if (co->over_budget) {
     co->over_budget = 0;
-    lr_app_reset_budget(co->L);
+    lr_budget_clear(co->L);
   }
   co_release(co);
 }
