@@ -117,7 +117,7 @@ def notes(args, rows, cells):
 
 
 def write_report(args, argv, rows, cells):
-    commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"],
+    commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                             capture_output=True, text=True).stdout.strip()
     cmd = " ".join(["scripts/bench"] + [shlex.quote(a) for a in argv])
     text = "\n".join(
