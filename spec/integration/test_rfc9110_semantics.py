@@ -357,6 +357,13 @@ def test_10_2_4_handler_can_override_server(server):
     assert resp.header_all("server") == ["custom/1.0"]
 
 
+def test_10_2_4_handler_server_in_any_case_replaces_lariat(server):
+    """RFC 9110 5.1: field names are case-insensitive, so a handler's "Server"
+    is the same field as "server": one server line on the wire."""
+    resp = exchange(server, request("GET", "/server-mixed-case"))
+    assert resp.header_all("server") == ["mixed/1.0"]
+
+
 # -- 15 Status codes from the router ----------------------------------------
 
 def test_15_5_5_no_route_is_404(server):

@@ -162,6 +162,28 @@ def test_3_2_duplicate_host_with_different_values_is_400(server):
     assert_rejected(server, data, 400, closes=False)
 
 
+@pytest.mark.parametrize("value", ["exa mple.com", "host/path", "user@host",
+                                   "host:abc", "[::1", "host:80:80"],
+                         ids=["space", "slash", "userinfo", "alpha-port",
+                              "open-bracket", "two-ports"])
+def test_3_2_invalid_host_value_is_400(server, value):
+    """RFC 9112 3.2: "A server MUST respond with a 400 (Bad Request) status code
+    to any HTTP/1.1 request message that lacks a Host header field and to any
+    request message that contains more than one Host header field line or a
+    Host header field with an invalid field value." (RFC 9110 7.2: "Host =
+    uri-host [ ":" port ]")"""
+    assert_rejected(server, request("GET", "/", host=value), 400, closes=False)
+
+
+@pytest.mark.parametrize("value", ["example.com", "example.com:8080", "127.0.0.1:1",
+                                   "[::1]:8080", "xn--bcher-kva.example"])
+def test_3_2_valid_host_values_are_accepted(server, value):
+    """RFC 9110 7.2: reg-name, IPv4 and IP-literal hosts with or without a
+    port are valid."""
+    resp = exchange(server, request("GET", "/", host=value))
+    assert resp.status == 200
+
+
 def test_3_2_http10_without_host_is_accepted(server):
     """RFC 9112 3.2: the Host requirement applies to "HTTP/1.1 request
     message[s]"; an HTTP/1.0 request without Host is served."""

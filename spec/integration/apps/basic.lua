@@ -135,6 +135,10 @@ app:get("/server-header", function(req)
   return 200, { server = "custom/1.0" }, "ok"
 end)
 
+app:get("/server-mixed-case", function(req)
+  return 200, { Server = "mixed/1.0" }, "ok"
+end)
+
 app:get("/hop-headers", function(req)
   return 200, {
     ["transfer-encoding"] = "gzip", ["keep-alive"] = "timeout=99",
