@@ -435,6 +435,29 @@ def test_9_5_request_within_idle_timeout_is_served(timeouts):
         assert c.read_response().body == b"/p/last"
 
 
+def test_9_5_idle_timeout_does_not_cut_a_slow_handler(timeouts):
+    """RFC 9112 9.5 speaks of an *inactive* connection: a handler that takes
+    1.5 s (idle timeout 1 s, header timeout 0.5 s) still gets its answer
+    through."""
+    with timeouts.connect(timeout=5) as c:
+        c.send(request("GET", "/sleep/1500"))
+        resp = c.read_response()
+        assert resp.body == b"slept 1500"
+        c.send(request("GET", "/p/after"))
+        assert c.read_response().body == b"/p/after"
+
+
+def test_9_5_idle_timeout_does_not_cut_a_slow_stream(timeouts):
+    """RFC 9112 9.5: a response that is still being streamed (0.7 s between
+    writes, 2.1 s in all) is not an inactive connection."""
+    with timeouts.connect(timeout=5) as c:
+        c.send(request("GET", "/slow-stream"))
+        resp = c.read_response()
+        assert resp.body == b"slow1\nslow2\nslow3\n"
+        c.send(request("GET", "/p/after"))
+        assert c.read_response().body == b"/p/after"
+
+
 def test_9_5_silent_new_connection_is_closed(timeouts):
     """RFC 9112 9.5: a connection that never sends a request is not kept
     forever (whichever of header/idle timeout applies, both are short here)."""

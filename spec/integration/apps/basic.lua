@@ -94,6 +94,15 @@ app:get("/stream", function(req)
   end
 end)
 
+-- Gaps longer than the short timeouts of test_rfc9112_connection.py.
+app:get("/slow-stream", function(req)
+  req:stream_reply(200, { ["content-type"] = "text/plain" })
+  for i = 1, 3 do
+    lariat.sleep(0.7)
+    req:write("slow" .. i .. "\n")
+  end
+end)
+
 app:get("/trailers", function(req)
   req:stream_reply(200, { ["content-type"] = "text/plain", trailer = "x-checksum" })
   req:write("hello ")
