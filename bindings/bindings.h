@@ -41,9 +41,12 @@ struct lr_co_s {
   int over_budget;     /* stopped for running too long without yielding */
   lr_co_t *next_free;
   lr_link_t ready;     /* in lw->ready: resume at the next tick */
+  lr_link_t wq;        /* in a wait queue (a WebSocket's readers, a subscription) */
+  int nstart;          /* lariat.spawn: arguments waiting for the first resume */
+  void *ws;            /* the WebSocket this coroutine's handler serves (ws.c) */
 };
 
-enum lr_co_wait { CO_WAIT_NONE, CO_WAIT_BODY, CO_WAIT_DRAIN, CO_WAIT_SLEEP };
+enum lr_co_wait { CO_WAIT_NONE, CO_WAIT_BODY, CO_WAIT_DRAIN, CO_WAIT_SLEEP, CO_WAIT_QUEUE };
 
 /* per worker */
 typedef struct lr_lworker_s {
@@ -89,6 +92,17 @@ void lr_co_wake(lr_co_t *co);
 int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k);
 lr_co_t *lr_co_current(lua_State *L);
 void lr_lworker_tick(lr_worker_t *w);
+
+/* wait queues: a coroutine waits on one (CO_WAIT_QUEUE) until woken or timed out */
+int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua_KFunction k);
+void lr_wq_wake_all(lr_link_t *q);
+void lr_wq_wake_one(lr_link_t *q);
+int lr_l_spawn(lua_State *L);
+
+/* ws.c: the WebSocket userdata; channel.c: lariat.channel */
+int lr_ws_handshake(lr_co_t *co); /* 1: handler(ws, req) is on the stack, ready to run */
+void lr_ws_handler_done(lr_co_t *co, int ok);
+void lr_ws_open(lua_State *L);    /* adds ws and channel functions to the core table */
 
 /* req.c */
 void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s);

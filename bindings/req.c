@@ -12,6 +12,12 @@
 
 char lr_stop_handler;
 
+static lr_app_t *app_of(lua_State *L) {
+  void *ud;
+  lua_getallocf(L, &ud);
+  return ud;
+}
+
 static lr_req_t *check_req(lua_State *L, int idx) { return luaL_checkudata(L, idx, LR_REQ_MT); }
 
 /* nil, "closed" the first time; a handler that carries on regardless (a write
@@ -36,7 +42,10 @@ void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s) {
   lr_req_t *r = lua_newuserdatauv(L, sizeof *r, 1);
   r->s = s;
   r->co = co;
-  luaL_setmetatable(L, LR_REQ_MT);
+  r->told_closed = 0;
+  /* by reference, not by name: no string lookup per request */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, co->app->req_mt_ref);
+  lua_setmetatable(L, -2);
 }
 
 /* the user value table, created on first need */
@@ -736,5 +745,7 @@ void lr_req_open(lua_State *L) {
   lua_setfield(L, -3, "__tostring");
   lua_pushliteral(L, "req");
   lua_setfield(L, -3, "__name");
+  lua_pushvalue(L, -2);
+  app_of(L)->req_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_remove(L, -2);
 }

@@ -37,6 +37,7 @@ static lr_co_t *co_new(lr_app_t *app) {
   uv_timer_init(&app->lw->w->loop, &co->timer);
   co->timer.data = co;
   lr_list_init(&co->ready);
+  lr_list_init(&co->wq);
   return co;
 }
 
@@ -50,9 +51,12 @@ static void co_destroy(lr_co_t *co) {
 static void co_release(lr_co_t *co) {
   lr_app_t *app = co->app;
   lr_link_unlink(&co->ready);
+  lr_link_unlink(&co->wq);
   uv_timer_stop(&co->timer);
   co->wait = CO_WAIT_NONE;
   co->stream = NULL;
+  co->ws = NULL;
+  co->nstart = 0;
   co->acc.len = 0;
   lua_settop(co->L, 0);
   if (app->n_free_cos < MAX_FREE_COS && app->lw->app == app) {
@@ -171,9 +175,20 @@ static void finish_error(lr_co_t *co, int status) {
   }
 }
 
+/* dispatch answered "websocket", handler, opts (and nothing replied yet) */
+static int is_websocket(lr_co_t *co) {
+  lua_State *L = co->L;
+  lr_stream_t *s = co->stream;
+  if (s == NULL || (s->flags & LR_SF_REPLIED) || lua_gettop(L) < 3 || lua_type(L, 2) != LUA_TSTRING ||
+      !lua_isfunction(L, 3))
+    return 0;
+  return strcmp(lua_tostring(L, 2), "websocket") == 0;
+}
+
 static void resume(lr_co_t *co, int nargs) {
   lr_lworker_t *lw = co->app->lw;
   int nres = 0;
+again:
   co->wait = CO_WAIT_NONE;
   if (co->stream) co->stream->wait = LR_WAIT_NONE;
   lw->running = co;
@@ -192,10 +207,21 @@ static void resume(lr_co_t *co, int nargs) {
     status = LUA_ERRRUN;
   }
   lr_stream_t *s = co->stream;
-  if (status == LUA_OK)
+  if (co->ws) {
+    /* a WebSocket handler ended: close the connection (1011 if it failed) */
+    lr_ws_handler_done(co, status == LUA_OK);
+    if (status != LUA_OK) finish_error(co, status);
+  } else if (status == LUA_OK && is_websocket(co)) {
+    /* upgrade, then run handler(ws, req) in this same coroutine */
+    if (lr_ws_handshake(co)) {
+      nargs = 2;
+      goto again;
+    }
+  } else if (status == LUA_OK) {
     finish_ok(co, nres);
-  else
+  } else {
     finish_error(co, status);
+  }
   if (s) {
     s->app_data = NULL;
     lr_stream_app_release(s);
@@ -225,7 +251,9 @@ void lr_lworker_tick(lr_worker_t *w) {
   while (!lr_list_empty(&lw->ready)) {
     lr_co_t *co = LR_CONTAINER_OF(lw->ready.next, lr_co_t, ready);
     lr_link_unlink(&co->ready);
-    resume(co, 0);
+    int n = co->nstart; /* a spawned coroutine starts with its arguments */
+    co->nstart = 0;
+    resume(co, n);
   }
 }
 
@@ -243,6 +271,60 @@ int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KF
   if (co->stream) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
   if (timeout_ms) uv_timer_start(&co->timer, on_co_timer, timeout_ms, 0);
   return lua_yieldk(L, 0, 0, k);
+}
+
+/* ---- wait queues ---- */
+
+int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua_KFunction k) {
+  lr_link_unlink(&co->wq);
+  lr_list_push(q, &co->wq);
+  return lr_co_yield(L, co, CO_WAIT_QUEUE, timeout_ms, k);
+}
+
+/* The queue is emptied before anyone runs: a woken coroutine may wait on it
+ * again, or free the object the queue lives in. */
+void lr_wq_wake_all(lr_link_t *q) {
+  if (q->next == NULL || lr_list_empty(q)) return;
+  lr_link_t tmp;
+  tmp.next = q->next;
+  tmp.prev = q->prev;
+  tmp.next->prev = &tmp;
+  tmp.prev->next = &tmp;
+  lr_list_init(q);
+  while (!lr_list_empty(&tmp)) {
+    lr_co_t *co = LR_CONTAINER_OF(tmp.next, lr_co_t, wq);
+    lr_link_unlink(&co->wq);
+    lr_co_wake(co);
+  }
+}
+
+void lr_wq_wake_one(lr_link_t *q) {
+  if (q->next == NULL || lr_list_empty(q)) return;
+  lr_co_t *co = LR_CONTAINER_OF(q->next, lr_co_t, wq);
+  lr_link_unlink(&co->wq);
+  lr_co_wake(co);
+}
+
+/* lariat.spawn(fn, ...): run fn(...) in a coroutine of its own, from the next
+ * tick; it shares the app version (and its lifetime) of the caller */
+int lr_l_spawn(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lr_co_t *cur = lr_co_current(L);
+  if (cur == NULL) return luaL_error(L, "lariat.spawn: only from a handler or a spawned function");
+  lr_app_t *app = cur->app;
+  lr_co_t *co = co_new(app);
+  if (co == NULL) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "out of memory");
+    return 2;
+  }
+  app->refs++;
+  int n = lua_gettop(L);
+  lua_xmove(L, co->L, n);
+  co->nstart = n - 1;
+  lr_list_push(&app->lw->ready, &co->ready);
+  lua_pushboolean(L, 1);
+  return 1;
 }
 
 /* ---- hooks called by the core ---- */

@@ -38,6 +38,7 @@ typedef struct h1_conn_s {
   uint8_t te_bad;     /* chunked is not the final transfer coding */
   uint8_t is_upgrade;
   uint8_t in_body;    /* head done: header callbacks now carry trailer fields */
+  uint8_t switched;   /* lr_http1_switch handed the connection to another protocol */
   const char *exec_start; /* input given to the running llhttp_execute */
 } h1_conn_t;
 
@@ -187,7 +188,7 @@ static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   if (raw == NULL) return;
   if (s->body.len) memcpy(raw, s->body.base, s->body.len);
   s->target.base = raw + UNOFF(s->target.base);
-  unsigned kept = 0;
+  unsigned kept = 0, ws = 0;
   for (unsigned i = 0; i < s->n_headers; i++) {
     lr_header_t hd = s->headers[i];
     hd.name.base = raw + UNOFF(hd.name.base);
@@ -197,12 +198,18 @@ static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
       hd.value.len--;
     /* connection-level headers are the core's business, not the handler's */
     if (lr_header_is_hop_by_hop(hd.name.base, hd.name.len) && !eq(&hd.name, "content-length", 14)) {
-      if (eq(&hd.name, "upgrade", 7)) h->is_upgrade = 1;
+      if (eq(&hd.name, "upgrade", 7)) {
+        h->is_upgrade = 1;
+        if (has_token(hd.value.base, hd.value.len, "websocket")) ws |= 1;
+      } else if (eq(&hd.name, "connection", 10) && has_token(hd.value.base, hd.value.len, "upgrade")) {
+        ws |= 2;
+      }
       continue;
     }
     s->headers[kept++] = hd;
   }
   s->n_headers = kept;
+  if (ws == 3) s->flags |= LR_SF_WS_UPGRADE; /* RFC 6455 §4.2.1 items 3 and 4 */
   s->body.len = 0;
   const lr_str_t *host = lr_stream_header(s, "host", 4);
   if (host) s->authority = *host;
@@ -585,6 +592,11 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
       lr_conn_set_timeout(c, LR_TO_NONE);
       kick = 1;
       c->worker->app->start(s);
+      if (h->switched) { /* the handler upgraded the connection: the rest is the new protocol's */
+        h->in_process = 0;
+        if (n) c->proto->on_read(c, p, n);
+        return;
+      }
     } else if (h->pause == PAUSE_MESSAGE) {
       if (s->flags & LR_SF_FINISHED)
         next_request(h);
@@ -603,6 +615,49 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
       lr_conn_read_stop(c);
     }
   }
+}
+
+/* ---- Upgrade ---- */
+
+int lr_http1_switch(lr_stream_t *s, const lr_header_t *hs, size_t n, const lr_proto_t *proto, void *state,
+                    lr_buf_t *rest) {
+  lr_conn_t *c = s->conn;
+  if (c == NULL || c->proto != &lr_http1_proto) return LR_ESTATE;
+  h1_conn_t *h = H1(c);
+  if (h->cur != s || h->closing || s->version != 11 || !(s->flags & LR_SF_BODY_DONE) ||
+      (s->flags & LR_SF_REPLIED))
+    return LR_ESTATE;
+  size_t need = 128;
+  for (size_t i = 0; i < n; i++) need += hs[i].name.len + hs[i].value.len + 4;
+  char *d0 = lr_conn_reserve(c, need), *d = d0;
+  if (d == NULL) return UV_ENOMEM;
+  d = put(d, "HTTP/1.1 101 Switching Protocols\r\n", 34);
+  for (size_t i = 0; i < n; i++) {
+    if (!header_ok(&hs[i])) continue;
+    d = put(d, hs[i].name.base, hs[i].name.len);
+    d = put(d, ": ", 2);
+    d = put(d, hs[i].value.base, hs[i].value.len);
+    d = put(d, "\r\n", 2);
+  }
+  d = put(d, "server: lariat\r\ndate: ", 22);
+  d = put(d, lr_worker_date(c->worker), 29);
+  d = put(d, "\r\n\r\n", 4);
+  lr_conn_commit(c, (size_t)(d - d0));
+  s->flags |= LR_SF_REPLIED | LR_SF_FINISHED;
+  s->status = 101;
+  lr_worker_access_log(c->worker, s);
+  /* the stream now belongs to the new protocol's side of the connection */
+  h->cur = NULL;
+  h->blocked = 0;
+  h->switched = 1;
+  *rest = h->leftover;
+  h->leftover = (lr_buf_t){0};
+  c->proto = proto;
+  c->proto_state = state;
+  lr_conn_set_timeout(c, LR_TO_NONE);
+  h->body_stopped = 0;
+  lr_conn_read_start(c);
+  return 0;
 }
 
 /* ---- lr_proto_t ---- */

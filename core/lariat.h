@@ -179,6 +179,7 @@ enum lr_stream_flags {
   LR_SF_CLOSE = 1 << 11,        /* close the connection after this response */
   LR_SF_BODY_TIMEOUT = 1 << 12, /* a body wait timed out */
   LR_SF_BODY_TOO_BIG = 1 << 13, /* body passed max_body while streaming in */
+  LR_SF_WS_UPGRADE = 1 << 14,   /* h1: upgrade: websocket with connection: upgrade */
 };
 
 struct lr_stream_s {
@@ -415,5 +416,48 @@ int lr_header_is_hop_by_hop(const char *name, size_t len);
 lr_stream_t *lr__stream_new(lr_conn_t *c);
 void lr__stream_conn_release(lr_stream_t *s);
 int lr__stream_add_header(lr_stream_t *s, const char *name, size_t nlen, const char *value, size_t vlen);
+
+/* ---- WebSocket (RFC 6455, permessage-deflate RFC 7692): core/websocket.c ---- */
+typedef struct lr_ws_s lr_ws_t;
+
+typedef struct lr_ws_opts_s {
+  uint64_t max_message;      /* bytes of one message (and of its compressed form); 0 = 16 MiB */
+  uint64_t ping_interval_ms; /* idle this long: ping; another interval without a byte: close. 0 = off */
+  unsigned max_pings;        /* pings accepted per second before closing with 1008; 0 = 100 */
+  size_t max_queued;         /* received bytes the app hasn't read before reading pauses; 0 = 1 MiB */
+  size_t compress_threshold; /* outgoing messages this big or more are compressed */
+  /* permessage-deflate: configuration in, negotiated result out */
+  int deflate;
+  int server_no_context_takeover, client_no_context_takeover;
+  int server_max_window_bits, client_max_window_bits; /* 0 = 15 */
+} lr_ws_opts_t;
+
+enum { LR_WS_TEXT = 1, LR_WS_BINARY = 2 };
+enum { LR_WS_EV_MESSAGE = 1, LR_WS_EV_DRAIN = 2, LR_WS_EV_CLOSED = 4 };
+
+void lr_ws_accept_key(const char *key, size_t len, char out[29]);
+int lr_utf8_valid(const char *p, size_t n);
+/* pick the first acceptable permessage-deflate offer: 1 (o and resp filled) or 0 */
+int lr_ws_negotiate_deflate(const char *offers, size_t len, lr_ws_opts_t *o, char *resp, size_t resplen);
+/* answer the upgrade (headers: upgrade, connection, sec-websocket-*) and take the connection */
+lr_ws_t *lr_ws_accept(lr_stream_t *s, const lr_header_t *h, size_t n, const lr_ws_opts_t *opts);
+/* notify(ws, LR_WS_EV_*) runs from loop callbacks until lr_ws_app_release */
+void lr_ws_set_app(lr_ws_t *ws, void (*notify)(lr_ws_t *ws, int events), void *app_data);
+void *lr_ws_app_data(lr_ws_t *ws);
+/* the oldest message: 1, 0 (none yet: wait) or LR_ECLOSED; lr_ws_consume drops it */
+int lr_ws_recv(lr_ws_t *ws, int *kind, const char **data, size_t *len);
+void lr_ws_consume(lr_ws_t *ws);
+int lr_ws_close_info(lr_ws_t *ws, const char **reason, size_t *len); /* the close code */
+int lr_ws_send(lr_ws_t *ws, int kind, const char *data, size_t len);
+int lr_ws_ping(lr_ws_t *ws, const char *data, size_t len);
+int lr_ws_close(lr_ws_t *ws, int code, const char *reason, size_t len);
+int lr_ws_write_blocked(lr_ws_t *ws);
+int lr_ws_can_send(lr_ws_t *ws); /* open, and no close frame sent yet */
+void lr_ws_app_release(lr_ws_t *ws);
+
+/* HTTP/1.1 Upgrade (RFC 9110 §7.8): write 101 with h, hand the connection to
+ * proto/state; bytes that came after the request are moved into *rest */
+int lr_http1_switch(lr_stream_t *s, const lr_header_t *h, size_t n, const lr_proto_t *proto, void *state,
+                    lr_buf_t *rest);
 
 #endif

@@ -252,9 +252,22 @@ local NOT_FOUND_BODY = "not found\n"
 function App:compile()
   if rawget(self, "_root") then error("compile() on a host scope; compile the app itself", 2) end
   local router = router_mod.new()
+  -- fast[path][method] → handler, for literal routes with nothing around
+  -- them: the raw path is looked up before any canonicalisation or routing
+  -- (a literal route is the most specific match there is)
+  local fast = {}
   for _, route in ipairs(flatten(self, "", nil, {}, {}, {})) do
     local ok, err = pcall(router.add, router, route)
     if not ok then error("route " .. route.pattern .. ": " .. tostring(err), 0) end
+    local p = route.pattern
+    if route.kind ~= "ws" and not route.host and not route.chain[1] and route.methods ~= "*"
+        and not p:find("[:%*%[]") and lpath.canonical(p) == p then
+      local f = fast[p] or {}
+      fast[p] = f
+      for _, m in ipairs(route.methods) do
+        if f[m] == nil then f[m] = route.handler end
+      end
+    end
   end
   local global = {}
   for i, u in ipairs(self._use) do global[i] = u end
@@ -283,7 +296,17 @@ function App:compile()
     return call_handler(req, route)
   end
 
+  if has_global or has_hosts then fast = {} end
+  for _, f in pairs(fast) do
+    if f.HEAD == nil and f.GET then f.HEAD = f.GET end -- HEAD falls back to GET, as in the router
+  end
+
   return function(req, method, path)
+    local f = fast[path]
+    if f then
+      local h = f[method]
+      if h then return normalize(h(req)) end
+    end
     local cpath, segs = path, nil
     if path ~= "*" then
       cpath, segs = lpath.canonical(path)

@@ -3,6 +3,8 @@
 --   lariat.app()                      a new app (lariat.app)
 --   lariat.load_app(v, filename)      called by C with APP.lua's result → dispatch
 --   lariat.sleep(s), lariat.now()     yield for s seconds / loop time in seconds
+--   lariat.spawn(fn, ...)             run fn in a coroutine of its own
+--   lariat.channel(name)              pub/sub within a worker (chat rooms)
 --   lariat.json.encode/decode/null    JSON (decode returns nil, msg on error)
 --   lariat.log.debug/info/warn/error  log lines through the server's log
 --   lariat.http_error(status, msg[, headers])  an error value C answers as is
@@ -45,6 +47,38 @@ end
 -- now() → seconds (float) of the loop clock.
 function lariat.now()
   return core_or_fail("lariat.now").now()
+end
+
+-- spawn(fn, ...): run fn(...) in a coroutine of its own, from the next loop
+-- tick. It may wait (sleep, ws:recv, sub:recv) like a handler.
+function lariat.spawn(fn, ...)
+  return core_or_fail("lariat.spawn").spawn(fn, ...)
+end
+
+-- channel(name): publish/subscribe between the coroutines of this worker.
+--   ch:publish(msg)          msg is a string; returns the subscriber count
+--   ch:subscribe{max_queued=1000} → sub: sub:recv([timeout]), sub:each(),
+--                            sub:close() (also `local sub <close> = ...`)
+--   ch:subscribers()         how many subscriptions are open
+local Channel = {}
+Channel.__index = Channel
+
+function Channel:publish(msg)
+  if type(msg) ~= "string" then error("channel:publish: message must be a string (encode tables with lariat.json)", 2) end
+  return core_or_fail("lariat.channel").ch_publish(self.name, msg)
+end
+
+function Channel:subscribe(opts)
+  return core_or_fail("lariat.channel").ch_subscribe(self.name, opts and opts.max_queued)
+end
+
+function Channel:subscribers()
+  return core_or_fail("lariat.channel").ch_count(self.name)
+end
+
+function lariat.channel(name)
+  if type(name) ~= "string" or name == "" then error("lariat.channel: name must be a non-empty string", 2) end
+  return setmetatable({ name = name }, Channel)
 end
 
 function lariat.static(dir, opts)
