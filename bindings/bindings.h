@@ -19,6 +19,7 @@ typedef struct lr_app_s {
   struct lr_lworker_s *lw;
   int dispatch_ref;   /* the function load_app returned */
   int methods_ref;    /* core.req_methods */
+  int req_mt_ref;     /* the req metatable */
   unsigned refs;      /* running coroutines + referenced strings + 1 while current */
   lr_co_t *free_cos;  /* finished coroutines kept for reuse */
   unsigned n_free_cos;
