@@ -1,0 +1,68 @@
+"""examples/echo_ws.lua and examples/chat with real clients: python websockets
+and a headless Chromium that loads the chat page, posts a message and shows
+what the room said (messages checked in both directions)."""
+
+import asyncio
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+
+import pytest
+import websockets
+
+from conftest import REPO
+from wsclient import WS, frame
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def test_echo_ws_example_with_python_websockets(start_server):
+    srv = start_server(str(REPO / "examples" / "echo_ws.lua"))
+
+    async def run():
+        async with websockets.connect("ws://127.0.0.1:%d/echo" % srv.port) as ws:
+            await ws.send("hello")
+            assert await ws.recv() == "hello"
+            await ws.send(b"\x00bin")
+            assert await ws.recv() == b"\x00bin"
+    asyncio.run(run())
+
+
+def read_chat(ws, want, timeout=10):
+    """messages until one matches want(from, text); returns all seen"""
+    ws.sock.settimeout(timeout)
+    seen = []
+    while True:
+        op, data = ws.read_message()
+        if op != 1:
+            continue
+        m = json.loads(data)
+        seen.append(m)
+        if want(m["from"], m["text"]):
+            return seen
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup installs it from Debian)")
+def test_chat_example_in_headless_chromium(start_server):
+    srv = start_server(str(REPO / "examples" / "chat" / "app.lua"), "--workers", "1")
+    with WS(srv.port, "/chat?name=py", protocols="chat") as py:
+        assert py.status == 101 and py.headers["sec-websocket-protocol"] == "chat"
+        py.send(frame(1, "hello from python"))
+        read_chat(py, lambda f, t: f == "py" and t == "hello from python")
+        with tempfile.TemporaryDirectory() as profile:
+            out = subprocess.run(
+                [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--user-data-dir=" + profile, "--virtual-time-budget=3000", "--dump-dom",
+                 "http://127.0.0.1:%d/?name=browser&say=hello%%20from%%20chromium" % srv.port],
+                capture_output=True, text=True, timeout=60)
+        dom = out.stdout
+        # browser → server → python
+        seen = read_chat(py, lambda f, t: f == "browser" and t == "hello from chromium")
+        assert {"from": "server", "text": "browser joined"} in seen
+        # python → server → browser (the room's history reached the page)
+        assert "connected as browser" in dom, dom[-2000:]
+        assert "hello from python" in dom
+        assert "hello from chromium" in dom
