@@ -66,3 +66,57 @@ def test_chat_example_in_headless_chromium(start_server):
         assert "connected as browser" in dom, dom[-2000:]
         assert "hello from python" in dom
         assert "hello from chromium" in dom
+
+
+RELOAD_APP = """
+local lariat = require "lariat"
+local app = lariat.app()
+local VERSION = "v%d"
+app:ws("/v", function(ws)
+  for msg in ws:each() do ws:send(VERSION .. " " .. msg) end
+end)
+return app
+"""
+
+
+def test_open_websocket_keeps_its_app_version_across_a_reload(tmp_path, start_server):
+    """When the app reloads, open WebSockets keep running on the version that
+    accepted them; new ones get the new version."""
+    import os
+    import signal
+    app = tmp_path / "app.lua"
+    app.write_text(RELOAD_APP % 1)
+    srv = start_server(str(app), "--workers", "1")
+    with WS(srv.port, "/v") as old:
+        old.send(frame(1, "a"))
+        assert old.read_message() == (1, b"v1 a")
+        app.write_text(RELOAD_APP % 2)
+        os.kill(srv.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "app reloaded" not in srv.log_text():
+            assert time.monotonic() < deadline, srv.log_text()
+            time.sleep(0.05)
+        with WS(srv.port, "/v") as new:
+            new.send(frame(1, "b"))
+            assert new.read_message() == (1, b"v2 b")
+        old.send(frame(1, "c"))
+        assert old.read_message() == (1, b"v1 c")
+
+
+def test_sigterm_closes_open_websockets_with_1001():
+    """a graceful stop tells WebSocket peers the server is going away"""
+    import os
+    import signal
+    from conftest import SANITIZER_RE, LariatServer
+    srv = LariatServer(str(REPO / "examples" / "echo_ws.lua"), "--workers", "1").start()
+    try:
+        with WS(srv.port, "/echo") as ws:
+            ws.send(frame(1, "x"))
+            assert ws.read_message() == (1, b"x")
+            os.kill(srv.pid, signal.SIGTERM)
+            assert ws.read_close()[0] == 1001
+            assert ws.closed_by_server()
+        assert srv.proc.wait(10) == 0
+    finally:
+        srv.stop()
+    assert not SANITIZER_RE.search(srv.stderr_text()), srv.stderr_text()
