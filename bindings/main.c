@@ -153,12 +153,6 @@ int main(int argc, char **argv) {
       return startup_failed(n_slots, fds, err);
     }
   }
-  for (int i = 0; i < cfg.n_listen; i++) {
-    const lr_listen_addr_t *a = &cfg.listen[i];
-    int v6 = strchr(a->host, ':') != NULL;
-    printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
-  }
-  fflush(stdout);
 
   /* signals are taken by the main thread's own loop; workers never see them */
   uv_loop_t *main_loop = uv_default_loop();
@@ -191,6 +185,13 @@ int main(int argc, char **argv) {
   uv_timer_init(main_loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, every, every);
   for (int i = 0; i < n_slots; i++) uv_thread_create(&slots[i].w.thread, worker_main, &slots[i]);
+  /* ready: signals are handled from here on, so a HUP right after this line reloads */
+  for (int i = 0; i < cfg.n_listen; i++) {
+    const lr_listen_addr_t *a = &cfg.listen[i];
+    int v6 = strchr(a->host, ':') != NULL;
+    printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
+  }
+  fflush(stdout);
   uv_run(main_loop, UV_RUN_DEFAULT);
   for (int i = 0; i < n_slots; i++) uv_thread_join(&slots[i].w.thread);
   for (int i = 0; i < n_slots; i++) {

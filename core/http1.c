@@ -32,6 +32,7 @@ typedef struct h1_conn_s {
   uint8_t closing;    /* close once the current response is written */
   uint8_t in_process; /* h1_process is on the stack */
   uint8_t body_stopped;/* reading paused because the body buffer is full */
+  uint8_t out_blocked; /* not starting requests until the output drains */
   uint16_t error;     /* status to answer for a bad request */
   uint16_t n_host;
   uint8_t te_unknown; /* a transfer coding we don't implement */
@@ -234,6 +235,32 @@ static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   s->query.len = q ? t.len - (size_t)(q - t.base) - 1 : 0;
 }
 
+/* RFC 9112 §3.2 / RFC 3986 §3.2: host [ ":" port ]; host is a reg-name
+ * (unreserved, pct-encoded, sub-delims) or an IP literal in brackets */
+static int authority_ok(const lr_str_t *a) {
+  const char *p = a->base, *end = a->base + a->len;
+  if (p < end && *p == '[') {
+    const char *close = memchr(p, ']', a->len);
+    if (close == NULL) return 0;
+    for (const char *q = p + 1; q < close; q++)
+      if (!((*q >= '0' && *q <= '9') || (*q >= 'a' && *q <= 'f') || (*q >= 'A' && *q <= 'F') || *q == ':' ||
+            *q == '.'))
+        return 0;
+    p = close + 1;
+  } else {
+    for (; p < end && *p != ':'; p++) {
+      unsigned char c = (unsigned char)*p;
+      if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~%!$&'()*+,;=", c)))
+        return 0;
+    }
+  }
+  if (p == end) return 1;
+  if (*p++ != ':') return 0;
+  for (; p < end; p++)
+    if (*p < '0' || *p > '9') return 0;
+  return 1;
+}
+
 static int on_headers_complete(llhttp_t *p) {
   h1_conn_t *h = p->data;
   lr_stream_t *s = h->cur;
@@ -253,6 +280,7 @@ static int on_headers_complete(llhttp_t *p) {
   if (h->te_unknown) return set_error(h, 501);
   if (s->version == 11 && h->n_host != 1) return set_error(h, 400);
   if (h->n_host > 1) return set_error(h, 400);
+  if (s->authority.len && !authority_ok(&s->authority)) return set_error(h, 400);
   if (p->flags & F_CONTENT_LENGTH) {
     s->content_length = (int64_t)p->content_length;
     if (p->content_length > w->cfg->max_body) return set_error(h, 413);
@@ -567,6 +595,14 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
       lr_conn_close(c);
       break;
     }
+    /* pipelined requests whose responses the client doesn't read: stop
+     * answering (and reading) until the output drains */
+    if (h->cur == NULL && lr_conn_queued(c) > LR_OUT_HIGH) {
+      save_leftover(h, p, n);
+      h->out_blocked = 1;
+      lr_conn_read_stop(c);
+      break;
+    }
     h->pause = PAUSE_NONE;
     h->exec_start = p;
     llhttp_errno_t e = llhttp_execute(&h->parser, p, n);
@@ -693,6 +729,12 @@ static void h1_on_eof(lr_conn_t *c) {
 
 static void h1_on_drain(lr_conn_t *c) {
   h1_conn_t *h = H1(c);
+  if (h->out_blocked) {
+    h->out_blocked = 0;
+    c->flags |= LR_CF_NEED_RESUME;
+    lr_conn_defer(c);
+    if (h->leftover.len < LEFTOVER_MAX) lr_conn_read_start(c);
+  }
   if (h->cur && h->cur->wait == LR_WAIT_DRAIN) c->worker->app->wake(h->cur);
 }
 
