@@ -32,16 +32,20 @@ class Cell:
         return median(self.results, key)
 
 
+def _x(label, a, b):
+    # b is 0 when a short (--smoke) run used less than one clock tick of CPU
+    return f"{label} {a / b:.2f}×" if a is not None and b else f"{label} ?"
+
+
 def _ratio(cell, ref, row):
     if cell is ref:
         return "—"
     if not cell.results or not ref.results:
         return ""
     if row.kind == "idle":
-        a, b = cell.med("kib_per_conn"), ref.med("kib_per_conn")
-        return f"KiB {a / b:.2f}×" if a is not None and b and b > 0 else ""
-    return (f"req/s {cell.med('rps') / ref.med('rps'):.2f}× · "
-            f"CPU {cell.med('cpu_us') / ref.med('cpu_us'):.2f}×")
+        return _x("KiB", cell.med("kib_per_conn"), ref.med("kib_per_conn"))
+    return (_x("req/s", cell.med("rps"), ref.med("rps")) + " · "
+            + _x("CPU", cell.med("cpu_us"), ref.med("cpu_us")))
 
 
 def table(rows, cells):
