@@ -359,7 +359,7 @@ int lr_ws_handshake(lr_co_t *co) {
   lua_settop(L, 4);
   const int opts = 4;
   if (s->conn == NULL) return 0;
-  if (s->version == 20 || !(s->flags & LR_SF_WS_UPGRADE)) {
+  if (s->version != 11 || !(s->flags & LR_SF_WS_UPGRADE)) {
     reply(s, 426, "this resource speaks WebSocket: send upgrade: websocket\n", 1);
     return 0;
   }

@@ -75,6 +75,8 @@ struct lr_ws_s {
   int app_gone, timer_closed;
 };
 
+static void on_timer(uv_timer_t *t);
+
 /* ---- helpers ---- */
 
 void lr_ws_accept_key(const char *key, size_t len, char out[29]) {
@@ -204,6 +206,8 @@ static void ws_fail(lr_ws_t *ws, int code, const char *why) {
   set_closed(ws, code, why, strlen(why));
   lr_conn_read_stop(ws->conn);
   lr_conn_close_after_write(ws->conn);
+  /* a peer that doesn't read our close doesn't keep the connection */
+  uv_timer_start(&ws->timer, on_timer, CLOSE_WAIT_MS, 0);
 }
 
 /* ---- deflate ---- */
@@ -308,6 +312,7 @@ static void on_control(lr_ws_t *ws) {
       send_close(ws, code == 1005 ? 0 : code, NULL, 0);
       lr_conn_read_stop(c);
       lr_conn_close_after_write(c);
+      uv_timer_start(&ws->timer, on_timer, CLOSE_WAIT_MS, 0);
       return;
     }
     case WSLAY_PING: {
@@ -540,6 +545,7 @@ static void ws_on_shutdown(lr_conn_t *c) {
   send_close(ws, 1001, "server shutting down", 20);
   set_closed(ws, 1001, "server shutting down", 20);
   lr_conn_close_after_write(c);
+  uv_timer_start(&ws->timer, on_timer, CLOSE_WAIT_MS, 0);
   deliver(ws);
 }
 
