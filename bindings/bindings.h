@@ -111,6 +111,10 @@ void lr_req_open(lua_State *L);
 int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int status_idx, int fin);
 int lr_req_reply_results(lua_State *L);
 
+/* shared.c: lariat.shared dictionaries, shared by all workers */
+void lr_shared_open(lua_State *L);
+void lr_shared_free_all(void);
+
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);
 int luaopen_lariat_zlib(lua_State *L);

@@ -86,6 +86,7 @@ static const luaL_Reg funcs[] = {
 int luaopen_lariat_core(lua_State *L) {
   luaL_newlib(L, funcs);
   lr_ws_open(L); /* ws userdata, lariat.spawn, lariat.channel */
+  lr_shared_open(L); /* lariat.shared */
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table behind __index */

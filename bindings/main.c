@@ -201,6 +201,7 @@ int main(int argc, char **argv) {
   }
   free(slots);
   free(fds);
+  lr_shared_free_all();
   lr_log(LR_LOG_INFO, "stopped");
   return 0;
 }

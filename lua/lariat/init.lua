@@ -81,6 +81,17 @@ function lariat.channel(name)
   return setmetatable({ name = name }, Channel)
 end
 
+-- shared(name[, {size = bytes}]): a dictionary shared by every worker (and
+-- every reloaded version of the app): get/set/add/incr/delete/ttl/keys on
+-- strings, numbers, booleans and tables, per-key expiry, LRU eviction at the
+-- size cap (default 64 MiB). The first call with a name creates it.
+--   local hits = lariat.shared("hits")
+--   hits:incr("/", 1, 0)          → new count (atomic across workers)
+--   hits:set("k", {a = 1}, 60)    → true, or nil, err; expires in 60 s
+function lariat.shared(name, opts)
+  return core_or_fail("lariat.shared").shared(name, opts)
+end
+
 function lariat.static(dir, opts)
   return require("lariat.static")(dir, opts)
 end
