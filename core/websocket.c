@@ -54,7 +54,9 @@ struct lr_ws_s {
   msg_t *head, *tail;
   size_t queued;
   /* close state */
-  int close_sent, close_recv, failed;
+  int close_sent, close_recv;
+  int failed, fail_sent; /* failed: the close code */
+  const char *fail_why;
   int code; /* what recv reports once closed */
   char reason[124];
   size_t reason_len;
@@ -197,17 +199,28 @@ static void set_closed(lr_ws_t *ws, int code, const char *reason, size_t rlen) {
   ws->events |= LR_WS_EV_CLOSED;
 }
 
-/* _Fail the WebSocket Connection_ (RFC 6455 §7.1.7): say why, then close */
+/* _Fail the WebSocket Connection_ (RFC 6455 §7.1.7). Input stops here; the
+ * close goes out once the current callback has delivered the messages that
+ * came before the bad frame (so an echo of them still reaches the peer). */
 static void ws_fail(lr_ws_t *ws, int code, const char *why) {
   if (ws->failed || ws->conn == NULL) return;
-  ws->failed = 1;
+  ws->failed = code;
+  ws->fail_why = why;
   LR_DEBUG("websocket: closing with %d: %s", code, why);
-  send_close(ws, code, why, strlen(why));
-  set_closed(ws, code, why, strlen(why));
   lr_conn_read_stop(ws->conn);
+}
+
+/* send the close of a failed connection; 1 if there is news for the app */
+static int flush_fail(lr_ws_t *ws) {
+  if (!ws->failed || ws->fail_sent || ws->conn == NULL) return 0;
+  ws->fail_sent = 1;
+  size_t n = strlen(ws->fail_why);
+  send_close(ws, ws->failed, ws->fail_why, n);
+  set_closed(ws, ws->failed, ws->fail_why, n);
   lr_conn_close_after_write(ws->conn);
   /* a peer that doesn't read our close doesn't keep the connection */
   uv_timer_start(&ws->timer, on_timer, CLOSE_WAIT_MS, 0);
+  return 1;
 }
 
 /* ---- deflate ---- */
@@ -494,6 +507,7 @@ static void ws_on_read(lr_conn_t *c, const char *data, size_t len) {
   }
   ws->busy--;
   deliver(ws);
+  if (flush_fail(ws)) deliver(ws);
 }
 
 static void ws_resume(lr_conn_t *c) {
@@ -562,9 +576,8 @@ static void on_timer(uv_timer_t *t) {
   uint64_t now = uv_now(&c->worker->loop);
   if (now - ws->last_rx + 10 < ws->o.ping_interval_ms) return;
   if (ws->ping_out) {
-    ws->busy++;
     ws_fail(ws, 1001, "no pong");
-    ws->busy--;
+    flush_fail(ws);
     deliver(ws);
     return;
   }
