@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
 #include <unistd.h>
 
 #include "bindings.h"
@@ -21,6 +24,16 @@ static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_fs_event_t watcher;
 static uv_timer_t debounce;
 static uv_timer_t watchdog;
+static uv_timer_t drain_timer;
+
+/* requests still running when the drain timeout ends are cut: exit now */
+static void on_drain_timeout(uv_timer_t *t) {
+  (void)t;
+  unsigned left = 0;
+  for (int i = 0; i < n_slots; i++) left += slots[i].w.n_conns;
+  lr_log(LR_LOG_WARN, "drain timeout: exiting with %u connections still open", left);
+  _exit(0);
+}
 
 /* the CPU budget's watchdog: see budget.c */
 static void on_watchdog(uv_timer_t *t) {
@@ -46,6 +59,7 @@ static void on_worker_exited(uv_async_t *a) {
   uv_close((uv_handle_t *)&sig_hup, NULL);
   uv_close((uv_handle_t *)&worker_exited, NULL);
   uv_close((uv_handle_t *)&watchdog, NULL);
+  if (drain_timer.loop) uv_close((uv_handle_t *)&drain_timer, NULL);
   if (uv_is_active((uv_handle_t *)&watcher)) uv_close((uv_handle_t *)&watcher, NULL);
   if (debounce.loop && !uv_is_closing((uv_handle_t *)&debounce)) uv_close((uv_handle_t *)&debounce, NULL);
 }
@@ -103,6 +117,36 @@ static void on_signal(uv_signal_t *h, int signum) {
   if (stop_requests > 1) return;
   lr_log(LR_LOG_INFO, "stopping: finishing in-flight requests");
   for (int i = 0; i < n_slots; i++) lr_worker_stop(&slots[i].w);
+  uv_timer_init(h->loop, &drain_timer);
+  uv_timer_start(&drain_timer, on_drain_timeout, slots[0].w.cfg->drain_timeout_ms, 0);
+  uv_unref((uv_handle_t *)&drain_timer);
+}
+
+/* --user: the listeners are bound (maybe to a privileged port); run as NAME */
+static int drop_privileges(const char *name, char *err, size_t errlen) {
+  struct passwd *pw = getpwnam(name);
+  if (pw == NULL) {
+    snprintf(err, errlen, "--user %s: no such user", name);
+    return -1;
+  }
+  if (getuid() != 0 && getuid() != pw->pw_uid) {
+    snprintf(err, errlen, "--user %s: only root can change user", name);
+    return -1;
+  }
+  if (initgroups(pw->pw_name, pw->pw_gid) || setgid(pw->pw_gid) || setuid(pw->pw_uid)) {
+    snprintf(err, errlen, "--user %s: %s", name, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+static int write_pid_file(const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "w");
+  if (f == NULL || fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f) != 0) {
+    snprintf(err, errlen, "--pid-file %s: %s", path, strerror(errno));
+    return -1;
+  }
+  return 0;
 }
 
 /* tear down what startup built so far; every startup failure exits 2 */
@@ -128,6 +172,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   lr_log_level = cfg.log_level;
+  lr_log_json = cfg.log_json;
   signal(SIGPIPE, SIG_IGN);
 
   n_slots = cfg.workers;
@@ -146,6 +191,8 @@ int main(int argc, char **argv) {
     if (ws->lw.app == NULL) return startup_failed(i + 1, fds, err);
   }
   if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) return startup_failed(n_slots, fds, err);
+  if (cfg.pid_file && write_pid_file(cfg.pid_file, err, sizeof err)) return startup_failed(n_slots, fds, err);
+  if (cfg.user && drop_privileges(cfg.user, err, sizeof err)) return startup_failed(n_slots, fds, err);
   for (int i = 0; i < n_slots; i++) {
     r = lr_worker_listen(&slots[i].w, &fds[i * LR_MAX_LISTENERS], cfg.n_listen);
     if (r) {
@@ -202,6 +249,7 @@ int main(int argc, char **argv) {
   free(slots);
   free(fds);
   lr_shared_free_all();
+  if (cfg.pid_file) unlink(cfg.pid_file);
   lr_log(LR_LOG_INFO, "stopped");
   return 0;
 }

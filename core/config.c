@@ -37,6 +37,10 @@ static const char usage[] =
     "      --body-timeout SEC     time a body read waits for data (default 10)\n"
     "      --drain-timeout SEC    time to finish requests on stop (default 30)\n"
     "      --log-level LEVEL      debug, info, warn or error (default info)\n"
+    "      --log-format FORMAT    text or json (one object per line) (default text)\n"
+    "      --max-connections N    connections per worker; more wait in the backlog (default: no cap)\n"
+    "      --pid-file FILE        write the process id there while running\n"
+    "      --user NAME            drop to this user after binding the listeners\n"
     "      --watch                reload the app when files in its directory change\n"
     "      --cpu-budget SEC       longest a handler may run without yielding (default 1) -> 503\n"
     "      --lua-memory MIB       Lua memory cap per worker (default 1024) -> 503\n"
@@ -163,6 +167,27 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
         snprintf(err, errlen, "bad %s value '%s' (want seconds > 0)", name, val);
         return -1;
       }
+    } else if (IS("--log-format", "--log-format")) {
+      NEEDVAL();
+      if (strcmp(val, "text") != 0 && strcmp(val, "json") != 0) {
+        snprintf(err, errlen, "bad --log-format value '%s' (want text or json)", val);
+        return -1;
+      }
+      cfg->log_json = val[0] == 'j';
+    } else if (IS("--max-connections", "--max-connections")) {
+      NEEDVAL();
+      uint64_t n;
+      if (parse_u64(val, &n) || n < 1 || n > 10000000) {
+        snprintf(err, errlen, "bad --max-connections value '%s'", val);
+        return -1;
+      }
+      cfg->max_connections = (unsigned)n;
+    } else if (IS("--pid-file", "--pid-file")) {
+      NEEDVAL();
+      cfg->pid_file = val;
+    } else if (IS("--user", "--user")) {
+      NEEDVAL();
+      cfg->user = val;
     } else if (IS("--watch", "--watch")) {
       cfg->watch = 1;
     } else if (IS("--cpu-budget", "--cpu-budget")) {

@@ -115,6 +115,7 @@ void lr_conn_close(lr_conn_t *c) {
   c->flags &= ~LR_CF_DEFERRED;
   lr_link_unlink(&c->all);
   c->worker->n_conns--;
+  if (c->worker->cfg->max_connections) lr__worker_conn_closed(c->worker);
   if (c->proto && c->proto->on_close) c->proto->on_close(c);
   /* queued external segments belong to their owners: release them now; an
    * in-flight write still references its buffers until its callback runs */

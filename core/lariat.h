@@ -53,6 +53,7 @@ static inline void lr_link_unlink(lr_link_t *n) {
 /* ---- log ---- */
 enum { LR_LOG_DEBUG, LR_LOG_INFO, LR_LOG_WARN, LR_LOG_ERROR };
 extern int lr_log_level; /* set once by main */
+extern int lr_log_json;  /* set once by main: one JSON object per line */
 void lr_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 void lr_log_raw(int level, const char *msg, size_t len);
 #define LR_DEBUG(...) \
@@ -86,6 +87,10 @@ typedef struct lr_config_s {
   uint64_t body_timeout_ms;
   uint64_t drain_timeout_ms;
   size_t lua_memory; /* cap per Lua state in bytes, 0 = none */
+  unsigned max_connections; /* per worker; more wait in the listen backlog (0 = no cap) */
+  const char *pid_file;
+  const char *user;         /* drop to this user after binding */
+  int log_json;             /* log lines as JSON objects */
   /* TLS (--cert/--key pairs, the first is the default; SNI picks among them) */
 #define LR_MAX_CERTS 8
   const char *tls_cert[LR_MAX_CERTS], *tls_key[LR_MAX_CERTS];
@@ -370,7 +375,6 @@ typedef struct lr_worker_s {
   int stop_requested; /* written by any thread (atomic), read by the worker */
   volatile int exited; /* set by the worker thread as its loop ends */
   uv_async_t wakeup; /* stop requests from the main thread */
-  uv_timer_t drain_timer;
   /* scratch header array for building responses */
   lr_header_t *scratch;
   size_t scratch_cap;
@@ -384,6 +388,7 @@ void lr_worker_wakeup(lr_worker_t *w); /* thread-safe: calls app->wakeup in the 
 void lr_worker_destroy(lr_worker_t *w);
 const char *lr_worker_date(lr_worker_t *w);
 void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s);
+void lr__worker_conn_closed(lr_worker_t *w);
 
 /* bind every listener once per worker with SO_REUSEPORT; fds[worker][listener] */
 int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen);

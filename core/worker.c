@@ -107,7 +107,24 @@ void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s) {
 static void on_connection(uv_stream_t *server, int status) {
   lr_listener_t *l = server->data;
   if (status < 0) return;
+  /* at the cap, leave the connection unaccepted: libuv then stops polling
+   * the listener and the kernel queues new ones in the backlog */
+  if (l->worker->cfg->max_connections && l->worker->n_conns >= l->worker->cfg->max_connections) {
+    l->paused = 1;
+    return;
+  }
   lr__conn_accept(l);
+}
+
+/* a connection closed: take the one libuv held back, if any */
+void lr__worker_conn_closed(lr_worker_t *w) {
+  for (int i = 0; i < w->n_listeners; i++) {
+    lr_listener_t *l = &w->listeners[i];
+    if (l->paused && !w->stopping && w->n_conns < w->cfg->max_connections) {
+      l->paused = 0;
+      lr__conn_accept(l);
+    }
+  }
 }
 
 int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen) {
@@ -180,21 +197,11 @@ static void close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-static void on_drain_timeout(uv_timer_t *t) {
-  lr_worker_t *w = t->data;
-  lr_log(LR_LOG_WARN, "worker %d: drain timeout, closing %u connections", w->id, w->n_conns);
-  while (!lr_list_empty(&w->conns)) lr_conn_close(LR_CONTAINER_OF(w->conns.next, lr_conn_t, all));
-}
-
 static void start_stopping(lr_worker_t *w) {
   if (w->stopping) return;
   w->stopping = 1;
   /* the loop ends once the last connection and handler are gone */
   uv_unref((uv_handle_t *)&w->wakeup);
-  uv_timer_init(&w->loop, &w->drain_timer);
-  w->drain_timer.data = w;
-  uv_timer_start(&w->drain_timer, on_drain_timeout, w->cfg->drain_timeout_ms, 0);
-  uv_unref((uv_handle_t *)&w->drain_timer);
   for (int i = 0; i < w->n_listeners; i++) uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
   /* ask every connection to finish: idle ones close now */
   lr_link_t *l = w->conns.next;

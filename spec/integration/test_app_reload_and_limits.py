@@ -200,11 +200,15 @@ def test_other_requests_wait_only_until_the_spinner_is_stopped(limits):
     assert result["spin"] == 503
 
 
-def test_memory_cap_answers_503_and_the_worker_lives(limits):
-    """Allocating past --lua-memory raises a Lua memory error → 503."""
-    assert get(limits, "/hog").status == 503
-    assert "not enough memory" in limits.log_text()
-    assert get(limits, "/").body == b"ok"
+def test_memory_cap_answers_503_and_the_worker_lives(tmp_path, start_server):
+    """Allocating past --lua-memory raises a Lua memory error → 503 (a
+    generous CPU budget here, so a slow sanitizer build hits memory first)."""
+    app = tmp_path / "limits.lua"
+    app.write_text(LIMITS_APP)
+    srv = start_server(str(app), "--workers", "1", "--cpu-budget", "20", "--lua-memory", "64")
+    assert get(srv, "/hog").status == 503
+    assert "not enough memory" in srv.log_text()
+    assert get(srv, "/").body == b"ok"
 
 
 def test_error_in_gc_is_logged_and_the_request_succeeds(limits):
