@@ -190,6 +190,7 @@ int main(int argc, char **argv) {
     ws->lw.app = lr_app_load(&ws->lw, err, sizeof err);
     if (ws->lw.app == NULL) return startup_failed(i + 1, fds, err);
   }
+  if (lr_tls_global_init(&cfg, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (cfg.pid_file && write_pid_file(cfg.pid_file, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (cfg.user && drop_privileges(cfg.user, err, sizeof err)) return startup_failed(n_slots, fds, err);
@@ -236,7 +237,8 @@ int main(int argc, char **argv) {
   for (int i = 0; i < cfg.n_listen; i++) {
     const lr_listen_addr_t *a = &cfg.listen[i];
     int v6 = strchr(a->host, ':') != NULL;
-    printf("listening on http://%s%s%s:%d\n", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
+    printf("listening on %s://%s%s%s:%d\n", a->tls ? "https" : "http", v6 ? "[" : "", a->host, v6 ? "]" : "",
+           a->port);
   }
   fflush(stdout);
   uv_run(main_loop, UV_RUN_DEFAULT);

@@ -23,11 +23,20 @@ void lr_config_defaults(lr_config_t *cfg) {
   cfg->cpu_budget_ms = 1000;
   cfg->lua_memory = (size_t)1024 * 1024 * 1024;
   cfg->log_level = LR_LOG_INFO;
+  cfg->h2_max_streams = 100;
+  cfg->h2_window = 256 * 1024;
+  cfg->h2_max_frame = 16384;
 }
 
 static const char usage[] =
     "usage: lariat [options] APP.lua\n"
-    "  -l, --listen HOST:PORT     plain listener (HTTP/1.1); repeatable; default 127.0.0.1:8080\n"
+    "  -l, --listen HOST:PORT     plain listener (HTTP/1.1 and h2c); repeatable; default 127.0.0.1:8080\n"
+    "      --tls HOST:PORT        TLS listener (ALPN h2, http/1.1); repeatable; needs --cert and --key\n"
+    "      --cert FILE, --key FILE  PEM certificate chain and key; repeat the pair for more\n"
+    "                             certificates (chosen by SNI; the first is the default)\n"
+    "      --h2-max-streams N     concurrent HTTP/2 streams per connection (default 100)\n"
+    "      --h2-window BYTES      HTTP/2 stream window: request body buffered per stream (default 262144)\n"
+    "      --h2-max-frame BYTES   largest HTTP/2 frame we accept (default 16384)\n"
     "  -w, --workers N            worker threads (default: number of CPUs)\n"
     "      --access-log FILE|-    one line per request (combined log format)\n"
     "      --max-body BYTES       largest request body (default 8388608)\n"
@@ -131,6 +140,42 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
         return -1;
       }
       cfg->n_listen++;
+    } else if (IS("--tls", "--tls")) {
+      NEEDVAL();
+      if (cfg->n_listen >= LR_MAX_LISTENERS || parse_listen(&cfg->listen[cfg->n_listen], val)) {
+        snprintf(err, errlen, "bad --tls value '%s' (want HOST:PORT)", val);
+        return -1;
+      }
+      cfg->listen[cfg->n_listen++].tls = 1;
+    } else if (IS("--cert", "--cert") || IS("--key", "--key")) {
+      NEEDVAL();
+      int is_cert = name[2] == 'c';
+      int *n = &cfg->n_certs;
+      const char **slot = is_cert ? cfg->tls_cert : cfg->tls_key;
+      /* pairs: a --cert and a --key fill the same slot, in either order */
+      int k = 0;
+      while (k < *n && slot[k] != NULL) k++;
+      if (k >= LR_MAX_CERTS) {
+        snprintf(err, errlen, "too many certificates (at most %d)", LR_MAX_CERTS);
+        return -1;
+      }
+      slot[k] = val;
+      if (k == *n) (*n)++;
+    } else if (IS("--h2-max-streams", "--h2-max-streams") || IS("--h2-window", "--h2-window") ||
+               IS("--h2-max-frame", "--h2-max-frame")) {
+      NEEDVAL();
+      uint64_t v;
+      unsigned *dst = name[5] == 'm' && name[9] == 's' ? &cfg->h2_max_streams
+                      : name[5] == 'w'                 ? &cfg->h2_window
+                                                       : &cfg->h2_max_frame;
+      uint64_t lo = dst == &cfg->h2_max_frame ? 16384 : 1;
+      uint64_t hi = dst == &cfg->h2_max_frame ? 16777215 : dst == &cfg->h2_window ? 2147483647 : 1000000;
+      if (parse_u64(val, &v) || v < lo || v > hi) {
+        snprintf(err, errlen, "bad %s value '%s' (want %llu..%llu)", name, val, (unsigned long long)lo,
+                 (unsigned long long)hi);
+        return -1;
+      }
+      *dst = (unsigned)v;
     } else if (IS("--workers", "-w")) {
       NEEDVAL();
       uint64_t n;
@@ -224,6 +269,17 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
   }
   if (cfg->app_path == NULL) {
     snprintf(err, errlen, "no app file given (usage: lariat [options] APP.lua)");
+    return -1;
+  }
+  for (int i = 0; i < cfg->n_certs; i++)
+    if (cfg->tls_cert[i] == NULL || cfg->tls_key[i] == NULL) {
+      snprintf(err, errlen, "every --cert needs its --key");
+      return -1;
+    }
+  int tls = 0;
+  for (int i = 0; i < cfg->n_listen; i++) tls |= cfg->listen[i].tls;
+  if (tls && cfg->n_certs == 0) {
+    snprintf(err, errlen, "--tls needs --cert FILE and --key FILE");
     return -1;
   }
   if (cfg->n_listen == 0) {

@@ -102,6 +102,7 @@ void lr_conn_defer(lr_conn_t *c) {
 
 static void on_close(uv_handle_t *h) {
   lr_conn_t *c = h->data;
+  if (c->tls) lr__tls_free(c);
   outq_free(&c->out);
   outq_free(&c->inflight);
   free(c);
@@ -176,8 +177,28 @@ static void on_write(uv_write_t *req, int status) {
 
 #define LR_IOV_MAX 512
 
+/* TLS: the plaintext queued by the protocol becomes records, in place */
+static void tls_seal(lr_conn_t *c) {
+  lr_outq_t *q = &c->out;
+  if (q->n && lr__tls_ready(c)) {
+    for (unsigned i = 0; i < q->n; i++) {
+      lr_seg_t *s = &q->segs[i];
+      if (s->len) lr__tls_seal(c, s->ext ? s->ext : q->bytes.base + s->off, s->len);
+    }
+    lr__tls_seal(c, NULL, 0);
+  }
+  if (q->n) outq_release(q); /* sealed (or, before the handshake, never to be sent in clear) */
+  size_t n;
+  while ((n = lr__tls_pending(c)) > 0) {
+    char *d = outq_reserve(q, n);
+    if (d == NULL) return;
+    outq_commit(q, lr__tls_take(c, d, n));
+  }
+}
+
 void lr__conn_flush(lr_conn_t *c) {
   if (c->flags & (LR_CF_CLOSING | LR_CF_WRITING)) return;
+  if (c->tls) tls_seal(c);
   while (c->out.n) {
     uv_buf_t iov[LR_IOV_MAX];
     unsigned n = c->out.n < LR_IOV_MAX ? c->out.n : LR_IOV_MAX;
@@ -262,7 +283,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
   lr_conn_t *c = stream->data;
   if (n > 0) {
-    c->proto->on_read(c, buf->base, (size_t)n);
+    if (c->tls)
+      lr__tls_on_read(c, buf->base, (size_t)n);
+    else
+      c->proto->on_read(c, buf->base, (size_t)n);
   } else if (n < 0) {
     c->flags |= LR_CF_EOF;
     uv_read_stop(stream);
@@ -318,6 +342,10 @@ void lr__conn_accept(lr_listener_t *l) {
   w->n_conns++;
   c->proto = &lr_http1_proto;
   lr_http1_init(c);
+  if (l->addr->tls && lr__tls_accept(c)) {
+    lr_conn_close(c);
+    return;
+  }
   lr_conn_set_timeout(c, LR_TO_HEADER);
   c->flags |= LR_CF_READ_STOPPED;
   lr_conn_read_start(c);

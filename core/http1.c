@@ -578,6 +578,20 @@ static void save_leftover(h1_conn_t *h, const char *p, size_t n) {
   if (h->leftover.len >= LEFTOVER_MAX) lr_conn_read_stop(&h->base);
 }
 
+/* Upgrade: h2c (RFC 7540 §3.2) on a request without a body: it becomes
+ * stream 1 of an HTTP/2 connection that takes the rest of the input */
+static int h2c_upgrade(h1_conn_t *h, lr_stream_t *s, const char *p, size_t n) {
+  const lr_str_t *h2_settings = lr_stream_header(s, "http2-settings", 14);
+  if (h2_settings == NULL || !(h->parser.flags & F_CONNECTION_UPGRADE)) return 0;
+  h->cur = NULL;
+  if (lr_http2_upgrade(&h->base, s, h2_settings, p, n)) {
+    h->cur = s; /* not taken: answer it as HTTP/1.1 */
+    return 0;
+  }
+  h->in_process = 0;
+  return 1;
+}
+
 static void h1_process(h1_conn_t *h, const char *p, size_t n) {
   lr_conn_t *c = &h->base;
   h->in_process = 1;
@@ -627,6 +641,7 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
     if (h->pause == PAUSE_HEADERS) {
       lr_conn_set_timeout(c, LR_TO_NONE);
       kick = 1;
+      if (h->is_upgrade && h2c_upgrade(h, s, p, n)) return;
       c->worker->app->start(s);
       if (h->switched) { /* the handler upgraded the connection: the rest is the new protocol's */
         h->in_process = 0;
@@ -700,6 +715,13 @@ int lr_http1_switch(lr_stream_t *s, const lr_header_t *hs, size_t n, const lr_pr
 
 static void h1_on_read(lr_conn_t *c, const char *data, size_t len) {
   h1_conn_t *h = H1(c);
+  /* h2c with prior knowledge (RFC 9113 §3.3): the connection preface comes first */
+  static const char preface[] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+  if (h->requests == 0 && h->leftover.len == 0 && !h->in_process &&
+      memcmp(data, preface, len < 24 ? len : 24) == 0) {
+    lr_http2_start(c, data, len);
+    return;
+  }
   if (h->cur == NULL && c->timeout.kind == LR_TO_IDLE) lr_conn_set_timeout(c, LR_TO_HEADER);
   if (h->leftover.len || h->in_process) {
     save_leftover(h, data, len);

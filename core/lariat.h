@@ -410,9 +410,13 @@ int lr_http2_upgrade(lr_conn_t *c, lr_stream_t *s, const lr_str_t *settings, con
 /* ---- TLS (core/tls.c): a filter between the socket and the protocol ---- */
 int lr_tls_global_init(const lr_config_t *cfg, char *err, size_t errlen); /* once, before workers */
 void lr_tls_global_free(void);
-int lr__tls_accept(lr_conn_t *c);                                   /* sets c->tls */
-void lr__tls_on_read(lr_conn_t *c, const char *data, size_t len);   /* decrypt, hand to proto */
-void lr__tls_encrypt(lr_conn_t *c);                                 /* c->out plaintext -> records */
+int lr__tls_accept(lr_conn_t *c);                                 /* sets c->tls */
+void lr__tls_on_read(lr_conn_t *c, const char *data, size_t len); /* decrypt, hand to proto */
+/* at flush time (conn.c): plaintext in, records out */
+int lr__tls_ready(const lr_conn_t *c); /* handshake done: application data may be sealed */
+void lr__tls_seal(lr_conn_t *c, const char *p, size_t n); /* p == NULL: end of this batch */
+size_t lr__tls_pending(const lr_conn_t *c);                /* record bytes waiting to be sent */
+size_t lr__tls_take(lr_conn_t *c, char *out, size_t max);
 void lr__tls_free(lr_conn_t *c);
 
 /* shared between protocols */

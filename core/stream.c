@@ -147,7 +147,11 @@ void lr_stream_abort(lr_stream_t *s) {
   s->conn->proto->abort(s);
 }
 
-int lr_stream_write_blocked(lr_stream_t *s) { return s->conn && lr_conn_queued(s->conn) > LR_OUT_HIGH; }
+int lr_stream_write_blocked(lr_stream_t *s) {
+  if (s->conn == NULL) return 0;
+  if (s->conn->proto->write_blocked) return s->conn->proto->write_blocked(s);
+  return lr_conn_queued(s->conn) > LR_OUT_HIGH;
+}
 
 int lr_stream_read_body(lr_stream_t *s, lr_buf_t *out, size_t max, int *fin) {
   *fin = 0;

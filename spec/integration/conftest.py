@@ -20,7 +20,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 APPS = HERE / "apps"
-LISTEN_RE = re.compile(r"listening on http://127\.0\.0\.1:(\d+)")
+LISTEN_RE = re.compile(r"listening on https?://127\.0\.0\.1:(\d+)")
 # Sanitizer reports mean a server bug even when the HTTP exchange looked fine.
 SANITIZER_RE = re.compile(
     r"ERROR: (AddressSanitizer|LeakSanitizer)|^\S+:\d+:\d+: runtime error:",
@@ -35,6 +35,27 @@ def lariat_bin():
 
 def app_path(name):
     return str(APPS / name)
+
+
+_TLS_FILES = []
+
+
+def tls_files():
+    """(cert, key) of a self-signed localhost certificate made once per run
+    by scripts/devcert."""
+    if not _TLS_FILES:
+        import tempfile
+        d = tempfile.mkdtemp(prefix="lariat-cert-")
+        subprocess.run([str(REPO / "scripts" / "devcert"), d], check=True,
+                       capture_output=True)
+        _TLS_FILES.extend([os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")])
+    return tuple(_TLS_FILES)
+
+
+def tls_options():
+    """Options adding a TLS listener on a free port (printed after the plain ones)."""
+    cert, key = tls_files()
+    return ["--tls", "127.0.0.1:0", "--cert", cert, "--key", key]
 
 
 # --------------------------------------------------------------------------
@@ -67,8 +88,9 @@ class _Drain(threading.Thread):
 class LariatServer:
     """One lariat process. `ports` holds the ports it printed, in order."""
 
-    def __init__(self, app, *options, listeners=1, listen=True, cwd=None):
+    def __init__(self, app, *options, listeners=1, listen=True, cwd=None, tls=False):
         self.app = str(app)
+        self.tls = tls  # one more listener, TLS, printed last: tls_port
         self.options = [str(o) for o in options]
         self.listeners = listeners
         self.listen = listen
@@ -83,6 +105,8 @@ class LariatServer:
         if self.listen:
             for _ in range(self.listeners):
                 argv += ["--listen", "127.0.0.1:0"]
+        if self.tls:
+            argv += tls_options()
         return argv + self.options + [self.app]
 
     def start(self, argv=None, timeout=15):
@@ -100,7 +124,7 @@ class LariatServer:
             while True:
                 found = [LISTEN_RE.search(l) for l in self.out.lines if l]
                 found = [m for m in found if m]
-                if len(found) >= self.listeners:
+                if len(found) >= self.listeners + bool(self.tls):
                     self.ports = [int(m.group(1)) for m in found]
                     break
                 if None in self.out.lines or self.proc.poll() is not None:
@@ -109,7 +133,7 @@ class LariatServer:
                 if left <= 0:
                     break
                 self.out.cond.wait(min(left, 0.1))
-        if len(self.ports) < self.listeners:
+        if len(self.ports) < self.listeners + bool(self.tls):
             self.stop()
             raise RuntimeError(
                 "lariat did not report %d listener(s): argv=%r rc=%r\n"
@@ -121,6 +145,10 @@ class LariatServer:
     @property
     def port(self):
         return self.ports[0]
+
+    @property
+    def tls_port(self):
+        return self.ports[-1]
 
     @property
     def pid(self):
@@ -194,9 +222,9 @@ def start_server():
     Every server started here is checked and stopped when the test ends."""
     started = []
 
-    def start(app, *options, listeners=1):
+    def start(app, *options, listeners=1, tls=False):
         path = app if os.path.isabs(str(app)) else app_path(app)
-        srv = LariatServer(path, *options, listeners=listeners).start()
+        srv = LariatServer(path, *options, listeners=listeners, tls=tls).start()
         started.append(srv)
         return srv
 
@@ -211,7 +239,7 @@ def start_server():
         pytest.fail("\n".join(errors), pytrace=False)
 
 
-def module_server(app, *options):
+def module_server(app, *options, tls=False):
     """Build a fixture serving `app` with `options`: one server per test
     module, restarted when a test crashed it. The test during which the
     server died fails with its exit status and stderr (not the tests after
@@ -223,7 +251,7 @@ def module_server(app, *options):
         module = request.node.getparent(pytest.Module)
         srv = servers.get(module.nodeid)
         if srv is None:
-            srv = LariatServer(app_path(app), *options).start()
+            srv = LariatServer(app_path(app), *options, tls=tls).start()
             servers[module.nodeid] = srv
 
             def finish(srv=srv, key=module.nodeid):

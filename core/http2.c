@@ -1,0 +1,1000 @@
+/* HTTP/2 (RFC 9113) over nghttp2.
+ *
+ * nghttp2 does the framing, HPACK, stream states and most of the protocol
+ * checks; this file maps its streams onto lr_stream_t. The rules it keeps:
+ *
+ * - The application is never called from inside an nghttp2 callback.
+ *   Callbacks record what happened on the stream (h2_stream_t.pend) and put
+ *   it on the connection's pending list; run_pending() acts on it once
+ *   nghttp2_session_mem_recv/mem_send has returned.
+ * - Frames are produced in one place: h2_resume(), run by the worker's
+ *   deferred pass (LR_CF_NEED_RESUME) once per loop phase, so the frames of
+ *   every stream that had something to say leave in one writev.
+ * - Response bodies go through a data provider that defers when the handler
+ *   has not written yet and is resumed by the next write; DATA payloads are
+ *   written with NGHTTP2_DATA_FLAG_NO_COPY, big Lua strings by reference.
+ * - Request bodies: the connection window is given back as data arrives,
+ *   the stream window only as the handler reads (nghttp2_session_consume_stream),
+ *   so a slow handler pushes back on its own upload only and a stream never
+ *   buffers more than its window.
+ */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include <nghttp2/nghttp2.h>
+
+#include "lariat.h"
+
+#define STREAM_OUT_HIGH (128 * 1024) /* a writer waits above this many queued bytes */
+#define CONN_WINDOW (16 * 1024 * 1024)
+/* flood guards: token buckets per connection (burst, refill per second) */
+#define RST_BURST 200.0 /* CVE-2023-44487: streams reset by the client */
+#define RST_RATE 100.0
+#define NOISE_BURST 1000.0 /* PING, SETTINGS, PRIORITY, empty DATA/HEADERS/CONTINUATION */
+#define NOISE_RATE 500.0
+#define MAX_CONTINUATIONS 16
+
+typedef struct h2_chunk_s {
+  struct h2_chunk_s *next;
+  const char *data;
+  size_t len;
+  lr_release_cb release; /* NULL: the bytes follow this struct and go with it */
+  void *arg;
+} h2_chunk_t;
+
+enum {
+  PEND_START = 1 << 0,  /* request head complete: start the handler */
+  PEND_WAKE = 1 << 1,   /* body data or its end arrived */
+  PEND_CLOSED = 1 << 2, /* nghttp2 closed the stream */
+  PEND_REJECT = 1 << 3, /* the core answers (431, 413) instead of the handler */
+  PEND_RST = 1 << 4,    /* response complete, request still coming: RST_STREAM(NO_ERROR) */
+};
+
+typedef struct h2_conn_s h2_conn_t;
+
+typedef struct h2_stream_s {
+  lr_stream_t *s; /* NULL once the connection side let go of it */
+  h2_conn_t *h;
+  int32_t id;
+  h2_chunk_t *head, *tail; /* response body waiting for the window */
+  size_t queued;
+  size_t unacked; /* request body bytes handed to s->body, not yet given back to the window */
+  uint32_t head_bytes;
+  uint16_t reject; /* status the core answers with */
+  uint8_t fin;       /* the whole response body is queued */
+  uint8_t deferred;  /* the data provider returned NGHTTP2_ERR_DEFERRED */
+  uint8_t started;
+  uint8_t closed;
+  uint8_t drop;      /* a HEAD or bodiless response: data written to it is dropped */
+  nghttp2_nv *trailers; /* sent when the data provider reaches the end */
+  size_t n_trailers;
+  unsigned pend;
+  lr_link_t pend_link;
+  lr_link_t all;
+} h2_stream_t;
+
+struct h2_conn_s {
+  lr_conn_t *c;
+  nghttp2_session *ng;
+  lr_link_t pending; /* h2_stream_t.pend_link */
+  lr_link_t streams; /* h2_stream_t.all */
+  unsigned n_streams;
+  uint8_t goaway;       /* GOAWAY sent: finish in-flight streams, then close */
+  uint8_t send_blocked; /* h2_resume stopped at the output high-water mark */
+  uint8_t maybe_drained;/* some stream's output shrank: check writers waiting */
+  uint8_t calm;         /* ENHANCE_YOUR_CALM was sent */
+  uint8_t in_recv;
+  double rst_tokens, noise_tokens;
+  uint64_t bucket_ms;
+  int32_t max_sid;      /* highest stream the client opened */
+  int32_t closed[32];   /* recently closed streams, to tell "closed" from "never opened" */
+  unsigned n_closed;
+};
+
+#define H2(c) ((h2_conn_t *)(c)->proto_state)
+
+static void want_send(h2_conn_t *h) {
+  h->c->flags |= LR_CF_NEED_RESUME;
+  lr_conn_defer(h->c);
+}
+
+static void pend(h2_stream_t *st, unsigned what) {
+  st->pend |= what;
+  if (!lr_link_linked(&st->pend_link)) lr_list_push(&st->h->pending, &st->pend_link);
+}
+
+/* ---- response body queue ---- */
+
+static void chunk_push(h2_stream_t *st, h2_chunk_t *k) {
+  k->next = NULL;
+  if (st->tail)
+    st->tail->next = k;
+  else
+    st->head = k;
+  st->tail = k;
+  st->queued += k->len;
+}
+
+static int queue_data(h2_stream_t *st, const char *data, size_t len, lr_release_cb release, void *arg) {
+  h2_chunk_t *k;
+  if (release) {
+    k = malloc(sizeof *k);
+    if (k == NULL) {
+      release(arg);
+      return UV_ENOMEM;
+    }
+    *k = (h2_chunk_t){NULL, data, len, release, arg};
+  } else {
+    k = malloc(sizeof *k + len);
+    if (k == NULL) return UV_ENOMEM;
+    char *d = (char *)(k + 1);
+    memcpy(d, data, len);
+    *k = (h2_chunk_t){NULL, d, len, NULL, NULL};
+  }
+  chunk_push(st, k);
+  return 0;
+}
+
+/* drop what was never sent; a referenced chunk may have pieces already in the
+ * output queue, so its release goes through the queue, after them */
+static void drop_queue(h2_stream_t *st) {
+  lr_conn_t *c = st->h->c;
+  h2_chunk_t *k = st->head;
+  while (k) {
+    h2_chunk_t *next = k->next;
+    if (k->release) lr_conn_write_ref(c, "", 0, k->release, k->arg);
+    free(k);
+    k = next;
+  }
+  st->head = st->tail = NULL;
+  st->queued = 0;
+}
+
+static void free_trailers(h2_stream_t *st) {
+  free(st->trailers);
+  st->trailers = NULL;
+  st->n_trailers = 0;
+}
+
+/* ---- nghttp2 callbacks: record, never call the application ---- */
+
+static ssize_t on_read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
+                            nghttp2_data_source *src, void *ud) {
+  (void)buf;
+  (void)id;
+  h2_stream_t *st = src->ptr;
+  size_t n = st->queued < length ? st->queued : length;
+  if (n == 0 && !st->fin) {
+    st->deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
+  if (n) *flags |= NGHTTP2_DATA_FLAG_NO_COPY;
+  if (st->fin && n == st->queued) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+    if (st->trailers) {
+      if (nghttp2_submit_trailer(ng, st->id, st->trailers, st->n_trailers) == 0) *flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
+      free_trailers(st);
+    }
+  }
+  (void)ud;
+  return (ssize_t)n;
+}
+
+static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t *framehd, size_t length,
+                        nghttp2_data_source *src, void *ud) {
+  (void)ng;
+  h2_conn_t *h = ud;
+  h2_stream_t *st = src->ptr;
+  lr_conn_t *c = h->c;
+  size_t pad = frame->data.padlen;
+  char *d = lr_conn_reserve(c, 10 + (length <= 1024 ? length : 0));
+  if (d == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  memcpy(d, framehd, 9);
+  size_t used = 9;
+  if (pad) d[used++] = (char)(pad - 1);
+  while (length) {
+    h2_chunk_t *k = st->head;
+    size_t n = k->len < length ? k->len : length;
+    if (used && n <= 1024 && k->release == NULL) {
+      /* small pieces are copied right after the frame header */
+      memcpy(d + used, k->data, n);
+      used += n;
+    } else {
+      if (used) lr_conn_commit(c, used);
+      used = 0;
+      if (k->release == NULL)
+        lr_conn_write(c, k->data, n);
+      else
+        lr_conn_write_ref(c, k->data, n, n == k->len ? k->release : NULL, n == k->len ? k->arg : NULL);
+    }
+    length -= n;
+    st->queued -= n;
+    if (n == k->len) {
+      st->head = k->next;
+      if (st->head == NULL) st->tail = NULL;
+      free(k);
+    } else {
+      k->data += n;
+      k->len -= n;
+    }
+  }
+  if (used) lr_conn_commit(c, used);
+  if (pad > 1) {
+    char zeros[256] = {0};
+    lr_conn_write(c, zeros, pad - 1);
+  }
+  h->maybe_drained = 1;
+  return 0;
+}
+
+static int token(h2_conn_t *h, double *bucket, double burst, double rate) {
+  uint64_t now = uv_now(&h->c->worker->loop);
+  if (now != h->bucket_ms) {
+    double dt = (double)(now - h->bucket_ms) / 1000.0;
+    h->rst_tokens += dt * RST_RATE;
+    if (h->rst_tokens > RST_BURST) h->rst_tokens = RST_BURST;
+    h->noise_tokens += dt * NOISE_RATE;
+    if (h->noise_tokens > NOISE_BURST) h->noise_tokens = NOISE_BURST;
+    h->bucket_ms = now;
+  }
+  (void)burst;
+  (void)rate;
+  if (*bucket < 1.0) return -1;
+  *bucket -= 1.0;
+  return 0;
+}
+
+static int calm_down(h2_conn_t *h, const char *why) {
+  lr_log(LR_LOG_WARN, "h2: %s: GOAWAY ENHANCE_YOUR_CALM", why);
+  h->calm = 1;
+  nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
+  return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+/* flood accounting happens before the payload is read */
+static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud) {
+  (void)ng;
+  h2_conn_t *h = ud;
+  int noise = 0;
+  switch (hd->type) {
+    case NGHTTP2_RST_STREAM:
+      if (token(h, &h->rst_tokens, RST_BURST, RST_RATE)) return calm_down(h, "rapid reset");
+      break;
+    case NGHTTP2_PING:
+    case NGHTTP2_SETTINGS:
+      noise = !(hd->flags & NGHTTP2_FLAG_ACK);
+      break;
+    case NGHTTP2_PRIORITY:
+      noise = 1;
+      break;
+    case NGHTTP2_DATA:
+      noise = hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_STREAM);
+      break;
+    case NGHTTP2_HEADERS:
+      /* RFC 9113 §5.1.1: new streams must be numbered above every earlier one;
+       * nghttp2 can't tell a skipped (implicitly closed) id from a new one */
+      if ((hd->stream_id & 1) && hd->stream_id <= h->max_sid && nghttp2_session_find_stream(ng, hd->stream_id) == NULL) {
+        int closed = 0;
+        for (unsigned i = 0; i < sizeof h->closed / sizeof h->closed[0]; i++) closed |= h->closed[i] == hd->stream_id;
+        nghttp2_session_terminate_session(ng, closed ? NGHTTP2_STREAM_CLOSED : NGHTTP2_PROTOCOL_ERROR);
+        h->calm = 1; /* terminated: no more input */
+        return NGHTTP2_ERR_CALLBACK_FAILURE;
+      }
+      if (hd->stream_id > h->max_sid) h->max_sid = hd->stream_id;
+      /* fall through */
+    case NGHTTP2_CONTINUATION:
+      noise = hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_HEADERS);
+      break;
+  }
+  if (noise && token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE)) return calm_down(h, "control frame flood");
+  return 0;
+}
+
+static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  h2_conn_t *h = ud;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  lr_stream_t *s = lr__stream_new(h->c);
+  h2_stream_t *st = s ? calloc(1, sizeof *st) : NULL;
+  if (st == NULL) {
+    free(s);
+    return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  }
+  st->s = s;
+  st->h = h;
+  st->id = frame->hd.stream_id;
+  lr_list_init(&st->pend_link);
+  lr_list_push(&h->streams, &st->all);
+  h->n_streams++;
+  s->version = 20;
+  s->id = (uint32_t)st->id;
+  s->proto_data = st;
+  nghttp2_session_set_stream_user_data(ng, st->id, st);
+  lr_conn_set_timeout(h->c, LR_TO_NONE);
+  return 0;
+}
+
+static lr_str_t pool_str(lr_stream_t *s, const uint8_t *p, size_t n) {
+  char *d = lr_pool_strdup(s->worker, &s->pool, (const char *)p, n);
+  return d ? (lr_str_t){d, n} : (lr_str_t){"", 0};
+}
+
+static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+                     const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
+  (void)flags;
+  h2_conn_t *h = ud;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0; /* trailers: dropped */
+  h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+  if (st == NULL || st->s == NULL || st->reject) return 0;
+  lr_stream_t *s = st->s;
+  const lr_config_t *cfg = h->c->worker->cfg;
+  /* RFC 9113 §6.5.2: the size is names + values + 32 per field */
+  st->head_bytes += (uint32_t)(nlen + vlen + 32);
+  if (st->head_bytes > cfg->max_header_bytes || s->n_headers >= cfg->max_headers) {
+    st->reject = 431;
+    return 0;
+  }
+  if (nlen && name[0] == ':') {
+    lr_str_t *dst = NULL;
+    if (nlen == 7 && memcmp(name, ":method", 7) == 0)
+      dst = &s->method;
+    else if (nlen == 5 && memcmp(name, ":path", 5) == 0)
+      dst = &s->target;
+    else if (nlen == 10 && memcmp(name, ":authority", 10) == 0)
+      dst = &s->authority;
+    if (dst) *dst = pool_str(s, value, vlen);
+    return 0;
+  }
+  lr_str_t n = pool_str(s, name, nlen), v = pool_str(s, value, vlen);
+  if (lr__stream_add_header(s, n.base, n.len, v.base, v.len)) st->reject = 503;
+  return 0;
+}
+
+/* RFC 9113 §8.2.1: a field that isn't valid makes the request malformed */
+static int on_invalid_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
+                             const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
+  (void)ng, (void)frame, (void)name, (void)nlen, (void)value, (void)vlen, (void)flags, (void)ud;
+  return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+}
+
+static int has_token(const char *v, size_t len, const char *tok) {
+  size_t tl = strlen(tok), i = 0;
+  while (i < len) {
+    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
+    size_t st = i;
+    while (i < len && v[i] != ',') i++;
+    size_t e = i;
+    while (e > st && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
+    if (e - st == tl && strncasecmp(v + st, tok, tl) == 0) return 1;
+  }
+  return 0;
+}
+
+/* the request head is complete: fill in what the handler sees */
+static void head_done(h2_conn_t *h, h2_stream_t *st, int end_stream) {
+  lr_stream_t *s = st->s;
+  const lr_config_t *cfg = h->c->worker->cfg;
+  if (s->method.len == 4 && memcmp(s->method.base, "HEAD", 4) == 0) s->flags |= LR_SF_HEAD;
+  if (s->authority.base == NULL) {
+    const lr_str_t *host = lr_stream_header(s, "host", 4);
+    s->authority = host ? *host : (lr_str_t){"", 0};
+  }
+  if (s->method.base == NULL) s->method = (lr_str_t){"-", 1};
+  lr_str_t t = s->target.base ? s->target : (lr_str_t){"/", 1}; /* CONNECT has no :path */
+  s->target = t;
+  const char *q = memchr(t.base, '?', t.len);
+  s->path = (lr_str_t){t.base, q ? (size_t)(q - t.base) : t.len};
+  if (s->path.len == 0) s->path = (lr_str_t){"/", 1};
+  s->query = q ? (lr_str_t){q + 1, t.len - (size_t)(q - t.base) - 1} : (lr_str_t){"", 0};
+  const lr_str_t *cl = lr_stream_header(s, "content-length", 14);
+  if (cl) {
+    int64_t n = 0;
+    for (size_t i = 0; i < cl->len && cl->base[i] >= '0' && cl->base[i] <= '9'; i++) n = n * 10 + (cl->base[i] - '0');
+    s->content_length = n; /* nghttp2 checked it is a number matching the DATA it carries */
+  }
+  if (end_stream) {
+    s->flags |= LR_SF_BODY_DONE;
+    if (s->content_length < 0) s->content_length = 0;
+  }
+  const lr_str_t *v = lr_stream_header(s, "expect", 6);
+  if (v && v->len == 12 && strncasecmp(v->base, "100-continue", 12) == 0 && !end_stream) s->flags |= LR_SF_EXPECT;
+  v = lr_stream_header(s, "te", 2);
+  if (v && has_token(v->base, v->len, "trailers")) s->flags |= LR_SF_TE_TRAILERS;
+  if (!st->reject && s->content_length > 0 && (uint64_t)s->content_length > cfg->max_body) st->reject = 413;
+  pend(st, st->reject ? PEND_REJECT : PEND_START);
+}
+
+static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  h2_conn_t *h = ud;
+  int end_stream = (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0;
+  h2_stream_t *st;
+  switch (frame->hd.type) {
+    case NGHTTP2_HEADERS:
+      st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+      if (st == NULL || st->s == NULL) return 0;
+      if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+        head_done(h, st, end_stream);
+      } else if (end_stream) { /* request trailers end the body */
+        st->s->flags |= LR_SF_BODY_DONE;
+        pend(st, PEND_WAKE);
+      }
+      break;
+    case NGHTTP2_DATA:
+      st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+      if (st && st->s && end_stream) {
+        st->s->flags |= LR_SF_BODY_DONE;
+        pend(st, PEND_WAKE);
+      }
+      break;
+  }
+  return 0;
+}
+
+static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t *data, size_t len, void *ud) {
+  (void)flags;
+  h2_conn_t *h = ud;
+  /* the connection window is given back at once: memory is bounded per stream */
+  nghttp2_session_consume_connection(ng, len);
+  h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
+  lr_stream_t *s = st ? st->s : NULL;
+  if (s == NULL || (s->flags & (LR_SF_FINISHED | LR_SF_RESET)) || st->reject) {
+    nghttp2_session_consume_stream(ng, id, len); /* nobody reads it: drop, keep the window open */
+    return 0;
+  }
+  s->body_received += len;
+  if (s->body_received > h->c->worker->cfg->max_body) {
+    s->flags |= LR_SF_BODY_TOO_BIG;
+    st->reject = 413;
+    pend(st, PEND_REJECT);
+    nghttp2_session_consume_stream(ng, id, len);
+    return 0;
+  }
+  if (lr_buf_append(&s->body, data, len)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+  st->unacked += len;
+  if (s->wait == LR_WAIT_BODY) pend(st, PEND_WAKE);
+  return 0;
+}
+
+static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud) {
+  (void)code;
+  h2_conn_t *h = ud;
+  if (id & 1) h->closed[h->n_closed++ % (sizeof h->closed / sizeof h->closed[0])] = id;
+  h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
+  if (st == NULL) return 0;
+  st->closed = 1;
+  pend(st, PEND_CLOSED);
+  return 0;
+}
+
+static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
+  (void)ud;
+  if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
+      !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
+    return 0;
+  h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+  /* RFC 9113 §8.1: a complete response may end a request still being sent */
+  if (st && !st->closed && !nghttp2_session_get_stream_remote_close(ng, st->id)) pend(st, PEND_RST);
+  return 0;
+}
+
+/* ---- responses ---- */
+
+static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
+
+static int field_ok(const lr_header_t *hd) {
+  if (hd->name.len == 0) return 0;
+  for (size_t i = 0; i < hd->name.len; i++) {
+    unsigned char ch = (unsigned char)hd->name.base[i];
+    if (ch <= ' ' || ch >= 127 || ch == ':') return 0;
+  }
+  for (size_t i = 0; i < hd->value.len; i++) {
+    unsigned char ch = (unsigned char)hd->value.base[i];
+    if (ch == '\r' || ch == '\n' || ch == 0) return 0;
+  }
+  return 1;
+}
+
+#define NV(n, v, vl) ((nghttp2_nv){(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NONE})
+
+/* handler fields as an nghttp2_nv array: names lowercased into buf (one
+ * allocation for both), protocol fields dropped. Returns the count, or -1. */
+static int build_fields(const lr_header_t *hs, size_t n, nghttp2_nv *nv, size_t off, char **buf, int *has_server) {
+  size_t need = 0;
+  for (size_t i = 0; i < n; i++) need += hs[i].name.len;
+  *buf = need ? malloc(need) : NULL;
+  if (need && *buf == NULL) return -1;
+  char *d = *buf;
+  size_t k = off;
+  for (size_t i = 0; i < n; i++) {
+    const lr_header_t *hd = &hs[i];
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !field_ok(hd)) continue;
+    /* RFC 9113 §8.2.2: te is the only connection-ish field allowed, and only "trailers" */
+    if (hd->name.len == 2 && strncasecmp(hd->name.base, "te", 2) == 0) continue;
+    for (size_t j = 0; j < hd->name.len; j++) {
+      char ch = hd->name.base[j];
+      d[j] = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
+    }
+    if (has_server && hd->name.len == 6 && memcmp(d, "server", 6) == 0) *has_server = 1;
+    nv[k++] = (nghttp2_nv){(uint8_t *)d, (uint8_t *)hd->value.base, hd->name.len, hd->value.len, NGHTTP2_NV_FLAG_NONE};
+    d += hd->name.len;
+  }
+  return (int)(k - off);
+}
+
+static int submit_head(h2_stream_t *st, int status, const lr_header_t *hs, size_t n, int64_t clen, int provider) {
+  h2_conn_t *h = st->h;
+  lr_worker_t *w = h->c->worker;
+  nghttp2_nv stackv[40];
+  nghttp2_nv *nv = n + 5 <= 40 ? stackv : malloc((n + 5) * sizeof *nv);
+  if (nv == NULL) return UV_ENOMEM;
+  char st_buf[8], cl_buf[24];
+  int sl = snprintf(st_buf, sizeof st_buf, "%d", status);
+  size_t k = 0;
+  nv[k++] = NV(":status", st_buf, (size_t)sl);
+  char *names = NULL;
+  int has_server = 0;
+  int m = build_fields(hs, n, nv, k, &names, &has_server);
+  int rc = UV_ENOMEM;
+  if (m >= 0) {
+    k += (size_t)m;
+    if (!has_server) nv[k++] = NV("server", "lariat", 6);
+    nv[k++] = NV("date", lr_worker_date(w), 29);
+    if (clen >= 0) {
+      int cl = snprintf(cl_buf, sizeof cl_buf, "%lld", (long long)clen);
+      nv[k++] = NV("content-length", cl_buf, (size_t)cl);
+    }
+    nghttp2_data_provider prd = {.source.ptr = st, .read_callback = on_read_data};
+    int r = nghttp2_submit_response(h->ng, st->id, nv, k, provider ? &prd : NULL);
+    rc = r == 0 ? 0 : LR_ECLOSED;
+  }
+  free(names);
+  if (nv != stackv) free(nv);
+  want_send(h);
+  return rc;
+}
+
+static void response_done(h2_stream_t *st) {
+  lr_stream_t *s = st->s;
+  s->flags |= LR_SF_FINISHED;
+  lr_worker_access_log(st->h->c->worker, s);
+}
+
+static void resume_provider(h2_stream_t *st) {
+  if (st->deferred) {
+    st->deferred = 0;
+    nghttp2_session_resume_data(st->h->ng, st->id);
+  }
+  want_send(st->h);
+}
+
+static int h2_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_t n, const char *body, size_t len,
+                        lr_release_cb release, void *arg, int fin) {
+  h2_stream_t *st = s->proto_data;
+  int has_body = status_has_body(status);
+  st->drop = (s->flags & LR_SF_HEAD) || !has_body;
+  int64_t clen = fin && has_body ? (int64_t)len : -1;
+  int provider = !fin || (!st->drop && len > 0);
+  if (fin && len && !st->drop) {
+    int r = queue_data(st, body, len, release, arg);
+    if (r) return r;
+    s->bytes_sent += len;
+  } else if (release) {
+    release(arg);
+  }
+  st->fin = (uint8_t)fin;
+  int r = submit_head(st, status, hs, n, clen, provider);
+  if (fin) response_done(st);
+  return r;
+}
+
+static int h2_send_data(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg, int fin) {
+  h2_stream_t *st = s->proto_data;
+  if (len && !st->drop) {
+    int r = queue_data(st, data, len, release, arg);
+    if (r) return r;
+    s->bytes_sent += len;
+  } else if (release) {
+    release(arg);
+  }
+  if (fin) {
+    st->fin = 1;
+    response_done(st);
+  }
+  resume_provider(st);
+  return 0;
+}
+
+static int h2_send_trailers(lr_stream_t *s, const lr_header_t *hs, size_t n) {
+  h2_stream_t *st = s->proto_data;
+  if (!st->drop && n) {
+    /* copied now, submitted when the data provider reaches the end (a HEADERS
+     * frame submitted earlier would overtake the DATA still queued) */
+    size_t bytes = 0;
+    for (size_t i = 0; i < n; i++) bytes += hs[i].name.len + hs[i].value.len;
+    nghttp2_nv *nv = malloc(n * sizeof *nv + bytes);
+    if (nv == NULL) return UV_ENOMEM;
+    char *d = (char *)(nv + n);
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+      const lr_header_t *hd = &hs[i];
+      if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !field_ok(hd)) continue;
+      char *nm = d;
+      for (size_t j = 0; j < hd->name.len; j++) {
+        char ch = hd->name.base[j];
+        *d++ = (ch >= 'A' && ch <= 'Z') ? (char)(ch | 0x20) : ch;
+      }
+      memcpy(d, hd->value.base, hd->value.len);
+      nv[k++] = (nghttp2_nv){(uint8_t *)nm, (uint8_t *)d, hd->name.len, hd->value.len, NGHTTP2_NV_FLAG_NONE};
+      d += hd->value.len;
+    }
+    free_trailers(st);
+    if (k) {
+      st->trailers = nv;
+      st->n_trailers = k;
+    } else {
+      free(nv);
+    }
+  }
+  st->fin = 1;
+  response_done(st);
+  resume_provider(st);
+  return 0;
+}
+
+static void h2_abort(lr_stream_t *s) {
+  h2_stream_t *st = s->proto_data;
+  s->flags |= LR_SF_RESET;
+  nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+  want_send(st->h);
+}
+
+static void h2_body_wanted(lr_stream_t *s) {
+  h2_stream_t *st = s->proto_data;
+  h2_conn_t *h = st->h;
+  if ((s->flags & LR_SF_EXPECT) && !(s->flags & (LR_SF_CONTINUED | LR_SF_REPLIED))) {
+    s->flags |= LR_SF_CONTINUED;
+    nghttp2_nv nv = NV(":status", "100", 3);
+    nghttp2_submit_headers(h->ng, NGHTTP2_FLAG_NONE, st->id, NULL, &nv, 1, NULL);
+    want_send(h);
+  }
+  if (st->unacked > s->body.len) {
+    nghttp2_session_consume_stream(h->ng, st->id, st->unacked - s->body.len);
+    st->unacked = s->body.len;
+    want_send(h);
+  }
+}
+
+static int h2_write_blocked(lr_stream_t *s) {
+  h2_stream_t *st = s->proto_data;
+  return st->queued > STREAM_OUT_HIGH || lr_conn_queued(s->conn) > LR_OUT_HIGH;
+}
+
+/* the core's own answer (431, 413): the handler never sees the request */
+static void reject(h2_stream_t *st) {
+  lr_stream_t *s = st->s;
+  int status = st->reject;
+  static const lr_header_t ct = {{"content-type", 12}, {"text/plain; charset=utf-8", 25}};
+  char body[64];
+  int n = snprintf(body, sizeof body, "%s\n", lr_status_reason(status));
+  if (!(s->flags & LR_SF_REPLIED)) {
+    s->flags |= LR_SF_REPLIED;
+    s->status = status;
+    h2_send_head(s, status, &ct, 1, body, (size_t)n, NULL, NULL, LR_FIN);
+  } else if (!(s->flags & LR_SF_FINISHED)) {
+    h2_abort(s);
+  }
+  s->flags |= LR_SF_RESET;
+  if (!(s->flags & LR_SF_FINISHED)) response_done(st);
+  st->s = NULL;
+  s->proto_data = NULL;
+  lr__stream_conn_release(s); /* a running handler's reads now say "too large" */
+}
+
+/* ---- acting on what the callbacks recorded ---- */
+
+static void stream_free(h2_stream_t *st) {
+  h2_conn_t *h = st->h;
+  lr_link_unlink(&st->pend_link);
+  lr_link_unlink(&st->all);
+  h->n_streams--;
+  drop_queue(st);
+  free_trailers(st);
+  if (st->s) {
+    lr_stream_t *s = st->s;
+    st->s = NULL;
+    s->proto_data = NULL;
+    if (!(s->flags & LR_SF_FINISHED)) s->flags |= LR_SF_RESET;
+    lr__stream_conn_release(s);
+  }
+  free(st);
+}
+
+static void run_pending(h2_conn_t *h) {
+  lr_conn_t *c = h->c;
+  lr_app_hooks_t const *app = c->worker->app;
+  while (!lr_list_empty(&h->pending) && !(c->flags & LR_CF_CLOSING)) {
+    h2_stream_t *st = LR_CONTAINER_OF(h->pending.next, h2_stream_t, pend_link);
+    lr_link_unlink(&st->pend_link);
+    unsigned what = st->pend;
+    st->pend = 0;
+    if (what & PEND_CLOSED) {
+      if (st->closed) nghttp2_session_set_stream_user_data(h->ng, st->id, NULL);
+      stream_free(st);
+      continue;
+    }
+    if ((what & PEND_REJECT) && st->s) reject(st);
+    if ((what & PEND_RST) && !st->closed) {
+      nghttp2_submit_rst_stream(h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+      want_send(h);
+    }
+    lr_stream_t *s = st->s;
+    if (s == NULL) continue;
+    if ((what & PEND_START) && !st->started) {
+      st->started = 1;
+      app->start(s); /* may reply at once */
+    } else if ((what & PEND_WAKE) && st->started && s->wait == LR_WAIT_BODY) {
+      app->wake(s);
+    }
+  }
+  if (!(c->flags & LR_CF_CLOSING)) lr_conn_set_timeout(c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
+}
+
+/* handlers waiting in req:write() whose stream's output went out */
+static void wake_writers(h2_conn_t *h) {
+  lr_conn_t *c = h->c;
+  h->maybe_drained = 0;
+  if (lr_conn_queued(c) > LR_OUT_HIGH) return;
+  lr_link_t *l = h->streams.next;
+  while (l != &h->streams && !(c->flags & LR_CF_CLOSING)) {
+    h2_stream_t *st = LR_CONTAINER_OF(l, h2_stream_t, all);
+    l = l->next;
+    lr_stream_t *s = st->s;
+    if (s && s->wait == LR_WAIT_DRAIN && st->queued <= STREAM_OUT_HIGH) c->worker->app->wake(s);
+  }
+}
+
+static void fail(h2_conn_t *h, int rv) {
+  LR_DEBUG("h2: closing: %s", nghttp2_strerror(rv));
+  if (!h->calm) {
+    uint32_t code = rv == NGHTTP2_ERR_FLOODED || rv == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS ? NGHTTP2_ENHANCE_YOUR_CALM
+                    : rv == NGHTTP2_ERR_BAD_CLIENT_MAGIC                                  ? NGHTTP2_PROTOCOL_ERROR
+                                                                                          : NGHTTP2_INTERNAL_ERROR;
+    nghttp2_session_terminate_session(h->ng, code);
+  }
+  want_send(h);
+}
+
+/* produce frames (the deferred pass calls this once per loop phase) */
+static void h2_resume(lr_conn_t *c) {
+  h2_conn_t *h = H2(c);
+  for (int round = 0; round < 16 && !(c->flags & LR_CF_CLOSING); round++) {
+    h->send_blocked = 0;
+    for (;;) {
+      if (lr_conn_queued(c) > LR_OUT_HIGH) {
+        h->send_blocked = 1; /* on_drain brings us back */
+        break;
+      }
+      const uint8_t *d;
+      ssize_t n = nghttp2_session_mem_send(h->ng, &d);
+      if (n < 0) {
+        LR_DEBUG("h2: send: %s", nghttp2_strerror((int)n));
+        lr_conn_close(c);
+        return;
+      }
+      if (n == 0) break;
+      lr_conn_write(c, d, (size_t)n);
+    }
+    if (h->maybe_drained) wake_writers(h);
+    if (lr_list_empty(&h->pending)) break;
+    run_pending(h);
+  }
+  if (c->flags & LR_CF_CLOSING) return;
+  if (c->flags & LR_CF_NEED_RESUME) {
+    /* a handler woken above queued more: come back in this same deferred pass */
+    return;
+  }
+  if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
+    lr_conn_close_after_write(c);
+  else if (h->goaway && h->n_streams == 0 && !nghttp2_session_want_write(h->ng))
+    lr_conn_close_after_write(c);
+}
+
+/* ---- lr_proto_t ---- */
+
+static void h2_on_read(lr_conn_t *c, const char *data, size_t len) {
+  h2_conn_t *h = H2(c);
+  if (h->calm || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
+  h->in_recv = 1;
+  ssize_t rv = nghttp2_session_mem_recv(h->ng, (const uint8_t *)data, len);
+  h->in_recv = 0;
+  if (rv < 0) {
+    fail(h, (int)rv);
+    run_pending(h);
+    return;
+  }
+  run_pending(h);
+  want_send(h);
+}
+
+static void h2_on_eof(lr_conn_t *c) { lr_conn_close(c); }
+
+static void h2_on_drain(lr_conn_t *c) {
+  h2_conn_t *h = H2(c);
+  if (h->send_blocked) want_send(h);
+  wake_writers(h);
+}
+
+static void h2_on_timeout(lr_conn_t *c) {
+  h2_conn_t *h = H2(c);
+  if (h->n_streams) return;
+  nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
+  want_send(h);
+  lr_conn_close_after_write(c);
+}
+
+static void h2_on_shutdown(lr_conn_t *c) {
+  h2_conn_t *h = H2(c);
+  h->goaway = 1;
+  nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR,
+                        NULL, 0);
+  want_send(h);
+}
+
+static void h2_on_close(lr_conn_t *c) {
+  h2_conn_t *h = H2(c);
+  if (h == NULL) return;
+  while (!lr_list_empty(&h->streams)) stream_free(LR_CONTAINER_OF(h->streams.next, h2_stream_t, all));
+  nghttp2_session_del(h->ng);
+  free(h);
+  c->proto_state = NULL;
+}
+
+const lr_proto_t lr_http2_proto = {
+    .name = "h2",
+    .on_read = h2_on_read,
+    .on_eof = h2_on_eof,
+    .on_drain = h2_on_drain,
+    .on_timeout = h2_on_timeout,
+    .on_close = h2_on_close,
+    .on_shutdown = h2_on_shutdown,
+    .send_head = h2_send_head,
+    .send_data = h2_send_data,
+    .send_trailers = h2_send_trailers,
+    .abort = h2_abort,
+    .body_wanted = h2_body_wanted,
+    .resume = h2_resume,
+    .write_blocked = h2_write_blocked,
+};
+
+/* ---- sessions ---- */
+
+static nghttp2_session_callbacks *callbacks;
+static nghttp2_option *options;
+static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+static void init_once(void) {
+  nghttp2_session_callbacks_new(&callbacks);
+  nghttp2_session_callbacks_set_on_begin_frame_callback(callbacks, on_begin_frame);
+  nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks, on_begin_headers);
+  nghttp2_session_callbacks_set_on_header_callback(callbacks, on_header);
+  nghttp2_session_callbacks_set_on_invalid_header_callback(callbacks, on_invalid_header);
+  nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks, on_frame_recv);
+  nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks, on_data_chunk);
+  nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
+  nghttp2_session_callbacks_set_on_frame_send_callback(callbacks, on_frame_send);
+  nghttp2_session_callbacks_set_send_data_callback(callbacks, on_send_data);
+  nghttp2_option_new(&options);
+  nghttp2_option_set_no_auto_window_update(options, 1);
+  nghttp2_option_set_max_continuations(options, MAX_CONTINUATIONS);
+  /* our own rapid-reset guard answers ENHANCE_YOUR_CALM first; nghttp2's is the backstop */
+  nghttp2_option_set_stream_reset_rate_limit(options, 4 * (uint64_t)RST_BURST, 4 * (uint64_t)RST_RATE);
+}
+
+static h2_conn_t *h2_new(lr_conn_t *c) {
+  pthread_once(&once, init_once);
+  const lr_config_t *cfg = c->worker->cfg;
+  h2_conn_t *h = calloc(1, sizeof *h);
+  if (h == NULL) return NULL;
+  h->c = c;
+  lr_list_init(&h->pending);
+  lr_list_init(&h->streams);
+  h->rst_tokens = RST_BURST;
+  h->noise_tokens = NOISE_BURST;
+  h->bucket_ms = uv_now(&c->worker->loop);
+  if (nghttp2_session_server_new2(&h->ng, callbacks, h, options)) {
+    free(h);
+    return NULL;
+  }
+  nghttp2_settings_entry iv[] = {
+      {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->h2_max_streams},
+      {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->h2_window},
+      {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, cfg->h2_max_frame},
+      {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->max_header_bytes},
+  };
+  nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
+  nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+  return h;
+}
+
+int lr_http2_start(lr_conn_t *c, const char *data, size_t len) {
+  h2_conn_t *h = h2_new(c);
+  if (h == NULL) {
+    lr_conn_close(c);
+    return UV_ENOMEM;
+  }
+  c->proto = &lr_http2_proto;
+  c->proto_state = h;
+  lr_conn_set_timeout(c, LR_TO_IDLE);
+  if (len)
+    h2_on_read(c, data, len);
+  else
+    want_send(h);
+  return 0;
+}
+
+/* base64url (RFC 4648 §5), padding optional */
+static int b64url_decode(const char *in, size_t n, uint8_t *out, size_t *outlen) {
+  uint32_t acc = 0;
+  int bits = 0;
+  size_t o = 0;
+  for (size_t i = 0; i < n; i++) {
+    char ch = in[i];
+    int v;
+    if (ch >= 'A' && ch <= 'Z') v = ch - 'A';
+    else if (ch >= 'a' && ch <= 'z') v = ch - 'a' + 26;
+    else if (ch >= '0' && ch <= '9') v = ch - '0' + 52;
+    else if (ch == '-' || ch == '+') v = 62;
+    else if (ch == '_' || ch == '/') v = 63;
+    else if (ch == '=') break;
+    else return -1;
+    acc = (acc << 6) | (uint32_t)v;
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out[o++] = (uint8_t)(acc >> bits);
+    }
+  }
+  *outlen = o;
+  return 0;
+}
+
+int lr_http2_upgrade(lr_conn_t *c, lr_stream_t *s, const lr_str_t *settings, const char *data, size_t len) {
+  if (c->tls || settings == NULL || settings->len > 1024 || !(s->flags & LR_SF_BODY_DONE)) return -1;
+  uint8_t payload[800];
+  size_t plen;
+  if (b64url_decode(settings->base, settings->len, payload, &plen) || plen % 6) return -1;
+  h2_conn_t *h = h2_new(c);
+  if (h == NULL) return -1;
+  h2_stream_t *st = calloc(1, sizeof *st);
+  if (st == NULL || nghttp2_session_upgrade2(h->ng, payload, plen, (s->flags & LR_SF_HEAD) != 0, st)) {
+    free(st);
+    nghttp2_session_del(h->ng);
+    free(h);
+    return -1;
+  }
+  static const char switching[] = "HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n";
+  lr_conn_write(c, switching, sizeof switching - 1);
+  c->proto = &lr_http2_proto;
+  c->proto_state = h;
+  /* the upgrading request is stream 1, half-closed (remote) */
+  st->s = s;
+  st->h = h;
+  st->id = 1;
+  lr_list_init(&st->pend_link);
+  lr_list_push(&h->streams, &st->all);
+  h->n_streams++;
+  s->version = 20;
+  s->id = 1;
+  s->proto_data = st;
+  pend(st, PEND_START);
+  lr_conn_set_timeout(c, LR_TO_NONE);
+  if (len)
+    h2_on_read(c, data, len);
+  else {
+    run_pending(h);
+    want_send(h);
+  }
+  return 0;
+}

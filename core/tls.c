@@ -1,0 +1,242 @@
+/* TLS (OpenSSL 3) as a filter between the socket and the protocol.
+ *
+ * Ciphertext read from the socket goes into a memory BIO; what SSL_read
+ * makes of it is handed to c->proto->on_read as if it came off the wire.
+ * Protocols queue plaintext in c->out as usual; at flush time conn.c seals
+ * it (lr__tls_seal) and sends the records that come out of the other memory
+ * BIO. Neither HTTP/1.1 nor HTTP/2 knows: only ALPN picks which of them
+ * runs, and req.scheme says "https".
+ *
+ * One SSL_CTX per --cert/--key pair, shared by every worker (OpenSSL 3
+ * contexts are thread-safe); SNI switches to the context whose certificate
+ * names the requested host, the first pair is the default. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "lariat.h"
+
+typedef struct lr_tls_s {
+  SSL *ssl;
+  BIO *rbio, *wbio; /* owned by ssl */
+  int ready;        /* handshake complete */
+} lr_tls_t;
+
+static SSL_CTX *ctxs[LR_MAX_CERTS];
+static int n_ctxs;
+
+/* ALPN (RFC 7301): our preference wins, h2 first */
+static const unsigned char alpn_protos[] = "\x02h2\x08http/1.1";
+
+static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen, const unsigned char *in,
+                   unsigned int inlen, void *arg) {
+  (void)ssl;
+  (void)arg;
+  unsigned char *o;
+  if (SSL_select_next_proto(&o, outlen, alpn_protos, sizeof alpn_protos - 1, in, inlen) != OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK; /* no common protocol: carry on without ALPN (HTTP/1.1) */
+  *out = o;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static int on_servername(SSL *ssl, int *ad, void *arg) {
+  (void)ad;
+  (void)arg;
+  const char *name = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (name == NULL || n_ctxs < 2) return SSL_TLSEXT_ERR_OK;
+  for (int i = 0; i < n_ctxs; i++) {
+    X509 *x = SSL_CTX_get0_certificate(ctxs[i]);
+    if (x && X509_check_host(x, name, 0, 0, NULL) == 1) {
+      if (i) SSL_set_SSL_CTX(ssl, ctxs[i]);
+      break;
+    }
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+static const char *ssl_error(void) {
+  static __thread char buf[256];
+  unsigned long e = ERR_get_error();
+  if (e == 0) return "unknown error";
+  ERR_error_string_n(e, buf, sizeof buf);
+  ERR_clear_error();
+  return buf;
+}
+
+int lr_tls_global_init(const lr_config_t *cfg, char *err, size_t errlen) {
+  int want = 0;
+  for (int i = 0; i < cfg->n_listen; i++) want |= cfg->listen[i].tls;
+  if (!want) return 0;
+  if (cfg->n_certs == 0) {
+    snprintf(err, errlen, "--tls needs --cert FILE and --key FILE");
+    return -1;
+  }
+  for (int i = 0; i < cfg->n_certs; i++) {
+    SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == NULL) {
+      snprintf(err, errlen, "TLS: %s", ssl_error());
+      return -1;
+    }
+    ctxs[n_ctxs++] = ctx;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /* TLS 1.2: forward secrecy and AEAD only, which is also what RFC 9113 §9.2.2 asks of h2 */
+    SSL_CTX_set_cipher_list(ctx, "ECDHE+AESGCM:ECDHE+CHACHA20");
+    SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION | SSL_OP_CIPHER_SERVER_PREFERENCE);
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+    /* resumption: tickets (on by default) and a server-side session cache */
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_SERVER);
+    SSL_CTX_set_session_id_context(ctx, (const unsigned char *)"lariat", 6);
+    SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    SSL_CTX_set_tlsext_servername_callback(ctx, on_servername);
+    if (SSL_CTX_use_certificate_chain_file(ctx, cfg->tls_cert[i]) != 1) {
+      snprintf(err, errlen, "--cert %s: %s", cfg->tls_cert[i], ssl_error());
+      return -1;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, cfg->tls_key[i], SSL_FILETYPE_PEM) != 1) {
+      snprintf(err, errlen, "--key %s: %s", cfg->tls_key[i], ssl_error());
+      return -1;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+      snprintf(err, errlen, "--key %s does not match --cert %s", cfg->tls_key[i], cfg->tls_cert[i]);
+      return -1;
+    }
+  }
+  return 0;
+}
+
+void lr_tls_global_free(void) {
+  for (int i = 0; i < n_ctxs; i++) SSL_CTX_free(ctxs[i]);
+  n_ctxs = 0;
+}
+
+int lr__tls_accept(lr_conn_t *c) {
+  if (n_ctxs == 0) return -1;
+  lr_tls_t *t = calloc(1, sizeof *t);
+  if (t == NULL) return UV_ENOMEM;
+  t->ssl = SSL_new(ctxs[0]);
+  t->rbio = BIO_new(BIO_s_mem());
+  t->wbio = BIO_new(BIO_s_mem());
+  if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
+    if (t->ssl) SSL_free(t->ssl);
+    BIO_free(t->rbio);
+    BIO_free(t->wbio);
+    free(t);
+    return UV_ENOMEM;
+  }
+  /* an empty read BIO says "retry", not "EOF" */
+  BIO_set_mem_eof_return(t->rbio, -1);
+  SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  SSL_set_accept_state(t->ssl);
+  c->tls = t;
+  return 0;
+}
+
+void lr__tls_free(lr_conn_t *c) {
+  lr_tls_t *t = c->tls;
+  if (t == NULL) return;
+  SSL_free(t->ssl);
+  free(t);
+  c->tls = NULL;
+}
+
+int lr__tls_ready(const lr_conn_t *c) { return ((lr_tls_t *)c->tls)->ready; }
+
+size_t lr__tls_pending(const lr_conn_t *c) { return BIO_ctrl_pending(((lr_tls_t *)c->tls)->wbio); }
+
+size_t lr__tls_take(lr_conn_t *c, char *out, size_t max) {
+  int n = BIO_read(((lr_tls_t *)c->tls)->wbio, out, (int)max);
+  return n > 0 ? (size_t)n : 0;
+}
+
+/* small pieces (frame headers, short bodies) are gathered so that a batch
+ * becomes few full records, not one record per piece */
+static __thread char stage[16384];
+static __thread size_t staged;
+
+static void seal_stage(lr_tls_t *t) {
+  if (staged) SSL_write(t->ssl, stage, (int)staged);
+  staged = 0;
+}
+
+void lr__tls_seal(lr_conn_t *c, const char *p, size_t n) {
+  lr_tls_t *t = c->tls;
+  if (p == NULL) {
+    seal_stage(t);
+    return;
+  }
+  if (n >= 4096) {
+    seal_stage(t);
+    while (n) {
+      int k = n > (1u << 30) ? 1 << 30 : (int)n;
+      if (SSL_write(t->ssl, p, k) <= 0) return;
+      p += k;
+      n -= (size_t)k;
+    }
+    return;
+  }
+  if (staged + n > sizeof stage) seal_stage(t);
+  memcpy(stage + staged, p, n);
+  staged += n;
+}
+
+static void handshake_failed(lr_conn_t *c, const char *why) {
+  LR_DEBUG("TLS handshake failed: %s", why);
+  ERR_clear_error();
+  /* an alert may be waiting in the write BIO: send it, then close */
+  lr_conn_read_stop(c);
+  lr_conn_close_after_write(c);
+}
+
+void lr__tls_on_read(lr_conn_t *c, const char *data, size_t len) {
+  lr_tls_t *t = c->tls;
+  if (c->flags & LR_CF_CLOSE_AFTER_WRITE && !t->ready) return;
+  if (BIO_write(t->rbio, data, (int)len) != (int)len) {
+    lr_conn_close(c);
+    return;
+  }
+  if (!t->ready) {
+    int r = SSL_do_handshake(t->ssl);
+    if (BIO_ctrl_pending(t->wbio)) lr_conn_defer(c);
+    if (r != 1) {
+      int e = SSL_get_error(t->ssl, r);
+      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) handshake_failed(c, ssl_error());
+      return;
+    }
+    t->ready = 1;
+    const unsigned char *proto;
+    unsigned plen;
+    SSL_get0_alpn_selected(t->ssl, &proto, &plen);
+    if (plen == 2 && memcmp(proto, "h2", 2) == 0) {
+      lr_http2_start(c, NULL, 0);
+      if (c->flags & LR_CF_CLOSING) return;
+    }
+  }
+  /* the ciphertext is in the BIO now: the read buffer can take the plaintext */
+  char *buf = c->worker->read_buf;
+  size_t cap = c->worker->read_buf_size;
+  for (;;) {
+    int n = SSL_read(t->ssl, buf, (int)cap);
+    if (n > 0) {
+      c->proto->on_read(c, buf, (size_t)n);
+      if (c->flags & LR_CF_CLOSING) return;
+      continue;
+    }
+    int e = SSL_get_error(t->ssl, n);
+    if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) break;
+    if (e == SSL_ERROR_ZERO_RETURN) { /* close_notify */
+      if (c->proto->on_eof)
+        c->proto->on_eof(c);
+      else
+        lr_conn_close(c);
+      return;
+    }
+    LR_DEBUG("TLS read failed: %s", ssl_error());
+    lr_conn_close(c);
+    return;
+  }
+  if (BIO_ctrl_pending(t->wbio)) lr_conn_defer(c); /* tickets, key updates */
+}
