@@ -120,3 +120,39 @@ def test_sigterm_closes_open_websockets_with_1001():
     finally:
         srv.stop()
     assert not SANITIZER_RE.search(srv.stderr_text()), srv.stderr_text()
+
+
+def test_wss_echo_on_the_tls_listener(start_server):
+    """WebSocket over TLS (wss://): the same handler behind the TLS listener"""
+    import ssl
+    srv = start_server(str(REPO / "examples" / "echo_ws.lua"), tls=True)
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+
+    async def run():
+        async with websockets.connect("wss://127.0.0.1:%d/echo" % srv.tls_port, ssl=ctx, max_size=None) as ws:
+            for msg in ["over tls", "y" * 200000]:
+                await ws.send(msg)
+                assert await ws.recv() == msg
+    asyncio.run(run())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (scripts/setup installs it from Debian)")
+def test_chat_example_in_headless_chromium_over_wss(start_server):
+    srv = start_server(str(REPO / "examples" / "chat" / "app.lua"), "--workers", "1", tls=True)
+    with WS(srv.port, "/chat?name=py", protocols="chat") as py:
+        py.send(frame(1, "hello from python"))
+        read_chat(py, lambda f, t: f == "py" and t == "hello from python")
+        with tempfile.TemporaryDirectory() as profile:
+            out = subprocess.run(
+                [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--ignore-certificate-errors", "--user-data-dir=" + profile, "--virtual-time-budget=3000",
+                 "--dump-dom", "https://127.0.0.1:%d/?name=tlsbrowser&say=hello%%20over%%20wss" % srv.tls_port],
+                capture_output=True, text=True, timeout=60)
+        dom = out.stdout
+        seen = read_chat(py, lambda f, t: f == "tlsbrowser" and t == "hello over wss")
+        assert {"from": "server", "text": "tlsbrowser joined"} in seen
+        assert "connected as tlsbrowser" in dom, dom[-2000:]
+        assert "hello from python" in dom
