@@ -48,14 +48,25 @@ static void outq_release(lr_outq_t *q) {
   q->total = 0;
 }
 
-/* keep small buffers for the next response, give big ones back */
-static void outq_trim(lr_outq_t *q) {
-  if (q->bytes.cap > 64 * 1024) lr_buf_free(&q->bytes);
-  if (q->cap > 64) {
+/* nothing queued: the storage goes back to the worker, so an idle
+ * connection holds no output buffer and the next response reuses it */
+static void outq_park(lr_worker_t *w, lr_outq_t *q) {
+  if (q->n || (q->bytes.base == NULL && q->segs == NULL)) return;
+  if (w->n_spare_out < sizeof w->spare_out / sizeof *w->spare_out && q->bytes.cap <= 64 * 1024 && q->cap <= 64) {
+    w->spare_out[w->n_spare_out++] = (struct lr_spare_out_s){q->bytes.base, q->bytes.cap, q->segs, q->cap};
+  } else {
+    free(q->bytes.base);
     free(q->segs);
-    q->segs = NULL;
-    q->cap = 0;
   }
+  *q = (lr_outq_t){0};
+}
+
+static void outq_unpark(lr_worker_t *w, lr_outq_t *q) {
+  if (q->bytes.base || q->segs || w->n_spare_out == 0) return;
+  struct lr_spare_out_s sp = w->spare_out[--w->n_spare_out];
+  q->bytes = (lr_buf_t){sp.bytes, 0, sp.cap};
+  q->segs = sp.segs;
+  q->cap = sp.segcap;
 }
 
 static void outq_free(lr_outq_t *q) {
@@ -68,7 +79,10 @@ static void outq_free(lr_outq_t *q) {
 
 /* ---- writing ---- */
 
-char *lr_conn_reserve(lr_conn_t *c, size_t n) { return outq_reserve(&c->out, n); }
+char *lr_conn_reserve(lr_conn_t *c, size_t n) {
+  outq_unpark(c->worker, &c->out);
+  return outq_reserve(&c->out, n);
+}
 
 void lr_conn_commit(lr_conn_t *c, size_t n) {
   outq_commit(&c->out, n);
@@ -76,6 +90,7 @@ void lr_conn_commit(lr_conn_t *c, size_t n) {
 }
 
 void lr_conn_write(lr_conn_t *c, const void *p, size_t n) {
+  outq_unpark(c->worker, &c->out);
   char *d = outq_reserve(&c->out, n);
   if (d == NULL) return;
   memcpy(d, p, n);
@@ -83,6 +98,7 @@ void lr_conn_write(lr_conn_t *c, const void *p, size_t n) {
 }
 
 void lr_conn_write_ref(lr_conn_t *c, const char *p, size_t n, lr_release_cb release, void *arg) {
+  outq_unpark(c->worker, &c->out);
   if (c->flags & LR_CF_CLOSING || outq_seg(&c->out)) {
     if (release) release(arg);
     return;
@@ -164,8 +180,11 @@ static void after_write(lr_conn_t *c);
 
 static void on_write(uv_write_t *req, int status) {
   lr_conn_t *c = req->data;
+  free(req);
+  c->wreq = NULL;
   c->flags &= ~LR_CF_WRITING;
   outq_release(&c->inflight);
+  outq_park(c->worker, &c->inflight);
   if (c->flags & LR_CF_CLOSING) return;
   if (status < 0) {
     LR_DEBUG("write failed: %s", uv_strerror(status));
@@ -221,9 +240,16 @@ void lr__conn_flush(lr_conn_t *c) {
       n = c->inflight.n < LR_IOV_MAX ? c->inflight.n : LR_IOV_MAX;
       uv_buf_t wiov[LR_IOV_MAX];
       build_iov(&c->inflight, wiov, n);
-      c->wreq.data = c;
-      r = uv_write(&c->wreq, (uv_stream_t *)&c->tcp, wiov, n, on_write);
+      c->wreq = malloc(sizeof *c->wreq);
+      if (c->wreq == NULL) {
+        lr_conn_close(c);
+        return;
+      }
+      c->wreq->data = c;
+      r = uv_write(c->wreq, (uv_stream_t *)&c->tcp, wiov, n, on_write);
       if (r < 0) {
+        free(c->wreq);
+        c->wreq = NULL;
         lr_conn_close(c);
         return;
       }
@@ -255,7 +281,7 @@ void lr__conn_flush(lr_conn_t *c) {
       return;
     }
   }
-  outq_trim(&c->out);
+  outq_park(c->worker, &c->out);
   after_write(c);
 }
 

@@ -304,7 +304,7 @@ struct lr_conn_s {
   unsigned flags;
   lr_outq_t out;      /* being filled */
   lr_outq_t inflight; /* being written by uv_write */
-  uv_write_t wreq;
+  uv_write_t *wreq;   /* only while a write waits on the kernel (rare) */
   lr_timeout_t timeout;
   void *proto_state;  /* owned by the protocol (h2 session, websocket) */
   void *tls;          /* TLS filter under the protocol (core/tls.c), NULL on plain connections */
@@ -375,6 +375,15 @@ typedef struct lr_worker_s {
   int stop_requested; /* written by any thread (atomic), read by the worker */
   volatile int exited; /* set by the worker thread as its loop ends */
   uv_async_t wakeup; /* stop requests from the main thread */
+  /* output buffers of connections with nothing queued, for reuse: an idle
+   * connection holds none (memory per idle connection) */
+  struct lr_spare_out_s {
+    char *bytes;
+    size_t cap;
+    lr_seg_t *segs;
+    unsigned segcap;
+  } spare_out[64];
+  unsigned n_spare_out;
   /* scratch header array for building responses */
   lr_header_t *scratch;
   size_t scratch_cap;

@@ -291,6 +291,11 @@ void lr_worker_destroy(lr_worker_t *w) {
   }
   free(w->read_buf);
   free(w->scratch);
+  while (w->n_spare_out) {
+    w->n_spare_out--;
+    free(w->spare_out[w->n_spare_out].bytes);
+    free(w->spare_out[w->n_spare_out].segs);
+  }
   lr_buf_free(&w->access_buf);
   if (w->access_fd > STDERR_FILENO) close(w->access_fd);
 }

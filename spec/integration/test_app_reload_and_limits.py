@@ -28,6 +28,14 @@ def write_app(path, version, sleep=0.6):
     os.replace(tmp, path)  # atomic: a reload never reads half a file
 
 
+def wait_log(srv, needle, timeout=3):
+    """The log arrives through a pipe read by another thread: give it a moment."""
+    deadline = time.time() + timeout
+    while needle not in srv.log_text() and time.time() < deadline:
+        time.sleep(0.02)
+    return needle in srv.log_text()
+
+
 def get(srv, path="/"):
     with srv.connect() as c:
         c.send(request("GET", path))
@@ -173,7 +181,7 @@ def test_cpu_budget_stops_a_spinning_handler_with_503(limits):
     t0 = time.monotonic()
     assert get(limits, "/spin").status == 503
     assert time.monotonic() - t0 < 3
-    assert "CPU budget exceeded" in limits.log_text()
+    assert wait_log(limits, "CPU budget exceeded")
     assert get(limits, "/").body == b"ok"
 
 
@@ -207,7 +215,7 @@ def test_memory_cap_answers_503_and_the_worker_lives(tmp_path, start_server):
     app.write_text(LIMITS_APP)
     srv = start_server(str(app), "--workers", "1", "--cpu-budget", "20", "--lua-memory", "64")
     assert get(srv, "/hog").status == 503
-    assert "not enough memory" in srv.log_text()
+    assert wait_log(srv, "not enough memory")
     assert get(srv, "/").body == b"ok"
 
 
@@ -215,7 +223,7 @@ def test_error_in_gc_is_logged_and_the_request_succeeds(limits):
     """Errors in __gc are warnings in Lua 5.4: logged, nothing else breaks."""
     resp = get(limits, "/gc-error")
     assert resp.status == 200 and resp.body == b"survived"
-    assert "boom in __gc" in limits.log_text()
+    assert wait_log(limits, "boom in __gc")
 
 
 def test_error_with_a_plain_table_is_500(limits):
@@ -223,7 +231,7 @@ def test_error_with_a_plain_table_is_500(limits):
     resp = get(limits, "/error-table")
     assert resp.status == 500
     assert b"code" not in resp.body
-    assert "error object is a table" in limits.log_text()
+    assert wait_log(limits, "error object is a table")
 
 
 def test_http_error_is_answered_with_its_status(limits):
@@ -238,7 +246,7 @@ def test_error_in_middleware_is_500_and_the_connection_lives(limits):
         assert c.read_response().status == 500
         c.send(request("GET", "/"))
         assert c.read_response().body == b"ok"
-    assert "middleware failed" in limits.log_text()
+    assert wait_log(limits, "middleware failed")
 
 
 def test_error_after_streaming_began_truncates_and_closes(limits):
