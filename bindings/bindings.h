@@ -103,6 +103,7 @@ int lr_l_spawn(lua_State *L);
 /* ws.c: the WebSocket userdata; channel.c: lariat.channel */
 int lr_ws_handshake(lr_co_t *co); /* 1: handler(ws, req) is on the stack, ready to run */
 void lr_ws_handler_done(lr_co_t *co, int ok);
+void lr_ws_box_event(void *box);  /* the stream under an h2 WebSocket has news */
 void lr_ws_open(lua_State *L);    /* adds ws and channel functions to the core table */
 
 /* req.c */

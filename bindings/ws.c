@@ -359,11 +359,12 @@ int lr_ws_handshake(lr_co_t *co) {
   lua_settop(L, 4);
   const int opts = 4;
   if (s->conn == NULL) return 0;
-  if (s->version != 11 || !(s->flags & LR_SF_WS_UPGRADE)) {
+  int h2 = s->version == 20; /* RFC 8441: extended CONNECT with :protocol websocket */
+  if ((s->version != 11 && !h2) || !(s->flags & LR_SF_WS_UPGRADE)) {
     reply(s, 426, "this resource speaks WebSocket: send upgrade: websocket\n", 1);
     return 0;
   }
-  if (s->method.len != 3 || memcmp(s->method.base, "GET", 3) != 0) {
+  if (!h2 && (s->method.len != 3 || memcmp(s->method.base, "GET", 3) != 0)) {
     reply(s, 400, "a WebSocket handshake is a GET request\n", 0);
     return 0;
   }
@@ -373,7 +374,7 @@ int lr_ws_handshake(lr_co_t *co) {
     return 0;
   }
   const lr_str_t *key = lr_stream_header(s, "sec-websocket-key", 17);
-  if (!key_ok(key)) {
+  if (!h2 && !key_ok(key)) {
     reply(s, 400, "bad sec-websocket-key\n", 0);
     return 0;
   }
@@ -384,10 +385,12 @@ int lr_ws_handshake(lr_co_t *co) {
   lr_header_t h[5];
   size_t nh = 0;
   char accept[32];
-  lr_ws_accept_key(key->base, key->len, accept);
-  h[nh++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
-  h[nh++] = (lr_header_t){{"connection", 10}, {"upgrade", 7}};
-  h[nh++] = (lr_header_t){{"sec-websocket-accept", 20}, {accept, 28}};
+  if (!h2) { /* h2 has no key and no upgrade headers (RFC 8441 §5) */
+    lr_ws_accept_key(key->base, key->len, accept);
+    h[nh++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
+    h[nh++] = (lr_header_t){{"connection", 10}, {"upgrade", 7}};
+    h[nh++] = (lr_header_t){{"sec-websocket-accept", 20}, {accept, 28}};
+  }
   /* subprotocol: the server's first choice among those the client offered */
   char offered[1024];
   size_t olen = header_list(s, "sec-websocket-protocol", offered, sizeof offered);
@@ -467,6 +470,11 @@ int lr_ws_handshake(lr_co_t *co) {
   lua_rotate(L, 2, 3);
   lua_settop(L, 4);
   return 1;
+}
+
+void lr_ws_box_event(void *box) {
+  wsbox_t *b = box;
+  if (b->ws) lr_ws_stream_event(b->ws);
 }
 
 void lr_ws_handler_done(lr_co_t *co, int ok) {

@@ -344,6 +344,8 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
       dst = &s->target;
     else if (nlen == 10 && memcmp(name, ":authority", 10) == 0)
       dst = &s->authority;
+    else if (nlen == 9 && memcmp(name, ":protocol", 9) == 0 && vlen == 9 && memcmp(value, "websocket", 9) == 0)
+      s->flags |= LR_SF_WS_UPGRADE; /* RFC 8441 extended CONNECT (core/websocket.c) */
     if (dst) *dst = pool_str(s, value, vlen);
     return 0;
   }
@@ -382,6 +384,9 @@ static void head_done(h2_conn_t *h, h2_stream_t *st, int end_stream) {
     s->authority = host ? *host : (lr_str_t){"", 0};
   }
   if (s->method.base == NULL) s->method = (lr_str_t){"-", 1};
+  /* a WebSocket's CONNECT routes like the GET of an HTTP/1.1 upgrade (app:ws) */
+  if ((s->flags & LR_SF_WS_UPGRADE) && s->method.len == 7 && memcmp(s->method.base, "CONNECT", 7) == 0)
+    s->method = (lr_str_t){"GET", 3};
   lr_str_t t = s->target.base ? s->target : (lr_str_t){"/", 1}; /* CONNECT has no :path */
   s->target = t;
   const char *q = memchr(t.base, '?', t.len);
@@ -444,7 +449,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     return 0;
   }
   s->body_received += len;
-  if (s->body_received > h->c->worker->cfg->max_body) {
+  /* a WebSocket's stream is no request body: its messages have their own limit */
+  if (s->body_received > h->c->worker->cfg->max_body && !(s->flags & LR_SF_WS_UPGRADE)) {
     s->flags |= LR_SF_BODY_TOO_BIG;
     st->reject = 413;
     pend(st, PEND_REJECT);
@@ -912,6 +918,7 @@ static h2_conn_t *h2_new(lr_conn_t *c) {
       {NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE, cfg->h2_window},
       {NGHTTP2_SETTINGS_MAX_FRAME_SIZE, cfg->h2_max_frame},
       {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, cfg->max_header_bytes},
+      {NGHTTP2_SETTINGS_ENABLE_CONNECT_PROTOCOL, 1}, /* RFC 8441: WebSocket over h2 */
   };
   nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
   nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);

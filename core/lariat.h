@@ -472,6 +472,8 @@ int lr_ws_close(lr_ws_t *ws, int code, const char *reason, size_t len);
 int lr_ws_write_blocked(lr_ws_t *ws);
 int lr_ws_can_send(lr_ws_t *ws); /* open, and no close frame sent yet */
 void lr_ws_app_release(lr_ws_t *ws);
+/* h2 (RFC 8441): the stream carrying ws has news; the app's wake/conn_gone hooks call this */
+void lr_ws_stream_event(lr_ws_t *ws);
 
 /* HTTP/1.1 Upgrade (RFC 9110 §7.8): write 101 with h, hand the connection to
  * proto/state; bytes that came after the request are moved into *rest */

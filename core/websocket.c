@@ -31,8 +31,13 @@ typedef struct msg_s {
 } msg_t;
 
 struct lr_ws_s {
-  lr_conn_t *conn;     /* NULL once the connection is gone */
-  lr_stream_t *stream; /* the upgrade request; released with the connection */
+  /* the transport: the whole connection (HTTP/1.1 Upgrade) or one HTTP/2
+   * stream (RFC 8441 extended CONNECT); `up` until it is gone */
+  lr_conn_t *conn;     /* h1: the connection, NULL once gone */
+  lr_stream_t *h2s;    /* h2: the CONNECT stream, NULL once gone */
+  lr_worker_t *worker;
+  int up;
+  lr_stream_t *stream; /* the upgrade request; released with the connection (h1) */
   lr_ws_opts_t o;
   wslay_frame_context_ptr fr;
   /* input handed to wslay's recv callback */
@@ -78,6 +83,60 @@ struct lr_ws_s {
 };
 
 static void on_timer(uv_timer_t *t);
+
+/* ---- the transport ---- */
+
+static uint64_t now_ms(lr_ws_t *ws) { return uv_now(&ws->worker->loop); }
+
+static void t_write(lr_ws_t *ws, const void *p, size_t n) {
+  if (ws->h2s)
+    lr_stream_send_data(ws->h2s, p, n, NULL, NULL);
+  else if (ws->conn)
+    lr_conn_write(ws->conn, p, n);
+}
+
+/* nothing can be written any more */
+static int t_dead(lr_ws_t *ws) {
+  if (!ws->up) return 1;
+  if (ws->h2s) return ws->h2s->conn == NULL || (ws->h2s->flags & (LR_SF_FINISHED | LR_SF_RESET));
+  return (ws->conn->flags & LR_CF_CLOSING) != 0;
+}
+
+/* the end of our side is decided (close after what is queued) */
+static int t_ending(lr_ws_t *ws) {
+  return t_dead(ws) || (ws->conn && (ws->conn->flags & LR_CF_CLOSE_AFTER_WRITE));
+}
+
+static void t_read_stop(lr_ws_t *ws) {
+  if (ws->conn) lr_conn_read_stop(ws->conn); /* h2: we stop taking the stream's body, its window closes */
+}
+
+static void t_read_start(lr_ws_t *ws) {
+  if (ws->conn) lr_conn_read_start(ws->conn);
+}
+
+/* end after the queued output: TCP close (h1), END_STREAM (h2) */
+static void t_end(lr_ws_t *ws) {
+  if (ws->h2s)
+    lr_stream_finish(ws->h2s);
+  else if (ws->conn)
+    lr_conn_close_after_write(ws->conn);
+}
+
+/* end now: TCP close (h1), RST_STREAM (h2) */
+static void t_close(lr_ws_t *ws) {
+  if (ws->h2s) {
+    lr_stream_t *s = ws->h2s;
+    if (s->conn && !(s->flags & LR_SF_RESET)) s->conn->proto->abort(s);
+  } else if (ws->conn) {
+    lr_conn_close(ws->conn);
+  }
+}
+
+static int t_blocked(lr_ws_t *ws) {
+  if (ws->h2s) return ws->h2s->conn && lr_stream_write_blocked(ws->h2s);
+  return ws->conn && lr_conn_queued(ws->conn) > LR_OUT_HIGH;
+}
 
 /* ---- helpers ---- */
 
@@ -142,7 +201,7 @@ static int valid_close_code(int code) {
 
 static ssize_t send_cb(const uint8_t *data, size_t len, int flags, void *user) {
   lr_ws_t *ws = user;
-  if (ws->conn) lr_conn_write(ws->conn, data, len);
+  t_write(ws, data, len);
   return (ssize_t)len; /* the connection queues everything */
 }
 
@@ -162,7 +221,7 @@ static int genmask_cb(uint8_t *buf, size_t len, void *user) {
 }
 
 static void send_frame(lr_ws_t *ws, int op, int rsv, const char *data, size_t len) {
-  if (ws->conn == NULL || (ws->conn->flags & LR_CF_CLOSING)) return;
+  if (t_dead(ws)) return;
   struct wslay_frame_iocb io = {0};
   io.fin = 1;
   io.rsv = (uint8_t)rsv;
@@ -203,21 +262,21 @@ static void set_closed(lr_ws_t *ws, int code, const char *reason, size_t rlen) {
  * close goes out once the current callback has delivered the messages that
  * came before the bad frame (so an echo of them still reaches the peer). */
 static void ws_fail(lr_ws_t *ws, int code, const char *why) {
-  if (ws->failed || ws->conn == NULL) return;
+  if (ws->failed || !ws->up) return;
   ws->failed = code;
   ws->fail_why = why;
   LR_DEBUG("websocket: closing with %d: %s", code, why);
-  lr_conn_read_stop(ws->conn);
+  t_read_stop(ws);
 }
 
 /* send the close of a failed connection; 1 if there is news for the app */
 static int flush_fail(lr_ws_t *ws) {
-  if (!ws->failed || ws->fail_sent || ws->conn == NULL) return 0;
+  if (!ws->failed || ws->fail_sent || !ws->up) return 0;
   ws->fail_sent = 1;
   size_t n = strlen(ws->fail_why);
   send_close(ws, ws->failed, ws->fail_why, n);
   set_closed(ws, ws->failed, ws->fail_why, n);
-  lr_conn_close_after_write(ws->conn);
+  t_end(ws);
   /* a peer that doesn't read our close doesn't keep the connection */
   uv_timer_start(&ws->timer, on_timer, CLOSE_WAIT_MS, 0);
   return 1;
@@ -305,7 +364,6 @@ static void queue_msg(lr_ws_t *ws) {
 }
 
 static void on_control(lr_ws_t *ws) {
-  lr_conn_t *c = ws->conn;
   switch (ws->f_op) {
     case WSLAY_CONNECTION_CLOSE: {
       int code = 1005;
@@ -323,13 +381,13 @@ static void on_control(lr_ws_t *ws) {
       set_closed(ws, code, reason, rlen);
       /* echo the code (RFC 6455 §5.5.1), then the server closes TCP first */
       send_close(ws, code == 1005 ? 0 : code, NULL, 0);
-      lr_conn_read_stop(c);
-      lr_conn_close_after_write(c);
+      t_read_stop(ws);
+      t_end(ws);
       uv_timer_start(&ws->timer, on_timer, CLOSE_WAIT_MS, 0);
       return;
     }
     case WSLAY_PING: {
-      uint64_t now = uv_now(&c->worker->loop);
+      uint64_t now = now_ms(ws);
       if (now - ws->ping_window >= 1000) {
         ws->ping_window = now;
         ws->pings = 0;
@@ -427,7 +485,7 @@ static void deliver(lr_ws_t *ws);
 static void process(lr_ws_t *ws, const char *p, size_t n) {
   ws->in = p;
   ws->in_len = n;
-  while (!ws->failed && ws->conn && !(ws->conn->flags & LR_CF_CLOSING)) {
+  while (!ws->failed && !t_dead(ws)) {
     struct wslay_frame_iocb io;
     memset(&io, 0, sizeof io);
     ssize_t r = wslay_frame_recv(ws->fr, &io);
@@ -447,12 +505,11 @@ static void process(lr_ws_t *ws, const char *p, size_t n) {
   }
   ws->in = NULL;
   ws->in_len = 0;
-  lr_conn_t *c = ws->conn;
-  if (c && !ws->failed && !ws->close_recv) {
+  if (ws->up && !ws->failed && !ws->close_recv) {
     /* a reader that falls behind (or a peer that doesn't read our pongs) is slowed down */
-    if (ws->queued > ws->o.max_queued || lr_conn_queued(c) > LR_OUT_HIGH) {
+    if (ws->queued > ws->o.max_queued || t_blocked(ws)) {
       ws->read_paused = 1;
-      lr_conn_read_stop(c);
+      t_read_stop(ws);
     }
   }
 }
@@ -460,7 +517,7 @@ static void process(lr_ws_t *ws, const char *p, size_t n) {
 /* ---- events to the application ---- */
 
 static void maybe_free(lr_ws_t *ws) {
-  if (ws->busy || !ws->app_gone || ws->conn || !ws->timer_closed) return;
+  if (ws->busy || !ws->app_gone || ws->up || !ws->timer_closed) return;
   while (ws->head) {
     msg_t *m = ws->head;
     ws->head = m->next;
@@ -494,7 +551,7 @@ static void deliver(lr_ws_t *ws) {
 static void ws_on_read(lr_conn_t *c, const char *data, size_t len) {
   lr_ws_t *ws = WS(c);
   ws->busy++;
-  ws->last_rx = uv_now(&c->worker->loop);
+  ws->last_rx = now_ms(ws);
   ws->ping_out = 0;
   if (ws->pending.len) {
     lr_buf_append(&ws->pending, data, len);
@@ -538,19 +595,27 @@ static void on_timer_closed(uv_handle_t *h) {
   maybe_free(ws);
 }
 
-static void ws_on_close(lr_conn_t *c) {
-  lr_ws_t *ws = WS(c);
+/* the transport is gone: the connection closed (h1) or the stream ended (h2) */
+static void ws_gone(lr_ws_t *ws) {
+  if (!ws->up) return;
   ws->busy++;
   if (!ws->code) set_closed(ws, 1006, "", 0);
   ws->events |= LR_WS_EV_CLOSED;
+  ws->up = 0;
   ws->conn = NULL;
-  c->proto_state = NULL;
+  ws->h2s = NULL; /* h2 releases its own side of the stream */
   uv_close((uv_handle_t *)&ws->timer, on_timer_closed);
   lr_stream_t *s = ws->stream;
   ws->stream = NULL;
-  if (s) lr__stream_conn_release(s);
+  if (s && s->version != 20) lr__stream_conn_release(s);
   ws->busy--;
   deliver(ws);
+}
+
+static void ws_on_close(lr_conn_t *c) {
+  lr_ws_t *ws = WS(c);
+  c->proto_state = NULL;
+  ws_gone(ws);
 }
 
 static void ws_on_shutdown(lr_conn_t *c) {
@@ -567,13 +632,12 @@ static void ws_on_timeout(lr_conn_t *c) { lr_conn_close(c); }
 
 static void on_timer(uv_timer_t *t) {
   lr_ws_t *ws = t->data;
-  lr_conn_t *c = ws->conn;
-  if (c == NULL) return;
+  if (!ws->up) return;
   if (ws->close_sent) { /* the peer never answered our close */
-    lr_conn_close(c);
+    t_close(ws);
     return;
   }
-  uint64_t now = uv_now(&c->worker->loop);
+  uint64_t now = now_ms(ws);
   if (now - ws->last_rx + 10 < ws->o.ping_interval_ms) return;
   if (ws->ping_out) {
     ws_fail(ws, 1001, "no pong");
@@ -721,23 +785,74 @@ lr_ws_t *lr_ws_accept(lr_stream_t *s, const lr_header_t *extra, size_t n, const 
     free(ws);
     return NULL;
   }
-  if (lr_http1_switch(s, extra, n, &ws_proto, ws, &ws->pending) != 0) {
-    wslay_frame_context_free(ws->fr);
-    free(ws);
-    return NULL;
+  ws->worker = c->worker;
+  if (s->version == 20) {
+    /* RFC 8441 §5: a 2xx to the extended CONNECT; the stream carries the frames */
+    if (lr_stream_send_head(s, 200, extra, n, NULL, 0, NULL, NULL, 0) != 0) {
+      wslay_frame_context_free(ws->fr);
+      free(ws);
+      return NULL;
+    }
+    ws->h2s = s;
+    s->wait = LR_WAIT_BODY;
+  } else {
+    if (lr_http1_switch(s, extra, n, &ws_proto, ws, &ws->pending) != 0) {
+      wslay_frame_context_free(ws->fr);
+      free(ws);
+      return NULL;
+    }
+    ws->conn = c;
+    ws->stream = s;
   }
-  ws->conn = c;
-  ws->stream = s;
-  ws->timer_closed = 0;
+  ws->up = 1;
   uv_timer_init(&c->worker->loop, &ws->timer);
   ws->timer.data = ws;
-  ws->last_rx = uv_now(&c->worker->loop);
+  ws->last_rx = now_ms(ws);
   if (ws->o.ping_interval_ms) uv_timer_start(&ws->timer, on_timer, ws->o.ping_interval_ms, ws->o.ping_interval_ms);
   if (ws->pending.len) {
     c->flags |= LR_CF_NEED_RESUME;
     lr_conn_defer(c);
   }
   return ws;
+}
+
+/* h2: the stream has news (body data, drained output, its end); called by the
+ * application's wake/conn_gone hooks for a stream that carries a WebSocket */
+void lr_ws_stream_event(lr_ws_t *ws) {
+  lr_stream_t *s = ws->h2s;
+  if (s == NULL || ws->busy) return;
+  if (s->conn == NULL) { /* reset, or both sides ended */
+    ws_gone(ws);
+    return;
+  }
+  ws->busy++;
+  if (ws->read_paused && ws->queued <= ws->o.max_queued && !t_blocked(ws) && !ws->close_recv) ws->read_paused = 0;
+  lr_buf_t in = {0};
+  int fin = 0;
+  while (!ws->failed && !ws->read_paused && !t_dead(ws)) {
+    in.len = 0;
+    int r = lr_stream_read_body(s, &in, 65536, &fin);
+    if (r > 0) {
+      ws->last_rx = now_ms(ws);
+      ws->ping_out = 0;
+      process(ws, in.base, in.len);
+    }
+    if (r <= 0 || fin) break;
+  }
+  lr_buf_free(&in);
+  if (fin && !ws->close_recv && ws->up) {
+    /* the peer ended its side without a close frame: the TCP EOF of h1 */
+    set_closed(ws, 1006, "", 0);
+    t_end(ws);
+  }
+  if (ws->up) {
+    int blocked = t_blocked(ws);
+    if (!blocked) ws->events |= LR_WS_EV_DRAIN;
+    if (ws->h2s) ws->h2s->wait = blocked ? LR_WAIT_DRAIN : LR_WAIT_BODY;
+  }
+  ws->busy--;
+  deliver(ws);
+  if (flush_fail(ws)) deliver(ws);
 }
 
 void lr_ws_set_app(lr_ws_t *ws, void (*notify)(lr_ws_t *ws, int events), void *app_data) {
@@ -755,7 +870,7 @@ int lr_ws_recv(lr_ws_t *ws, int *kind, const char **data, size_t *len) {
     *len = m->data.len;
     return 1;
   }
-  if (ws->code || ws->conn == NULL) return LR_ECLOSED;
+  if (ws->code || !ws->up) return LR_ECLOSED;
   return 0;
 }
 
@@ -767,11 +882,11 @@ void lr_ws_consume(lr_ws_t *ws) {
   ws->queued -= m->data.len;
   lr_buf_free(&m->data);
   free(m);
-  lr_conn_t *c = ws->conn;
-  if (c && ws->read_paused && ws->queued <= ws->o.max_queued / 2 && lr_conn_queued(c) <= LR_OUT_HIGH &&
-      !ws->close_recv && !ws->failed) {
+  if (ws->up && ws->read_paused && ws->queued <= ws->o.max_queued / 2 && !t_blocked(ws) && !ws->close_recv &&
+      !ws->failed) {
     ws->read_paused = 0;
-    lr_conn_read_start(c);
+    t_read_start(ws);
+    if (ws->h2s && !ws->busy) lr_ws_stream_event(ws); /* h2: take what waits in the stream */
   }
 }
 
@@ -782,7 +897,7 @@ int lr_ws_close_info(lr_ws_t *ws, const char **reason, size_t *len) {
 }
 
 static int can_send(lr_ws_t *ws) {
-  return ws->conn && !ws->close_sent && !(ws->conn->flags & (LR_CF_CLOSING | LR_CF_CLOSE_AFTER_WRITE));
+  return ws->up && !ws->close_sent && !t_ending(ws);
 }
 
 int lr_ws_can_send(lr_ws_t *ws) { return can_send(ws); }
@@ -815,11 +930,23 @@ int lr_ws_close(lr_ws_t *ws, int code, const char *reason, size_t len) {
   return 0;
 }
 
-int lr_ws_write_blocked(lr_ws_t *ws) { return ws->conn && lr_conn_queued(ws->conn) > LR_OUT_HIGH; }
+int lr_ws_write_blocked(lr_ws_t *ws) {
+  int b = ws->up && t_blocked(ws);
+  /* h2: the stream wakes us when its output drained instead of on data */
+  if (b && ws->h2s) ws->h2s->wait = LR_WAIT_DRAIN;
+  return b;
+}
 
 void lr_ws_app_release(lr_ws_t *ws) {
   ws->app_gone = 1;
   ws->notify = NULL;
   ws->app_data = NULL;
+  if (ws->h2s) {
+    /* h2: the stream is the request the application lets go of now; our side
+     * ends after the close frame already queued */
+    lr_stream_t *s = ws->h2s;
+    if (s->conn && !(s->flags & (LR_SF_FINISHED | LR_SF_RESET))) lr_stream_finish(s);
+    ws_gone(ws);
+  }
   maybe_free(ws);
 }

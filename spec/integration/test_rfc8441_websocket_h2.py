@@ -1,0 +1,207 @@
+"""RFC 8441: WebSocket over HTTP/2 — SETTINGS_ENABLE_CONNECT_PROTOCOL and the
+extended CONNECT with :protocol websocket, then RFC 6455 frames in DATA
+frames of that stream, with the same handlers as over HTTP/1.1. The HTTP/2
+side is python h2 over h2c (prior knowledge); the frames are raw."""
+
+import socket
+import struct
+import zlib
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.settings
+import pytest
+
+from conftest import module_server
+from wsclient import close_payload, frame
+
+server = module_server("ws.lua", "--workers", "1")
+
+TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
+
+
+class H2WS:
+    """one h2c connection, one extended CONNECT stream"""
+
+    def __init__(self, port, path="/echo", headers=(), sid=1):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+        self.remote_settings = {}
+        self.data = b""
+        self.ended = False
+        self.reset = None
+        self.status = None
+        self.headers = {}
+        self.sid = sid
+        while h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL not in self.remote_settings:
+            self._pump()
+        self.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                     (":path", path), (":authority", "127.0.0.1:%d" % port),
+                                     ("sec-websocket-version", "13")] + list(headers))
+        self.sock.sendall(self.conn.data_to_send())
+        while self.status is None and self.reset is None:
+            self._pump()
+
+    def _pump(self):
+        d = self.sock.recv(65536)
+        if not d:
+            raise EOFError("connection closed")
+        for ev in self.conn.receive_data(d):
+            if isinstance(ev, h2.events.RemoteSettingsChanged):
+                for k, v in ev.changed_settings.items():
+                    self.remote_settings[k] = v.new_value
+            elif getattr(ev, "stream_id", self.sid) != self.sid:
+                continue  # an earlier stream of this connection
+            elif isinstance(ev, h2.events.ResponseReceived):
+                self.headers = dict(ev.headers)
+                self.status = int(self.headers[":status"])
+            elif isinstance(ev, h2.events.DataReceived):
+                self.data += ev.data
+                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+            elif isinstance(ev, h2.events.StreamEnded):
+                self.ended = True
+            elif isinstance(ev, h2.events.StreamReset):
+                self.reset = ev.error_code
+        out = self.conn.data_to_send()
+        if out:
+            self.sock.sendall(out)
+
+    def send(self, data):
+        while data:
+            room = min(self.conn.local_flow_control_window(self.sid), self.conn.max_outbound_frame_size)
+            if room == 0:
+                self._pump()  # wait for WINDOW_UPDATE
+                continue
+            self.conn.send_data(self.sid, data[:room])
+            data = data[room:]
+            self.sock.sendall(self.conn.data_to_send())
+
+    def end(self):
+        self.conn.end_stream(self.sid)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def _take(self, n):
+        while len(self.data) < n:
+            if self.ended or self.reset is not None:
+                raise EOFError("stream ended with %d of %d bytes" % (len(self.data), n))
+            self._pump()
+        out, self.data = self.data[:n], self.data[n:]
+        return out
+
+    def read_frame(self):
+        b0, b1 = self._take(2)
+        n = b1 & 0x7F
+        if n == 126:
+            n = struct.unpack("!H", self._take(2))[0]
+        elif n == 127:
+            n = struct.unpack("!Q", self._take(8))[0]
+        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0xF, self._take(n)
+
+    def read_close(self):
+        while True:
+            fin, rsv, op, data = self.read_frame()
+            if op == CLOSE:
+                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
+
+    def wait_end(self):
+        while not self.ended and self.reset is None:
+            self._pump()
+        return True
+
+    def close(self):
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+
+def test_3_server_sends_settings_enable_connect_protocol(server):
+    """§3: "a server ... SETTINGS_ENABLE_CONNECT_PROTOCOL ... value of 1" """
+    with H2WS(server.port, "/plain") as ws:
+        assert ws.remote_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL] == 1
+
+
+def test_5_extended_connect_echo(server):
+    """§5: a 2xx to the extended CONNECT, then the stream carries WebSocket frames
+    (masked from the client, as over HTTP/1.1); no sec-websocket-accept"""
+    with H2WS(server.port, "/plain") as ws:
+        assert ws.status == 200
+        assert "sec-websocket-accept" not in ws.headers
+        ws.send(frame(TEXT, "over h2"))
+        assert ws.read_frame() == (True, 0, TEXT, b"over h2")
+        ws.send(frame(BINARY, b"\x00" * 70000))
+        assert ws.read_frame() == (True, 0, BINARY, b"\x00" * 70000)
+        ws.send(frame(PING, b"p"))
+        assert ws.read_frame() == (True, 0, PONG, b"p")
+        ws.send(frame(CLOSE, close_payload(1000)))
+        assert ws.read_close() == 1000
+        # the server ends its side (END_STREAM), and the stream (RST_STREAM
+        # NO_ERROR, like the TCP close that follows the handshake over HTTP/1.1)
+        assert ws.wait_end()
+        assert ws.ended and ws.reset in (None, 0)
+
+
+def test_5_same_handler_options_subprotocol_and_deflate(server):
+    with H2WS(server.port, "/proto", headers=[("sec-websocket-protocol", "chat")]) as ws:
+        assert ws.headers["sec-websocket-protocol"] == "chat"
+        assert ws.read_frame()[3] == b"chat"
+    with H2WS(server.port, "/echo", headers=[("sec-websocket-extensions", "permessage-deflate")]) as ws:
+        assert ws.headers["sec-websocket-extensions"] == "permessage-deflate"
+        msg = b"compressed over h2 " * 50
+        ws.send(frame(TEXT, msg))
+        fin, rsv, op, data = ws.read_frame()
+        assert rsv == 4
+        assert zlib.decompressobj(-15).decompress(data + b"\x00\x00\xff\xff") == msg
+
+
+def test_protocol_errors_close_the_stream_not_the_connection(server):
+    """a bad frame fails that WebSocket (1002 and END_STREAM); the connection
+    and its other streams go on"""
+    with H2WS(server.port, "/plain") as ws:
+        ws.send(frame(TEXT, "x", mask=False))
+        assert ws.read_close() == 1002
+        assert ws.wait_end()
+        # the same connection still answers a second WebSocket
+        ws.sid = 3
+        ws.status = None
+        ws.reset = None
+        ws.ended = False
+        ws.data = b""
+        ws.conn.send_headers(3, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                                 (":path", "/plain"), (":authority", "127.0.0.1"), ("sec-websocket-version", "13")])
+        ws.sock.sendall(ws.conn.data_to_send())
+        while ws.status is None:
+            ws._pump()
+        assert ws.status == 200
+        ws.send(frame(TEXT, "again"))
+        assert ws.read_frame()[3] == b"again"
+
+
+def test_message_limit_over_h2(server):
+    with H2WS(server.port, "/small") as ws:
+        ws.send(frame(BINARY, b"x" * 2000))
+        assert ws.read_close() == 1009
+
+
+def test_plain_connect_without_protocol_is_not_a_websocket(server):
+    """a GET on a ws route over h2 (no extended CONNECT) is told to upgrade"""
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
+    conn.initiate_connection()
+    conn.send_headers(1, [(":method", "GET"), (":scheme", "http"), (":path", "/echo"), (":authority", "x")],
+                      end_stream=True)
+    sock.sendall(conn.data_to_send())
+    status = None
+    while status is None:
+        for ev in conn.receive_data(sock.recv(65536)):
+            if isinstance(ev, h2.events.ResponseReceived):
+                status = int(dict(ev.headers)[":status"])
+        sock.sendall(conn.data_to_send())
+    assert status == 426
+    sock.close()
