@@ -98,29 +98,54 @@ static int reply_protected(lr_co_t *co, int status_idx) {
   lua_pushvalue(L, 1);
   for (int i = 0; i < 3; i++) lua_pushvalue(L, status_idx + i);
   if (lua_pcall(L, 4, 0, 0) == LUA_OK) return 0;
-  log_request_error(co, "handler returned a bad response: ", lua_tostring(L, -1));
+  log_request_error(co, "", lua_tostring(L, -1));
   lua_pop(L, 1);
   return -1;
 }
 
+/* The body of every request coroutine: dispatch(req, method, path), then the
+ * reply from its results, inside the coroutine, so a bad result is an error
+ * like any other (traceback, 500) and costs no extra protected call.
+ * Returns req, or req, "websocket", handler, opts for an upgrade. */
+static int request_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lr_req_t *r = lua_touserdata(L, 1);
+  lr_stream_t *s = r->s;
+  lua_settop(L, 4);
+  if (s && !(s->flags & LR_SF_REPLIED)) {
+    if (lua_type(L, 2) == LUA_TSTRING && lua_isfunction(L, 3) && strcmp(lua_tostring(L, 2), "websocket") == 0)
+      return 4;
+    if (lua_isnil(L, 2)) {
+      lua_pushinteger(L, 204); /* nothing returned, nothing sent */
+      lua_replace(L, 2);
+    }
+    lr_req_reply_results(L); /* on this stack: req, status, headers, body */
+  }
+  lua_settop(L, 1);
+  return 1;
+}
+
+static int request_main(lua_State *L) {
+  lr_co_t *co = lr_co_current(L);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, co->app->dispatch_ref);
+  lua_pushvalue(L, 1);
+  lua_pushvalue(L, 2);
+  lua_pushvalue(L, 3);
+  lua_remove(L, 2);
+  lua_remove(L, 2); /* req, dispatch, req, method, path */
+  lua_callk(L, 3, 3, 0, request_k);
+  return request_k(L, LUA_OK, 0);
+}
+
 static void finish_ok(lr_co_t *co, int nres) {
-  lua_State *L = co->L;
+  (void)nres;
   lr_stream_t *s = co->stream;
   if (s == NULL) return;
-  if (s->flags & LR_SF_REPLIED) {
-    if ((s->flags & LR_SF_STREAMING) && !(s->flags & LR_SF_FINISHED)) lr_stream_finish(s);
-    return;
-  }
-  /* lua_resume counts the req below the results too */
-  (void)nres;
-  int base = 2;
-  int had = lua_gettop(L) >= base;
-  lua_settop(L, base + 2);
-  if (!had || lua_isnil(L, base)) {
-    lua_pushinteger(L, 204);
-    lua_replace(L, base);
-  }
-  if (reply_protected(co, base) != 0 && !(s->flags & LR_SF_REPLIED)) reply_status(s, 500);
+  if (!(s->flags & LR_SF_REPLIED))
+    lr_stream_send_head(s, 204, NULL, 0, NULL, 0, NULL, NULL, LR_FIN);
+  else if ((s->flags & LR_SF_STREAMING) && !(s->flags & LR_SF_FINISHED))
+    lr_stream_finish(s);
 }
 
 /* The coroutine died: log why and answer. Its stack can't run code any more,
@@ -190,7 +215,7 @@ static void resume(lr_co_t *co, int nargs) {
   int nres = 0;
 again:
   co->wait = CO_WAIT_NONE;
-  if (co->stream && !co->ws) co->stream->wait = LR_WAIT_NONE; /* a WebSocket's stream waits for the ws */
+  if (co->stream) co->stream->wait = LR_WAIT_NONE;
   lw->running = co;
   __atomic_store_n(&lw->resume_ms, uv_now(&lw->w->loop), __ATOMIC_RELAXED);
   __atomic_store_n(&lw->running_L, co->L, __ATOMIC_RELEASE);
@@ -268,7 +293,7 @@ static void on_co_timer(uv_timer_t *t) {
 int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k) {
   co->wait = wait;
   co->timed_out = 0;
-  if (co->stream && !co->ws) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
+  if (co->stream) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
   if (timeout_ms) uv_timer_start(&co->timer, on_co_timer, timeout_ms, 0);
   return lua_yieldk(L, 0, 0, k);
 }
@@ -341,9 +366,8 @@ static void hook_start(lr_stream_t *s) {
   co->stream = s;
   s->app_data = co;
   lua_State *L = co->L;
-  lr_req_push(L, co, s); /* stays at index 1 below the handler's results */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, app->dispatch_ref);
-  lua_pushvalue(L, 1);
+  lua_pushcfunction(L, request_main);
+  lr_req_push(L, co, s);
   lua_pushlstring(L, s->method.base, s->method.len);
   lua_pushlstring(L, s->path.base, s->path.len);
   resume(co, 3);
@@ -351,19 +375,11 @@ static void hook_start(lr_stream_t *s) {
 
 static void hook_wake(lr_stream_t *s) {
   lr_co_t *co = s->app_data;
-  if (co && co->ws) {
-    lr_ws_box_event(co->ws); /* an h2 stream carrying a WebSocket (RFC 8441) */
-    return;
-  }
   if (co) lr_co_wake(co);
 }
 
 static void hook_conn_gone(lr_stream_t *s) {
   lr_co_t *co = s->app_data;
-  if (co && co->ws) {
-    lr_ws_box_event(co->ws);
-    return;
-  }
   if (co && (co->wait == CO_WAIT_BODY || co->wait == CO_WAIT_DRAIN)) lr_co_wake(co);
 }
 

@@ -225,6 +225,19 @@ local function normalize(a, b, c)
 end
 M.normalize = normalize
 
+-- The same for literal routes without middleware (nothing else looks at the
+-- result): C knows 1 and 2 as the text and JSON content types, so a string
+-- or table result costs no header table walk.
+local function normalize_direct(a, b, c)
+  local t = type(a)
+  if t == "string" then
+    if a == "websocket" and type(b) == "function" then return a, b, c end
+    return 200, 1, a
+  end
+  if t == "table" and not http_error.is(a) then return 200, 2, json.encode(a) end
+  return normalize(a, b, c)
+end
+
 local under = lpath.under
 
 -- run(chain, i, ...): calls chain[i] with a `next` that continues at i+1 and
@@ -305,7 +318,7 @@ function App:compile()
     local f = fast[path]
     if f then
       local h = f[method]
-      if h then return normalize(h(req)) end
+      if h then return normalize_direct(h(req)) end
     end
     local cpath, segs = path, nil
     if path ~= "*" then

@@ -7,11 +7,20 @@ local function load(app)
   return lariat.load_app(app, "spec.lua")
 end
 
+-- a number in the headers slot is a preset C expands (see fake.PRESETS)
+local function expand(req, ...)
+  if select("#", ...) >= 2 and type((select(2, ...))) == "number" then
+    local s, h, b = ...
+    return req, s, fake.PRESETS[h], b
+  end
+  return req, ...
+end
+
 local function call(app, t)
   local dispatch = load(app)
   if type(t) == "string" then t = { path = t } end
   local req = fake.req(t)
-  return req, dispatch(req, req.method, req.path)
+  return expand(req, dispatch(req, req.method, req.path))
 end
 
 describe("app", function()

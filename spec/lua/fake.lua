@@ -105,9 +105,19 @@ function M.req(t)
 end
 
 -- dispatch helper: runs dispatch like C does and returns its results
+-- C reads a number in the headers slot as one of lariat.app's preset
+-- content types (literal routes' fast path); do the same here
+local PRESETS = {
+  { ["content-type"] = "text/plain; charset=utf-8" },
+  { ["content-type"] = "application/json" },
+}
+M.PRESETS = PRESETS
+
 function M.run(dispatch, t)
   local req = M.req(t)
-  return req, dispatch(req, req.method, req.path)
+  local status, headers, body = dispatch(req, req.method, req.path)
+  if type(headers) == "number" then headers = PRESETS[headers] end
+  return req, status, headers, body
 end
 
 return M
