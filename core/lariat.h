@@ -351,6 +351,9 @@ typedef struct lr_worker_s {
   /* shared per loop: the read buffer (all reads of this loop land here first) */
   char *read_buf;
   size_t read_buf_size;
+  /* recycled streams (lr__stream_new) */
+  struct lr_stream_s *free_streams;
+  unsigned n_free_streams;
   /* recycled blocks for stream pools */
   lr_block_t *free_blocks;
   unsigned n_free_blocks;
@@ -432,6 +435,7 @@ void lr__tls_free(lr_conn_t *c);
 const char *lr_status_reason(int status);
 int lr_header_is_hop_by_hop(const char *name, size_t len);
 lr_stream_t *lr__stream_new(lr_conn_t *c);
+void lr__streams_free_all(struct lr_worker_s *w);
 void lr__stream_conn_release(lr_stream_t *s);
 int lr__stream_add_header(lr_stream_t *s, const char *name, size_t nlen, const char *value, size_t vlen);
 

@@ -13,8 +13,26 @@
 
 #include "lariat.h"
 
+#ifdef __SANITIZE_ADDRESS__
+#define LR_MAX_FREE_STREAMS 0 /* let AddressSanitizer see a stream used after its end */
+#else
+#define LR_MAX_FREE_STREAMS 256
+#endif
+
+/* streams are recycled per worker with their body buffer (which also holds
+ * the raw request head while it is parsed): no malloc per request */
 lr_stream_t *lr__stream_new(lr_conn_t *c) {
-  lr_stream_t *s = calloc(1, sizeof *s);
+  lr_worker_t *w = c->worker;
+  lr_stream_t *s = w->free_streams;
+  if (s) {
+    w->free_streams = (lr_stream_t *)s->app_data;
+    w->n_free_streams--;
+    lr_buf_t body = s->body;
+    memset(s, 0, sizeof *s);
+    s->body = body;
+  } else {
+    s = calloc(1, sizeof *s);
+  }
   if (s == NULL) return NULL;
   s->conn = c;
   s->worker = c->worker;
@@ -25,9 +43,27 @@ lr_stream_t *lr__stream_new(lr_conn_t *c) {
 }
 
 static void stream_free(lr_stream_t *s) {
-  lr_pool_clear(s->worker, &s->pool);
+  lr_worker_t *w = s->worker;
+  lr_pool_clear(w, &s->pool);
+  if (w->n_free_streams < LR_MAX_FREE_STREAMS && s->body.cap <= 16384) {
+    s->body.len = 0;
+    s->app_data = w->free_streams; /* the free list's link */
+    w->free_streams = s;
+    w->n_free_streams++;
+    return;
+  }
   lr_buf_free(&s->body);
   free(s);
+}
+
+void lr__streams_free_all(lr_worker_t *w) {
+  while (w->free_streams) {
+    lr_stream_t *s = w->free_streams;
+    w->free_streams = (lr_stream_t *)s->app_data;
+    lr_buf_free(&s->body);
+    free(s);
+  }
+  w->n_free_streams = 0;
 }
 
 /* the connection side is done with the stream */

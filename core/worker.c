@@ -289,6 +289,7 @@ void lr_worker_destroy(lr_worker_t *w) {
     w->free_blocks = b->next;
     free(b);
   }
+  lr__streams_free_all(w);
   free(w->read_buf);
   free(w->scratch);
   while (w->n_spare_out) {
