@@ -112,6 +112,10 @@ void lr_req_open(lua_State *L);
 int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int status_idx, int fin);
 int lr_req_reply_results(lua_State *L);
 
+/* channel.c: cross-worker delivery of lariat.channel messages */
+void lr_channel_attach(lr_worker_t *w, int n_workers);
+void lr_channel_detach_all(void);
+
 /* shared.c: lariat.shared dictionaries, shared by all workers */
 void lr_shared_open(lua_State *L);
 void lr_shared_free_all(void);

@@ -1,11 +1,12 @@
-/* lariat.channel: publish/subscribe between the coroutines of one worker.
+/* lariat.channel: publish/subscribe between coroutines, across workers.
  *
  * A channel is a name; a subscription is a bounded queue of messages (byte
- * strings) a coroutine can wait on. Messages are copied out of Lua once and
- * shared by every subscriber, so they also cross app versions after a reload
- * (the registry belongs to the worker thread, not to a lua_State). Delivery
- * to other workers can be added under the same calls: publish would also post
- * the message to their loops. */
+ * strings) a coroutine can wait on. Within a worker, a message is copied out
+ * of Lua once and shared by every subscriber, so it also crosses app versions
+ * after a reload (the registry belongs to the worker thread, not to a
+ * lua_State). Other workers get their own copy through a mailbox and a
+ * uv_async wake-up, and deliver it from their own loop. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,18 +71,12 @@ static void sub_close(sub_t *s) {
   lr_wq_wake_all(&s->waiters);
 }
 
-/* core.ch_publish(name, msg) → number of subscribers it was queued for */
-static int l_publish(lua_State *L) {
-  size_t nl, ml;
-  const char *name = luaL_checklstring(L, 1, &nl);
-  const char *msg = luaL_checklstring(L, 2, &ml);
+/* queue msg for every subscriber of `name` in this worker; returns how many */
+static unsigned deliver_local(const char *name, size_t nl, const char *msg, size_t ml) {
   chan_t *c = find(name, nl);
-  if (c == NULL || c->n_subs == 0) {
-    lua_pushinteger(L, 0);
-    return 1;
-  }
+  if (c == NULL || c->n_subs == 0) return 0;
   chmsg_t *m = malloc(sizeof *m + ml);
-  if (m == NULL) return luaL_error(L, "lariat.channel: out of memory");
+  if (m == NULL) return 0;
   m->refs = 0;
   m->len = ml;
   memcpy(m->data, msg, ml);
@@ -99,10 +94,128 @@ static int l_publish(lua_State *L) {
     m->refs++;
     n++;
   }
+  /* wake after the walk: from a loop callback (mail from another worker) a
+   * woken handler runs at once and may close subscriptions, even free `c` */
+  lr_link_t woken;
+  lr_list_init(&woken);
   for (lr_link_t *l = c->subs.next; l != &c->subs; l = l->next) {
     sub_t *s = LR_CONTAINER_OF(l, sub_t, link);
-    lr_wq_wake_all(&s->waiters); /* deferred: Lua is running */
+    while (s->waiters.next && !lr_list_empty(&s->waiters)) {
+      lr_link_t *w = s->waiters.next;
+      lr_link_unlink(w);
+      lr_list_push(&woken, w);
+    }
   }
+  lr_wq_wake_all(&woken);
+  return n;
+}
+
+/* ---- other workers: a mailbox each, drained by a uv_async on its loop ---- */
+
+#define MAILBOX_MAX 10000 /* a stuck worker loses messages rather than memory */
+
+typedef struct mail_s {
+  struct mail_s *next;
+  size_t nl, ml;
+  char data[]; /* name, then message */
+} mail_t;
+
+typedef struct mailbox_s {
+  pthread_mutex_t lock;
+  mail_t *head, *tail;
+  unsigned n, dropped;
+  uv_async_t async;
+  int attached;
+} mailbox_t;
+
+static mailbox_t *boxes;
+static int n_boxes;
+
+static void on_mail(uv_async_t *a) {
+  mailbox_t *b = a->data;
+  pthread_mutex_lock(&b->lock);
+  mail_t *m = b->head;
+  b->head = b->tail = NULL;
+  b->n = 0;
+  pthread_mutex_unlock(&b->lock);
+  while (m) {
+    mail_t *next = m->next;
+    deliver_local(m->data, m->nl, m->data + m->nl, m->ml);
+    free(m);
+    m = next;
+  }
+}
+
+/* main thread, before the workers run */
+void lr_channel_attach(lr_worker_t *w, int n_workers) {
+  if (boxes == NULL) {
+    boxes = calloc((size_t)n_workers, sizeof *boxes);
+    if (boxes == NULL) return;
+    n_boxes = n_workers;
+    for (int i = 0; i < n_workers; i++) pthread_mutex_init(&boxes[i].lock, NULL);
+  }
+  mailbox_t *b = &boxes[w->id];
+  uv_async_init(&w->loop, &b->async, on_mail);
+  b->async.data = b;
+  uv_unref((uv_handle_t *)&b->async); /* mail never keeps a stopping worker alive */
+  b->attached = 1;
+}
+
+/* after the workers ended */
+void lr_channel_detach_all(void) {
+  for (int i = 0; i < n_boxes; i++) {
+    mail_t *m = boxes[i].head;
+    while (m) {
+      mail_t *next = m->next;
+      free(m);
+      m = next;
+    }
+    pthread_mutex_destroy(&boxes[i].lock);
+  }
+  free(boxes);
+  boxes = NULL;
+  n_boxes = 0;
+}
+
+static void post_to_others(int self, const char *name, size_t nl, const char *msg, size_t ml) {
+  for (int i = 0; i < n_boxes; i++) {
+    mailbox_t *b = &boxes[i];
+    if (i == self || !b->attached) continue;
+    mail_t *m = malloc(sizeof *m + nl + ml);
+    if (m == NULL) return;
+    m->next = NULL;
+    m->nl = nl;
+    m->ml = ml;
+    memcpy(m->data, name, nl);
+    memcpy(m->data + nl, msg, ml);
+    pthread_mutex_lock(&b->lock);
+    if (b->n >= MAILBOX_MAX) {
+      b->dropped++;
+      free(m);
+      m = NULL;
+    } else {
+      if (b->tail)
+        b->tail->next = m;
+      else
+        b->head = m;
+      b->tail = m;
+      b->n++;
+    }
+    pthread_mutex_unlock(&b->lock);
+    if (m) uv_async_send(&b->async);
+  }
+}
+
+/* core.ch_publish(name, msg) → subscribers reached in this worker; the
+ * other workers' subscribers get it from their own loops right after */
+static int l_publish(lua_State *L) {
+  size_t nl, ml;
+  const char *name = luaL_checklstring(L, 1, &nl);
+  const char *msg = luaL_checklstring(L, 2, &ml);
+  lr_app_t *app;
+  lua_getallocf(L, (void **)&app);
+  unsigned n = deliver_local(name, nl, msg, ml);
+  post_to_others(app->lw->w->id, name, nl, msg, ml);
   lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }

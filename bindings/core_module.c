@@ -94,5 +94,9 @@ int luaopen_lariat_core(lua_State *L) {
   lua_pop(L, 2);
   lua_pushstring(L, LR_VERSION);
   lua_setfield(L, -2, "version");
+  lr_app_t *app;
+  lua_getallocf(L, (void **)&app);
+  lua_pushinteger(L, app->lw->w->id);
+  lua_setfield(L, -2, "worker_id");
   return 1;
 }

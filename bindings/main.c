@@ -158,6 +158,7 @@ static int startup_failed(int n_ready, int *fds, const char *msg) {
   }
   free(slots);
   free(fds);
+  lr_channel_detach_all();
   return 2;
 }
 
@@ -186,6 +187,7 @@ int main(int argc, char **argv) {
     if (lr_worker_init(&ws->w, i, &cfg, &lr_lua_hooks, &ws->lw)) return startup_failed(i, fds, "cannot start a worker");
     ws->lw.w = &ws->w;
     ws->lw.cfg = &cfg;
+    lr_channel_attach(&ws->w, n_slots);
     lr_list_init(&ws->lw.ready);
     ws->lw.app = lr_app_load(&ws->lw, err, sizeof err);
     if (ws->lw.app == NULL) return startup_failed(i + 1, fds, err);
@@ -251,6 +253,7 @@ int main(int argc, char **argv) {
   free(slots);
   free(fds);
   lr_shared_free_all();
+  lr_channel_detach_all();
   if (cfg.pid_file) unlink(cfg.pid_file);
   lr_log(LR_LOG_INFO, "stopped");
   return 0;

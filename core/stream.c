@@ -45,7 +45,8 @@ lr_stream_t *lr__stream_new(lr_conn_t *c) {
 static void stream_free(lr_stream_t *s) {
   lr_worker_t *w = s->worker;
   lr_pool_clear(w, &s->pool);
-  if (w->n_free_streams < LR_MAX_FREE_STREAMS && s->body.cap <= 16384) {
+  static const unsigned max_free = LR_MAX_FREE_STREAMS;
+  if (w->n_free_streams < max_free && s->body.cap <= 16384) {
     s->body.len = 0;
     s->app_data = w->free_streams; /* the free list's link */
     w->free_streams = s;

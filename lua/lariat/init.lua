@@ -92,6 +92,11 @@ function lariat.shared(name, opts)
   return core_or_fail("lariat.shared").shared(name, opts)
 end
 
+-- worker_id() → this worker's number, 0 .. --workers - 1
+function lariat.worker_id()
+  return core_or_fail("lariat.worker_id").worker_id
+end
+
 function lariat.static(dir, opts)
   return require("lariat.static")(dir, opts)
 end
