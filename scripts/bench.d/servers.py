@@ -22,7 +22,9 @@ _running = []
 
 
 class Unsupported(Exception):
-    """lariat cannot run this row yet (not built, no h2c, no --tls): the cell says n/a."""
+    """A server cannot run this row (lariat not built or lacking a feature; the
+    reference configs of ../shared/anchors absent from this checkout's
+    surroundings, as on a CI clone): the cell says n/a."""
 
 
 class StartError(Exception):
@@ -63,6 +65,8 @@ def free_port():
 
 
 def _fill(template, words):
+    if not os.path.exists(template):
+        raise Unsupported("no reference config at %s (set LARIAT_ANCHORS)" % template)
     with open(template) as f:
         text = f.read()
     for k, v in words.items():
