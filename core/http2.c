@@ -20,6 +20,8 @@
  */
 #include <pthread.h>
 #include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -92,9 +94,110 @@ struct h2_conn_s {
   int32_t max_sid;      /* highest stream the client opened */
   int32_t closed[32];   /* recently closed streams, to tell "closed" from "never opened" */
   unsigned n_closed;
+  /* nghttp2's big blocks (its 16 KiB frame buffer, its 4 KiB stream map) on
+   * their own pages, so that an idle session can give them back (trim_idle) */
+  struct h2_big_s {
+    void *p;
+    size_t len;      /* mapped bytes, whole pages */
+    uint8_t dead_idle; /* the frame buffer: no content worth keeping when idle */
+  } big[4];
+  uint8_t in_new;    /* inside nghttp2_session_server_new3 */
+  uint8_t trimmed;   /* the big blocks were given back since the last frame */
 };
 
 #define H2(c) ((h2_conn_t *)(c)->proto_state)
+
+/* ---- memory: nghttp2 allocates through these ----
+ *
+ * nghttp2 1.52 gives every session a 16 KiB frame buffer and a 4 KiB stream
+ * map (256 buckets), both allocated at once and kept for the session's life:
+ * with malloc they made most of an idle connection's ~15 KiB. Blocks of
+ * BIG_BLOCK bytes or more get pages of their own (mmap: nothing is resident
+ * until touched), and once the connection is idle trim_idle() hands back the
+ * frame buffer's pages (what it held has been copied out already) and any page
+ * of another block that is all zeros (the empty stream map); the kernel maps
+ * a zero page again on the next touch. */
+#define BIG_BLOCK 4096
+
+static size_t page_size;
+
+static struct h2_big_s *big_find(h2_conn_t *h, void *p) {
+  for (size_t i = 0; i < sizeof h->big / sizeof h->big[0]; i++)
+    if (h->big[i].p == p) return &h->big[i];
+  return NULL;
+}
+
+static void *big_alloc(h2_conn_t *h, size_t n) {
+  struct h2_big_s *b = big_find(h, NULL);
+  if (b == NULL) return NULL;
+  size_t len = (n + page_size - 1) & ~(page_size - 1);
+  void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return NULL;
+  *b = (struct h2_big_s){p, len, 0};
+  return p;
+}
+
+static void *mem_malloc(size_t n, void *ud) {
+  void *p = n >= BIG_BLOCK ? big_alloc(ud, n) : NULL;
+  return p ? p : malloc(n);
+}
+
+static void *mem_calloc(size_t k, size_t n, void *ud) {
+  if (n && k > SIZE_MAX / n) return NULL;
+  void *p = k * n >= BIG_BLOCK ? big_alloc(ud, k * n) : NULL; /* fresh pages read as zeros */
+  return p ? p : calloc(k, n);
+}
+
+static void mem_free(void *p, void *ud) {
+  struct h2_big_s *b = p ? big_find(ud, p) : NULL;
+  if (b == NULL) {
+    free(p);
+    return;
+  }
+  munmap(b->p, b->len);
+  *b = (struct h2_big_s){0};
+}
+
+static void *mem_realloc(void *p, size_t n, void *ud) {
+  h2_conn_t *h = ud;
+  struct h2_big_s *b = p ? big_find(h, p) : NULL;
+  if (b == NULL) {
+    void *q = p == NULL && n >= BIG_BLOCK ? big_alloc(h, n) : NULL;
+    if (q == NULL) return realloc(p, n);
+    /* the frame buffer: the one big nghttp2_buf made while the session is created */
+    if (h->in_new && n > 16384) big_find(h, q)->dead_idle = 1;
+    return q;
+  }
+  if (n <= b->len) return p;
+  uint8_t dead_idle = b->dead_idle;
+  size_t old = b->len;
+  void *q = big_alloc(h, n);
+  if (q) big_find(h, q)->dead_idle = dead_idle;
+  else if ((q = malloc(n)) == NULL) return NULL;
+  memcpy(q, p, old);
+  mem_free(p, h);
+  return q;
+}
+
+/* the connection is idle: give the big blocks' pages back */
+static void trim_idle(h2_conn_t *h) {
+  if (h->trimmed) return;
+  h->trimmed = 1;
+  for (size_t i = 0; i < sizeof h->big / sizeof h->big[0]; i++) {
+    struct h2_big_s *b = &h->big[i];
+    if (b->p == NULL) continue;
+    if (b->dead_idle) {
+      madvise(b->p, b->len, MADV_DONTNEED);
+      continue;
+    }
+    for (size_t off = 0; off < b->len; off += page_size) {
+      const uint64_t *w = (const uint64_t *)((char *)b->p + off);
+      size_t k = 0, nw = page_size / sizeof *w;
+      while (k < nw && w[k] == 0) k++;
+      if (k == nw) madvise((char *)b->p + off, page_size, MADV_DONTNEED);
+    }
+  }
+}
 
 static void want_send(h2_conn_t *h) {
   h->c->flags |= LR_CF_NEED_RESUME;
@@ -775,8 +878,11 @@ static void fail(h2_conn_t *h, int rv) {
 /* produce frames (the deferred pass calls this once per loop phase) */
 static void h2_resume(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
+  int sent_all = 0;
+  h->trimmed = 0;
   for (int round = 0; round < 16 && !(c->flags & LR_CF_CLOSING); round++) {
     h->send_blocked = 0;
+    sent_all = 0;
     for (;;) {
       if (lr_conn_queued(c) > LR_OUT_HIGH) {
         h->send_blocked = 1; /* on_drain brings us back */
@@ -789,7 +895,10 @@ static void h2_resume(lr_conn_t *c) {
         lr_conn_close(c);
         return;
       }
-      if (n == 0) break;
+      if (n == 0) {
+        sent_all = 1;
+        break;
+      }
       lr_conn_write(c, d, (size_t)n);
     }
     if (h->maybe_drained) wake_writers(h);
@@ -805,6 +914,8 @@ static void h2_resume(lr_conn_t *c) {
     lr_conn_close_after_write(c);
   else if (h->goaway && h->n_streams == 0 && !nghttp2_session_want_write(h->ng))
     lr_conn_close_after_write(c);
+  else if (sent_all && h->n_streams == 0 && lr_list_empty(&h->pending) && !nghttp2_session_want_write(h->ng))
+    trim_idle(h);
 }
 
 /* ---- lr_proto_t ---- */
@@ -812,6 +923,7 @@ static void h2_resume(lr_conn_t *c) {
 static void h2_on_read(lr_conn_t *c, const char *data, size_t len) {
   h2_conn_t *h = H2(c);
   if (h->calm || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
+  h->trimmed = 0;
   h->in_recv = 1;
   ssize_t rv = nghttp2_session_mem_recv(h->ng, (const uint8_t *)data, len);
   h->in_recv = 0;
@@ -896,6 +1008,7 @@ static void init_once(void) {
   nghttp2_option_set_max_continuations(options, MAX_CONTINUATIONS);
   /* our own rapid-reset guard answers ENHANCE_YOUR_CALM first; nghttp2's is the backstop */
   nghttp2_option_set_stream_reset_rate_limit(options, 4 * (uint64_t)RST_BURST, 4 * (uint64_t)RST_RATE);
+  page_size = (size_t)sysconf(_SC_PAGESIZE);
 }
 
 static h2_conn_t *h2_new(lr_conn_t *c) {
@@ -909,7 +1022,11 @@ static h2_conn_t *h2_new(lr_conn_t *c) {
   h->rst_tokens = RST_BURST;
   h->noise_tokens = NOISE_BURST;
   h->bucket_ms = uv_now(&c->worker->loop);
-  if (nghttp2_session_server_new2(&h->ng, callbacks, h, options)) {
+  nghttp2_mem mem = {h, mem_malloc, mem_free, mem_calloc, mem_realloc};
+  h->in_new = 1;
+  int rv = nghttp2_session_server_new3(&h->ng, callbacks, h, options, &mem);
+  h->in_new = 0;
+  if (rv) {
     free(h);
     return NULL;
   }
