@@ -215,7 +215,7 @@ static void resume(lr_co_t *co, int nargs) {
   int nres = 0;
 again:
   co->wait = CO_WAIT_NONE;
-  if (co->stream) co->stream->wait = LR_WAIT_NONE;
+  if (co->stream && !co->ws) co->stream->wait = LR_WAIT_NONE; /* a WebSocket's stream waits for the ws */
   lw->running = co;
   __atomic_store_n(&lw->resume_ms, uv_now(&lw->w->loop), __ATOMIC_RELAXED);
   __atomic_store_n(&lw->running_L, co->L, __ATOMIC_RELEASE);
@@ -293,7 +293,7 @@ static void on_co_timer(uv_timer_t *t) {
 int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k) {
   co->wait = wait;
   co->timed_out = 0;
-  if (co->stream) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
+  if (co->stream && !co->ws) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
   if (timeout_ms) uv_timer_start(&co->timer, on_co_timer, timeout_ms, 0);
   return lua_yieldk(L, 0, 0, k);
 }
@@ -375,11 +375,19 @@ static void hook_start(lr_stream_t *s) {
 
 static void hook_wake(lr_stream_t *s) {
   lr_co_t *co = s->app_data;
+  if (co && co->ws) {
+    lr_ws_box_event(co->ws); /* an h2 stream carrying a WebSocket (RFC 8441) */
+    return;
+  }
   if (co) lr_co_wake(co);
 }
 
 static void hook_conn_gone(lr_stream_t *s) {
   lr_co_t *co = s->app_data;
+  if (co && co->ws) {
+    lr_ws_box_event(co->ws);
+    return;
+  }
   if (co && (co->wait == CO_WAIT_BODY || co->wait == CO_WAIT_DRAIN)) lr_co_wake(co);
 }
 

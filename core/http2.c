@@ -293,7 +293,8 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
   h2_stream_t *st = src->ptr;
   lr_conn_t *c = h->c;
   size_t pad = frame->data.padlen;
-  char *d = lr_conn_reserve(c, 10 + (length <= 1024 ? length : 0));
+  size_t cap = 10 + (length <= 1024 ? length : 0);
+  char *d = lr_conn_reserve(c, cap);
   if (d == NULL) return NGHTTP2_ERR_CALLBACK_FAILURE;
   memcpy(d, framehd, 9);
   size_t used = 9;
@@ -301,7 +302,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
   while (length) {
     h2_chunk_t *k = st->head;
     size_t n = k->len < length ? k->len : length;
-    if (used && n <= 1024 && k->release == NULL) {
+    if (used && used + n <= cap && k->release == NULL) { /* (a small piece of a big frame doesn't fit) */
       /* small pieces are copied right after the frame header */
       memcpy(d + used, k->data, n);
       used += n;

@@ -205,3 +205,15 @@ def test_plain_connect_without_protocol_is_not_a_websocket(server):
         sock.sendall(conn.data_to_send())
     assert status == 426
     sock.close()
+
+
+def test_send_waits_for_the_stream_window(server):
+    """ws:send over h2 yields on the stream's back-pressure; nothing is lost"""
+    with H2WS(server.port, "/big") as ws:
+        total = 0
+        while True:
+            fin, rsv, op, data = ws.read_frame()
+            if data == b"end":
+                break
+            total += len(data)
+        assert total == 64 * 64 * 1024
