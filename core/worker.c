@@ -39,7 +39,13 @@ static void run_deferred(lr_worker_t *w) {
   }
 }
 
-static void on_prepare(uv_prepare_t *h) { run_deferred(h->data); }
+static void on_prepare(uv_prepare_t *h) {
+  lr_worker_t *w = h->data;
+  run_deferred(w);
+  /* stopping and nothing left that keeps the loop alive: leave now instead of
+   * sleeping in poll until the (unreferenced) timeout tick */
+  if (w->stopping && !uv_loop_alive(&w->loop)) uv_stop(&w->loop);
+}
 static void on_check(uv_check_t *h) { run_deferred(h->data); }
 
 /* ---- timeouts ---- */
