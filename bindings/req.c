@@ -613,6 +613,16 @@ static uint64_t timeout_arg(lua_State *L, int idx, const lr_config_t *cfg) {
   return cfg->body_timeout_ms;
 }
 
+/* the body can't be read any more: it was too large, or the client left */
+static int body_gone(lua_State *L, lr_req_t *r) {
+  if (r->s && (r->s->flags & LR_SF_BODY_TOO_BIG)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "too large");
+    return 2;
+  }
+  return lr_req_closed(L, r);
+}
+
 static int read_body_k(lua_State *L, int status, lua_KContext ctx);
 
 static int read_body_step(lua_State *L, lr_co_t *co) {
@@ -646,12 +656,7 @@ static int read_body_step(lua_State *L, lr_co_t *co) {
   if (co == NULL || !lua_isyieldable(L)) return luaL_error(L, "req:read_body: can't wait outside a request coroutine");
   return lr_co_yield(L, co, CO_WAIT_BODY, timeout_arg(L, 2, co->app->lw->cfg), read_body_k);
 closed:
-  if (s && (s->flags & LR_SF_BODY_TOO_BIG)) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "too large");
-    return 2;
-  }
-  return lr_req_closed(L, r);
+  return body_gone(L, r);
 }
 
 static int read_body_k(lua_State *L, int status, lua_KContext ctx) {
@@ -710,12 +715,7 @@ static int body_step(lua_State *L) {
   lua_pop(L, 1);
   return 1;
 closed:
-  if (s && (s->flags & LR_SF_BODY_TOO_BIG)) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "too large");
-    return 2;
-  }
-  return lr_req_closed(L, r);
+  return body_gone(L, r);
 }
 
 static int body_k(lua_State *L, int status, lua_KContext ctx) {

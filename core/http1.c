@@ -361,22 +361,6 @@ static char *put_status_line(char *d, int status) {
   return put(d, "\r\n", 2);
 }
 
-static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
-
-/* only tokens in names and no CR/LF/NUL in values: never let a handler split a response */
-static int header_ok(const lr_header_t *hd) {
-  if (hd->name.len == 0) return 0;
-  for (size_t i = 0; i < hd->name.len; i++) {
-    unsigned char ch = (unsigned char)hd->name.base[i];
-    if (ch <= ' ' || ch >= 127 || ch == ':') return 0;
-  }
-  for (size_t i = 0; i < hd->value.len; i++) {
-    unsigned char ch = (unsigned char)hd->value.base[i];
-    if (ch == '\r' || ch == '\n' || ch == 0) return 0;
-  }
-  return 1;
-}
-
 static void response_complete(h1_conn_t *h, lr_stream_t *s);
 
 static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_t n, const char *body, size_t len,
@@ -384,7 +368,7 @@ static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_
   h1_conn_t *h = H1(s->conn);
   lr_conn_t *c = &h->base;
   lr_worker_t *w = c->worker;
-  int has_body = status_has_body(status);
+  int has_body = lr_status_has_body(status);
   int head_only = (s->flags & LR_SF_HEAD) || !has_body;
   if (!h->keepalive || h->requests >= w->cfg->max_keepalive || c->worker->stopping) h->closing = 1;
   /* a body the client was told to wait for and never sent can't be skipped */
@@ -406,7 +390,7 @@ static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_
   int has_server = 0;
   for (size_t i = 0; i < n; i++) {
     const lr_header_t *hd = &hs[i];
-    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !header_ok(hd)) {
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !lr_header_valid(hd)) {
       /* the handler can't write connection headers, but can ask to close */
       if (hd->name.len == 10 && strncasecmp(hd->name.base, "connection", 10) == 0 &&
           has_token(hd->value.base, hd->value.len, "close"))
@@ -460,8 +444,8 @@ static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_
 static int h1_send_data(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg, int fin) {
   h1_conn_t *h = H1(s->conn);
   lr_conn_t *c = &h->base;
-  int chunked = s->version == 11 && status_has_body(s->status);
-  int drop = (s->flags & LR_SF_HEAD) || !status_has_body(s->status);
+  int chunked = s->version == 11 && lr_status_has_body(s->status);
+  int drop = (s->flags & LR_SF_HEAD) || !lr_status_has_body(s->status);
   if (len && !drop) {
     if (chunked) {
       char sz[24];
@@ -487,14 +471,14 @@ static int h1_send_data(lr_stream_t *s, const char *data, size_t len, lr_release
 static int h1_send_trailers(lr_stream_t *s, const lr_header_t *hs, size_t n) {
   h1_conn_t *h = H1(s->conn);
   lr_conn_t *c = &h->base;
-  int chunked = s->version == 11 && status_has_body(s->status) && !(s->flags & LR_SF_HEAD);
+  int chunked = s->version == 11 && lr_status_has_body(s->status) && !(s->flags & LR_SF_HEAD);
   if (chunked) {
     lr_conn_write(c, "0\r\n", 3);
     /* RFC 9110 §6.5: only to a client that said it accepts them */
     if (s->flags & LR_SF_TE_TRAILERS) {
       for (size_t i = 0; i < n; i++) {
         const lr_header_t *hd = &hs[i];
-        if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !header_ok(hd)) continue;
+        if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !lr_header_valid(hd)) continue;
         char *d0 = lr_conn_reserve(c, hd->name.len + hd->value.len + 4), *d = d0;
         if (d == NULL) break;
         for (size_t k = 0; k < hd->name.len; k++) {
@@ -711,7 +695,7 @@ int lr_http1_switch(lr_stream_t *s, const lr_header_t *hs, size_t n, const lr_pr
   if (d == NULL) return UV_ENOMEM;
   d = put(d, "HTTP/1.1 101 Switching Protocols\r\n", 34);
   for (size_t i = 0; i < n; i++) {
-    if (!header_ok(&hs[i])) continue;
+    if (!lr_header_valid(&hs[i])) continue;
     d = put(d, hs[i].name.base, hs[i].name.len);
     d = put(d, ": ", 2);
     d = put(d, hs[i].value.base, hs[i].value.len);

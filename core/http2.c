@@ -591,21 +591,6 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
 
 /* ---- responses ---- */
 
-static int status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
-
-static int field_ok(const lr_header_t *hd) {
-  if (hd->name.len == 0) return 0;
-  for (size_t i = 0; i < hd->name.len; i++) {
-    unsigned char ch = (unsigned char)hd->name.base[i];
-    if (ch <= ' ' || ch >= 127 || ch == ':') return 0;
-  }
-  for (size_t i = 0; i < hd->value.len; i++) {
-    unsigned char ch = (unsigned char)hd->value.base[i];
-    if (ch == '\r' || ch == '\n' || ch == 0) return 0;
-  }
-  return 1;
-}
-
 #define NV(n, v, vl) ((nghttp2_nv){(uint8_t *)(n), (uint8_t *)(v), sizeof(n) - 1, (vl), NGHTTP2_NV_FLAG_NONE})
 
 /* handler fields as an nghttp2_nv array: names lowercased into buf (one
@@ -619,7 +604,7 @@ static int build_fields(const lr_header_t *hs, size_t n, nghttp2_nv *nv, size_t 
   size_t k = off;
   for (size_t i = 0; i < n; i++) {
     const lr_header_t *hd = &hs[i];
-    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !field_ok(hd)) continue;
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !lr_header_valid(hd)) continue;
     /* RFC 9113 §8.2.2: te is the only connection-ish field allowed, and only "trailers" */
     if (hd->name.len == 2 && strncasecmp(hd->name.base, "te", 2) == 0) continue;
     for (size_t j = 0; j < hd->name.len; j++) {
@@ -682,7 +667,7 @@ static void resume_provider(h2_stream_t *st) {
 static int h2_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_t n, const char *body, size_t len,
                         lr_release_cb release, void *arg, int fin) {
   h2_stream_t *st = s->proto_data;
-  int has_body = status_has_body(status);
+  int has_body = lr_status_has_body(status);
   st->drop = (s->flags & LR_SF_HEAD) || !has_body;
   int64_t clen = fin && has_body ? (int64_t)len : -1;
   int provider = !fin || (!st->drop && len > 0);
@@ -729,7 +714,7 @@ static int h2_send_trailers(lr_stream_t *s, const lr_header_t *hs, size_t n) {
     size_t k = 0;
     for (size_t i = 0; i < n; i++) {
       const lr_header_t *hd = &hs[i];
-      if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !field_ok(hd)) continue;
+      if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !lr_header_valid(hd)) continue;
       char *nm = d;
       for (size_t j = 0; j < hd->name.len; j++) {
         char ch = hd->name.base[j];

@@ -266,6 +266,23 @@ const char *lr_status_reason(int status) {
   }
 }
 
+int lr_status_has_body(int status) { return !(status < 200 || status == 204 || status == 304); }
+
+/* only tokens in names and no CR/LF/NUL in values: a handler can never split
+ * a response or smuggle a field, whatever the protocol */
+int lr_header_valid(const lr_header_t *hd) {
+  if (hd->name.len == 0) return 0;
+  for (size_t i = 0; i < hd->name.len; i++) {
+    unsigned char ch = (unsigned char)hd->name.base[i];
+    if (ch <= ' ' || ch >= 127 || ch == ':') return 0;
+  }
+  for (size_t i = 0; i < hd->value.len; i++) {
+    unsigned char ch = (unsigned char)hd->value.base[i];
+    if (ch == '\r' || ch == '\n' || ch == 0) return 0;
+  }
+  return 1;
+}
+
 /* headers the core owns: a handler can neither set nor see them */
 int lr_header_is_hop_by_hop(const char *name, size_t len) {
   switch (len) {
