@@ -288,17 +288,9 @@ static size_t header_list(lr_stream_t *s, const char *name, char *buf, size_t ca
   return len;
 }
 
+/* subprotocol tokens are case-sensitive (RFC 6455 §4.1) */
 static int has_item(const char *list, size_t len, const char *tok, size_t tl) {
-  size_t i = 0;
-  while (i < len) {
-    while (i < len && (list[i] == ' ' || list[i] == '\t' || list[i] == ',')) i++;
-    size_t st = i;
-    while (i < len && list[i] != ',') i++;
-    size_t e = i;
-    while (e > st && (list[e - 1] == ' ' || list[e - 1] == '\t')) e--;
-    if (e - st == tl && memcmp(list + st, tok, tl) == 0) return 1;
-  }
-  return 0;
+  return lr_token_in_list(list, len, tok, tl, 0);
 }
 
 static lua_Number opt_num(lua_State *L, int t, const char *k, lua_Number def) {

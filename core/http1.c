@@ -133,18 +133,7 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
 static int eq(const lr_str_t *a, const char *lit, size_t n) { return a->len == n && memcmp(a->base, lit, n) == 0; }
 
 /* does a comma-separated list contain token (case-insensitive)? */
-static int has_token(const char *v, size_t len, const char *tok) {
-  size_t tl = strlen(tok), i = 0;
-  while (i < len) {
-    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
-    size_t st = i;
-    while (i < len && v[i] != ',') i++;
-    size_t e = i;
-    while (e > st && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
-    if (e - st == tl && strncasecmp(v + st, tok, tl) == 0) return 1;
-  }
-  return 0;
-}
+static int has_token(const char *v, size_t len, const char *tok) { return lr_token_in_list(v, len, tok, strlen(tok), 1); }
 
 /* RFC 9112 §6.1/§6.3: chunked must be the final coding (else 400); we decode
  * no other coding, so any before it is "not implemented" (501) */

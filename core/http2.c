@@ -465,18 +465,8 @@ static int on_invalid_header(nghttp2_session *ng, const nghttp2_frame *frame, co
   return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
 }
 
-static int has_token(const char *v, size_t len, const char *tok) {
-  size_t tl = strlen(tok), i = 0;
-  while (i < len) {
-    while (i < len && (v[i] == ' ' || v[i] == '\t' || v[i] == ',')) i++;
-    size_t st = i;
-    while (i < len && v[i] != ',') i++;
-    size_t e = i;
-    while (e > st && (v[e - 1] == ' ' || v[e - 1] == '\t')) e--;
-    if (e - st == tl && strncasecmp(v + st, tok, tl) == 0) return 1;
-  }
-  return 0;
-}
+/* does a comma-separated list contain token (case-insensitive)? */
+static int has_token(const char *v, size_t len, const char *tok) { return lr_token_in_list(v, len, tok, strlen(tok), 1); }
 
 /* the request head is complete: fill in what the handler sees */
 static void head_done(h2_conn_t *h, h2_stream_t *st, int end_stream) {

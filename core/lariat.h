@@ -435,6 +435,7 @@ void lr__tls_free(lr_conn_t *c);
 const char *lr_status_reason(int status);
 int lr_header_is_hop_by_hop(const char *name, size_t len);
 int lr_header_valid(const lr_header_t *hd);
+int lr_token_in_list(const char *list, size_t len, const char *tok, size_t tl, int nocase);
 int lr_status_has_body(int status);
 lr_stream_t *lr__stream_new(lr_conn_t *c);
 void lr__streams_free_all(struct lr_worker_s *w);

@@ -283,6 +283,20 @@ int lr_header_valid(const lr_header_t *hd) {
   return 1;
 }
 
+/* is tok an element of a comma-separated field value (RFC 9110 §5.6.1)? */
+int lr_token_in_list(const char *list, size_t len, const char *tok, size_t tl, int nocase) {
+  size_t i = 0;
+  while (i < len) {
+    while (i < len && (list[i] == ' ' || list[i] == '\t' || list[i] == ',')) i++;
+    size_t st = i;
+    while (i < len && list[i] != ',') i++;
+    size_t e = i;
+    while (e > st && (list[e - 1] == ' ' || list[e - 1] == '\t')) e--;
+    if (e - st == tl && (nocase ? strncasecmp(list + st, tok, tl) : memcmp(list + st, tok, tl)) == 0) return 1;
+  }
+  return 0;
+}
+
 /* headers the core owns: a handler can neither set nor see them */
 int lr_header_is_hop_by_hop(const char *name, size_t len) {
   switch (len) {
