@@ -933,6 +933,10 @@ static void h2_on_shutdown(lr_conn_t *c) {
   h->goaway = 1;
   nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR,
                         NULL, 0);
+  for (lr_link_t *l = h->streams.next; l != &h->streams; l = l->next) {
+    h2_stream_t *st = LR_CONTAINER_OF(l, h2_stream_t, all);
+    if (st->s && st->s->ws) lr_ws_going_away(st->s->ws);
+  }
   want_send(h);
 }
 

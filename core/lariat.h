@@ -207,6 +207,7 @@ struct lr_stream_s {
   uint64_t bytes_sent;
   /* application */
   void *app_data;   /* owned by bindings/ */
+  struct lr_ws_s *ws; /* h2: the WebSocket this CONNECT stream carries (RFC 8441), set by websocket.c */
   int wait;         /* enum lr_wait, set by the app before it yields */
   uint64_t start_ms;
   lr_link_t link; /* protocol-private list membership */
@@ -481,6 +482,7 @@ int lr_ws_can_send(lr_ws_t *ws); /* open, and no close frame sent yet */
 void lr_ws_app_release(lr_ws_t *ws);
 /* h2 (RFC 8441): the stream carrying ws has news; the app's wake/conn_gone hooks call this */
 void lr_ws_stream_event(lr_ws_t *ws);
+void lr_ws_going_away(lr_ws_t *ws); /* the server stops: close with 1001 */
 
 /* HTTP/1.1 Upgrade (RFC 9110 §7.8): write 101 with h, hand the connection to
  * proto/state; bytes that came after the request are moved into *rest */

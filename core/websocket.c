@@ -603,6 +603,7 @@ static void ws_gone(lr_ws_t *ws) {
   ws->events |= LR_WS_EV_CLOSED;
   ws->up = 0;
   ws->conn = NULL;
+  if (ws->h2s) ws->h2s->ws = NULL;
   ws->h2s = NULL; /* h2 releases its own side of the stream */
   uv_close((uv_handle_t *)&ws->timer, on_timer_closed);
   lr_stream_t *s = ws->stream;
@@ -629,6 +630,12 @@ static void ws_on_shutdown(lr_conn_t *c) {
 }
 
 static void ws_on_timeout(lr_conn_t *c) { lr_conn_close(c); }
+
+/* h2 (RFC 8441): the connection is going away with GOAWAY; each WebSocket on
+ * it says 1001 like an HTTP/1.1 one, then waits briefly for the reply. The
+ * handler hears of it with the reply (or the timeout): the caller walks its
+ * streams, so no handler may run from here. */
+void lr_ws_going_away(lr_ws_t *ws) { lr_ws_close(ws, 1001, "server shutting down", 20); }
 
 static void on_timer(uv_timer_t *t) {
   lr_ws_t *ws = t->data;
@@ -794,6 +801,7 @@ lr_ws_t *lr_ws_accept(lr_stream_t *s, const lr_header_t *extra, size_t n, const 
       return NULL;
     }
     ws->h2s = s;
+    s->ws = ws;
     s->wait = LR_WAIT_BODY;
   } else {
     if (lr_http1_switch(s, extra, n, &ws_proto, ws, &ws->pending) != 0) {

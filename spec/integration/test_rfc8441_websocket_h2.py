@@ -3,6 +3,8 @@ extended CONNECT with :protocol websocket, then RFC 6455 frames in DATA
 frames of that stream, with the same handlers as over HTTP/1.1. The HTTP/2
 side is python h2 over h2c (prior knowledge); the frames are raw."""
 
+import os
+import signal
 import socket
 import struct
 import zlib
@@ -13,7 +15,7 @@ import h2.events
 import h2.settings
 import pytest
 
-from conftest import module_server
+from conftest import LariatServer, app_path, module_server
 from wsclient import close_payload, frame
 
 server = module_server("ws.lua", "--workers", "1")
@@ -217,3 +219,26 @@ def test_send_waits_for_the_stream_window(server):
                 break
             total += len(data)
         assert total == 64 * 64 * 1024
+
+
+def test_sigterm_closes_a_websocket_over_h2_with_1001():
+    """Stopping the server: GOAWAY for the connection and, like on HTTP/1.1
+    (RFC 6455 §7.4.1 1001 "going away"), a close frame on each WebSocket stream."""
+    srv = LariatServer(app_path("ws.lua"), "--workers", "1").start()
+    try:
+        with H2WS(srv.port, "/echo") as ws:
+            assert ws.status == 200
+            os.kill(srv.pid, signal.SIGTERM)
+            # python-h2 refuses frames after a GOAWAY, so read the rest raw: the
+            # close frame (1001 and its reason) travels in a DATA frame after it
+            raw = b""
+            ws.sock.settimeout(5)
+            while b"\x03\xe9server shutting down" not in raw:
+                chunk = ws.sock.recv(65536)
+                if not chunk:
+                    break
+                raw += chunk
+            assert b"\x03\xe9server shutting down" in raw
+        assert srv.proc.wait(5) == 0
+    finally:
+        srv.stop()
