@@ -196,6 +196,30 @@ static void on_write(uv_write_t *req, int status) {
 
 #define LR_IOV_MAX 512
 
+/* rare: more than LR_IOV_MAX pieces were pending when the kernel filled up;
+ * the ones past the first uv_write batch (from index n) move to the (empty)
+ * out queue and leave after it */
+static void requeue_tail(lr_conn_t *c, unsigned n) {
+  lr_outq_t rest = {0};
+  for (unsigned i = n; i < c->inflight.n; i++) {
+    lr_seg_t s = c->inflight.segs[i];
+    if (s.ext == NULL) {
+      char *d = outq_reserve(&rest, s.len);
+      if (d) {
+        memcpy(d, c->inflight.bytes.base + s.off, s.len);
+        outq_commit(&rest, s.len);
+      }
+    } else if (outq_seg(&rest) == 0) {
+      rest.segs[rest.n++] = s;
+      rest.total += s.len;
+    }
+    c->inflight.total -= s.len;
+  }
+  c->inflight.n = n;
+  outq_free(&c->out);
+  c->out = rest;
+}
+
 /* TLS: the plaintext queued by the protocol becomes records, in place */
 static void tls_seal(lr_conn_t *c) {
   lr_outq_t *q = &c->out;
@@ -254,30 +278,7 @@ void lr__conn_flush(lr_conn_t *c) {
         return;
       }
       c->flags |= LR_CF_WRITING;
-      /* segments beyond the first write batch go back to the front of out */
-      if (c->inflight.n > n) {
-        /* rare: more than LR_IOV_MAX pieces pending; keep it simple by writing
-         * them after this batch completes */
-        lr_outq_t rest = {0};
-        for (unsigned i = n; i < c->inflight.n; i++) {
-          lr_seg_t s = c->inflight.segs[i];
-          if (s.ext == NULL) {
-            char *d = outq_reserve(&rest, s.len);
-            if (d) {
-              memcpy(d, c->inflight.bytes.base + s.off, s.len);
-              outq_commit(&rest, s.len);
-            }
-          } else if (outq_seg(&rest) == 0) {
-            rest.segs[rest.n++] = s;
-            rest.total += s.len;
-          }
-          c->inflight.total -= s.len;
-        }
-        c->inflight.n = n;
-        /* prepend rest before whatever out holds (it is empty: out was swapped) */
-        outq_free(&c->out);
-        c->out = rest;
-      }
+      if (c->inflight.n > n) requeue_tail(c, n);
       return;
     }
   }
