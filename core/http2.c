@@ -92,8 +92,16 @@ struct h2_conn_s {
   double rst_tokens, noise_tokens;
   uint64_t bucket_ms;
   int32_t max_sid;      /* highest stream the client opened */
-  int32_t closed[32];   /* recently closed streams, to tell "closed" from "never opened" */
+  /* recently closed client streams (nghttp2 keeps none: no_closed_streams), to
+   * tell "closed" from "never opened"; CLOSED_IGNORE marks those whose frames
+   * may still be in flight (see closed_find) */
+  uint32_t closed[32];
   unsigned n_closed;
+  /* where the input is in the frame sequence (recv_frames) */
+  uint32_t rx_left;     /* payload bytes of the current frame still to come */
+  uint8_t rx_preface;   /* bytes of the client preface still to come */
+  uint8_t rx_hlen;      /* bytes of the next frame header in rx_hd */
+  uint8_t rx_hd[9];
   /* nghttp2's big blocks (its 16 KiB frame buffer, its 4 KiB stream map) on
    * their own pages, so that an idle session can give them back (trim_idle) */
   struct h2_big_s {
@@ -103,6 +111,8 @@ struct h2_conn_s {
   } big[4];
   uint8_t in_new;    /* inside nghttp2_session_server_new3 */
   uint8_t trimmed;   /* the big blocks were given back since the last frame */
+  uint8_t trim_due;  /* idle, not trimmed yet: the LR_TO_HEADER timeout does it (idle_now) */
+  uint64_t trim_ms;  /* when trim_idle last ran */
 };
 
 #define H2(c) ((h2_conn_t *)(c)->proto_state)
@@ -197,6 +207,27 @@ static void trim_idle(h2_conn_t *h) {
       if (k == nw) madvise((char *)b->p + off, page_size, MADV_DONTNEED);
     }
   }
+}
+
+/* Between a client's requests a busy connection is idle for moments: giving
+ * the pages back each time, and faulting them in again with the next frame,
+ * cost ~15% of h2c hello throughput. So a connection trims at most once per
+ * TRIM_GAP_MS; an idle moment within that only arms the LR_TO_HEADER timeout
+ * (which HTTP/2 has no other use for), and the trim waits for it. */
+#define TRIM_GAP_MS 1000
+
+static void idle_now(h2_conn_t *h) {
+  if (h->trimmed) return;
+  lr_conn_t *c = h->c;
+  const lr_worker_t *w = c->worker;
+  uint64_t now = uv_now(&w->loop);
+  if (h->trim_ms && now - h->trim_ms < TRIM_GAP_MS && w->timeout_ms[LR_TO_HEADER] < w->timeout_ms[LR_TO_IDLE]) {
+    h->trim_due = 1;
+    lr_conn_set_timeout(c, LR_TO_HEADER);
+    return;
+  }
+  trim_idle(h);
+  h->trim_ms = now;
 }
 
 static void want_send(h2_conn_t *h) {
@@ -358,6 +389,85 @@ static int calm_down(h2_conn_t *h, const char *why) {
   return NGHTTP2_ERR_CALLBACK_FAILURE;
 }
 
+/* ---- closed streams ----
+ *
+ * With no_closed_streams nghttp2 forgets a stream as soon as it closes (it
+ * would otherwise keep up to 100 closed streams per connection for the RFC 7540
+ * priority tree: ~4 KiB of an idle connection) and then ignores every frame
+ * on it. RFC 9113 asks for more, so we keep the ids of the last few closed
+ * client streams:
+ * - frames on a stream that the peer had finished (END_STREAM) are errors,
+ *   §5.1: DATA a stream error STREAM_CLOSED (§6.1), HEADERS a connection error;
+ * - frames on a stream closed by RST_STREAM, ours (§5.4.2: in flight, "MUST
+ *   ignore") or the peer's, are ignored, as nghttp2 does. */
+#define CLOSED_IGNORE 0x80000000u
+#define CLOSED_N (sizeof ((h2_conn_t *)0)->closed / sizeof(uint32_t))
+enum { CLOSED_UNKNOWN, CLOSED_DONE, CLOSED_IN_FLIGHT };
+
+static int closed_find(const h2_conn_t *h, int32_t id) {
+  for (unsigned i = 0; i < CLOSED_N; i++)
+    if ((h->closed[i] & ~CLOSED_IGNORE) == (uint32_t)id)
+      return h->closed[i] & CLOSED_IGNORE ? CLOSED_IN_FLIGHT : CLOSED_DONE;
+  return CLOSED_UNKNOWN;
+}
+
+static void closed_add(h2_conn_t *h, int32_t id, int in_flight) {
+  if (!(id & 1) || closed_find(h, id) != CLOSED_UNKNOWN) return;
+  h->closed[h->n_closed++ % CLOSED_N] = (uint32_t)id | (in_flight ? CLOSED_IGNORE : 0);
+}
+
+/* a DATA frame's header, before nghttp2 sees it (it never calls
+ * on_begin_frame for DATA it is going to ignore) */
+static int data_begins(h2_conn_t *h, int32_t id) {
+  nghttp2_session *ng = h->ng;
+  /* idle streams (nghttp2: PROTOCOL_ERROR), streams it never took (after
+   * GOAWAY, refused), open ones: nghttp2's */
+  if (!(id & 1) || id > nghttp2_session_get_last_proc_stream_id(ng) || nghttp2_session_find_stream(ng, id) ||
+      !nghttp2_session_want_read(ng) || closed_find(h, id) == CLOSED_IN_FLIGHT)
+    return 0;
+  if (token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE)) return calm_down(h, "frames on closed streams");
+  if (nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_STREAM_CLOSED)) return NGHTTP2_ERR_CALLBACK_FAILURE;
+  closed_add(h, id, 1); /* answered once: what follows it is in flight */
+  return 0;
+}
+
+/* nghttp2_session_mem_recv, stopping at each DATA frame header to look at it
+ * with the frames before it handled */
+static ssize_t recv_frames(h2_conn_t *h, const uint8_t *p, size_t len) {
+  size_t i = 0, fed = 0;
+  ssize_t rv;
+  while (i < len) {
+    if (h->rx_preface) {
+      size_t n = len - i < h->rx_preface ? len - i : h->rx_preface;
+      h->rx_preface -= (uint8_t)n;
+      i += n;
+      continue;
+    }
+    if (h->rx_left) {
+      size_t n = len - i < h->rx_left ? len - i : h->rx_left;
+      h->rx_left -= (uint32_t)n;
+      i += n;
+      continue;
+    }
+    size_t start = i;
+    while (i < len && h->rx_hlen < 9) h->rx_hd[h->rx_hlen++] = p[i++];
+    if (h->rx_hlen < 9) break;
+    const uint8_t *hd = h->rx_hd;
+    h->rx_hlen = 0;
+    h->rx_left = (uint32_t)hd[0] << 16 | (uint32_t)hd[1] << 8 | hd[2];
+    if (hd[3] != NGHTTP2_DATA) continue;
+    if (start > fed) {
+      rv = nghttp2_session_mem_recv(h->ng, p + fed, start - fed);
+      if (rv < 0) return rv;
+      fed = start;
+    }
+    int32_t id = (int32_t)(((uint32_t)hd[5] & 0x7f) << 24 | (uint32_t)hd[6] << 16 | (uint32_t)hd[7] << 8 | hd[8]);
+    if ((rv = data_begins(h, id)) != 0) return rv;
+  }
+  if (len > fed && (rv = nghttp2_session_mem_recv(h->ng, p + fed, len - fed)) < 0) return rv;
+  return (ssize_t)len;
+}
+
 /* flood accounting happens before the payload is read */
 static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void *ud) {
   (void)ng;
@@ -381,8 +491,8 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       /* RFC 9113 §5.1.1: new streams must be numbered above every earlier one;
        * nghttp2 can't tell a skipped (implicitly closed) id from a new one */
       if ((hd->stream_id & 1) && hd->stream_id <= h->max_sid && nghttp2_session_find_stream(ng, hd->stream_id) == NULL) {
-        int closed = 0;
-        for (unsigned i = 0; i < sizeof h->closed / sizeof h->closed[0]; i++) closed |= h->closed[i] == hd->stream_id;
+        int closed = closed_find(h, hd->stream_id);
+        if (closed == CLOSED_IN_FLIGHT) return 0; /* nghttp2 ignores it, and still decodes its header block */
         nghttp2_session_terminate_session(ng, closed ? NGHTTP2_STREAM_CLOSED : NGHTTP2_PROTOCOL_ERROR);
         h->calm = 1; /* terminated: no more input */
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -560,7 +670,8 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
 static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void *ud) {
   (void)code;
   h2_conn_t *h = ud;
-  if (id & 1) h->closed[h->n_closed++ % (sizeof h->closed / sizeof h->closed[0])] = id;
+  /* not finished by the peer: reset, by it or by us (RST_STREAM is recorded as sent, in on_frame_send) */
+  closed_add(h, id, nghttp2_session_get_stream_remote_close(ng, id) != 1);
   h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
   if (st == NULL) return 0;
   st->closed = 1;
@@ -569,7 +680,8 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 }
 
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
-  (void)ud;
+  /* §5.4.2: what the peer sent before it saw this is ignored, the stream's state whatever it was */
+  if (frame->hd.type == NGHTTP2_RST_STREAM) closed_add(ud, frame->hd.stream_id, 1);
   if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
       !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
     return 0;
@@ -823,7 +935,10 @@ static void run_pending(h2_conn_t *h) {
       app->wake(s);
     }
   }
-  if (!(c->flags & LR_CF_CLOSING)) lr_conn_set_timeout(c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
+  if (!(c->flags & LR_CF_CLOSING)) {
+    h->trim_due = 0;
+    lr_conn_set_timeout(c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
+  }
 }
 
 /* handlers waiting in req:write() whose stream's output went out */
@@ -891,7 +1006,7 @@ static void h2_resume(lr_conn_t *c) {
   else if (h->goaway && h->n_streams == 0 && !nghttp2_session_want_write(h->ng))
     lr_conn_close_after_write(c);
   else if (sent_all && h->n_streams == 0 && lr_list_empty(&h->pending) && !nghttp2_session_want_write(h->ng))
-    trim_idle(h);
+    idle_now(h);
 }
 
 /* ---- lr_proto_t ---- */
@@ -901,7 +1016,7 @@ static void h2_on_read(lr_conn_t *c, const char *data, size_t len) {
   if (h->calm || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
   h->trimmed = 0;
   h->in_recv = 1;
-  ssize_t rv = nghttp2_session_mem_recv(h->ng, (const uint8_t *)data, len);
+  ssize_t rv = recv_frames(h, (const uint8_t *)data, len);
   h->in_recv = 0;
   if (rv < 0) {
     fail(h, (int)rv);
@@ -923,6 +1038,13 @@ static void h2_on_drain(lr_conn_t *c) {
 static void h2_on_timeout(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
   if (h->n_streams) return;
+  if (h->trim_due) { /* idle since idle_now: the idle timeout runs from here */
+    h->trim_due = 0;
+    trim_idle(h);
+    h->trim_ms = uv_now(&c->worker->loop);
+    lr_conn_set_timeout(c, LR_TO_IDLE);
+    return;
+  }
   nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
   want_send(h);
   lr_conn_close_after_write(c);
@@ -986,6 +1108,7 @@ static void init_once(void) {
   nghttp2_option_new(&options);
   nghttp2_option_set_no_auto_window_update(options, 1);
   nghttp2_option_set_max_continuations(options, MAX_CONTINUATIONS);
+  nghttp2_option_set_no_closed_streams(options, 1); /* we keep what RFC 9113 needs: closed_add */
   /* our own rapid-reset guard answers ENHANCE_YOUR_CALM first; nghttp2's is the backstop */
   nghttp2_option_set_stream_reset_rate_limit(options, 4 * (uint64_t)RST_BURST, 4 * (uint64_t)RST_RATE);
   page_size = (size_t)sysconf(_SC_PAGESIZE);
@@ -1002,6 +1125,7 @@ static h2_conn_t *h2_new(lr_conn_t *c) {
   h->rst_tokens = RST_BURST;
   h->noise_tokens = NOISE_BURST;
   h->bucket_ms = uv_now(&c->worker->loop);
+  h->rx_preface = NGHTTP2_CLIENT_MAGIC_LEN;
   nghttp2_mem mem = {h, mem_malloc, mem_free, mem_calloc, mem_realloc};
   h->in_new = 1;
   int rv = nghttp2_session_server_new3(&h->ng, callbacks, h, options, &mem);
@@ -1083,6 +1207,7 @@ int lr_http2_upgrade(lr_conn_t *c, lr_stream_t *s, const lr_str_t *settings, con
   c->proto = &lr_http2_proto;
   c->proto_state = h;
   /* the upgrading request is stream 1, half-closed (remote) */
+  h->max_sid = 1;
   st->s = s;
   st->h = h;
   st->id = 1;

@@ -11,7 +11,8 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, Headers
 
 from conftest import SANITIZER_RE, LariatServer, app_path, module_server
 from h2raw import (COMPRESSION_ERROR, ENHANCE_YOUR_CALM, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, NO_ERROR,
-                   PREFACE, PROTOCOL_ERROR, STREAM_CLOSED, H2Raw, connection_error)
+                   PREFACE, PROTOCOL_ERROR, STREAM_CLOSED, H2Raw, connection_error,
+                   stream_error)
 
 server = module_server("h2.lua", tls=True)
 
@@ -77,6 +78,40 @@ def test_5_1_data_on_a_closed_stream_is_stream_closed(conn):
     conn.data(1, b"late")
     f = conn.wait_for(lambda f: isinstance(f, (RstStreamFrame, GoAwayFrame)))
     assert f is not None and f.error_code == STREAM_CLOSED
+
+
+def test_6_1_data_after_end_stream_is_a_stream_error(conn):
+    """§6.1: "If a DATA frame is received whose stream is not in the "open" or
+    "half-closed (local)" state, the recipient MUST respond with a stream error
+    (Section 5.4.2) of type STREAM_CLOSED." A stream error: the connection
+    lives on, whatever came after the stream closed."""
+    for sid in (1, 3, 5):
+        conn.request(sid, "/")
+        assert conn.response(sid)[0] == 200
+    conn.data(1, b"late")
+    stream_error(conn, 1, STREAM_CLOSED)
+    conn.request(7, "/")
+    assert conn.response(7)[0] == 200
+
+
+def test_5_4_2_frames_in_flight_after_our_rst_stream_are_ignored(conn):
+    """§5.1 closed: "An endpoint MUST ignore frames that it receives on closed
+    streams after it has sent a RST_STREAM frame." The server answers a POST
+    to a GET-only path before its body, resets the rest (§8.1), then the body
+    and trailers the client had already sent arrive: no error, and the
+    trailers' header block still counts for HPACK (§4.3)."""
+    conn.request(1, "/", method="POST", end_stream=False)
+    assert conn.response(1)[0] != 200
+    assert conn.expect_rst(1).error_code == NO_ERROR
+    conn.data(1, b"x" * 100)
+    trailer = [("x-trailer", "indexed")]  # the encoder indexes it, the next request refers to it
+    f = HeadersFrame(1, data=conn.header_block(trailer))
+    f.flags.add("END_HEADERS")
+    f.flags.add("END_STREAM")
+    conn.send_frame(f)
+    conn.request(3, "/", extra=trailer)
+    assert conn.response(3)[0] == 200
+    assert not [f for f in conn.frames if isinstance(f, (RstStreamFrame, GoAwayFrame)) and f.error_code != NO_ERROR]
 
 
 def test_5_1_1_even_stream_id_from_client_is_protocol_error(conn):
