@@ -334,17 +334,9 @@ class Response:
             self.status, self.reason, self.headers, self.body[:200])
 
 
-class RawConn:
-    def __init__(self, port, timeout=5, rcvbuf=None):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if rcvbuf:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.settimeout(timeout)
-        self.sock.connect(("127.0.0.1", port))
-        self.timeout = timeout
-        self.buf = bytearray()
-        self.eof = False
-        self.reset = False
+class SocketClient:
+    """What every raw test client shares: a `sock`, closed quietly, usable
+    in a `with` block (RawConn here, H2Raw in h2raw.py, WS in wsclient.py)."""
 
     def close(self):
         try:
@@ -357,6 +349,19 @@ class RawConn:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class RawConn(SocketClient):
+    def __init__(self, port, timeout=5, rcvbuf=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.timeout = timeout
+        self.buf = bytearray()
+        self.eof = False
+        self.reset = False
 
     def send(self, data):
         if isinstance(data, str):

@@ -7,6 +7,7 @@ import socket
 import ssl
 import time
 
+from conftest import SocketClient
 from hpack import Encoder
 from hyperframe.frame import (ContinuationFrame, DataFrame, Frame, GoAwayFrame, HeadersFrame,
                               PingFrame, RstStreamFrame, SettingsFrame, WindowUpdateFrame)
@@ -26,7 +27,7 @@ COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
 
 
-class H2Raw:
+class H2Raw(SocketClient):
     def __init__(self, port, tls=False, timeout=5):
         raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         if tls:
@@ -59,18 +60,6 @@ class H2Raw:
 
     def send_frame(self, f):
         self.send(f.serialize())
-
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def _fill(self, deadline):
         if self.eof:

@@ -8,6 +8,8 @@ import socket
 import struct
 import zlib
 
+from conftest import SocketClient
+
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
@@ -40,7 +42,7 @@ def close_payload(code, reason=b""):
     return struct.pack("!H", code) + reason
 
 
-class WS:
+class WS(SocketClient):
     def __init__(self, port, path="/echo", headers=(), extensions=None, protocols=None, timeout=5):
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.buf = b""
@@ -138,14 +140,3 @@ class WS:
         except socket.timeout:
             return False
 
-    def close(self):
-        try:
-            self.sock.close()
-        except OSError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
