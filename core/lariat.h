@@ -109,7 +109,7 @@ void lr_config_defaults(lr_config_t *cfg);
 int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t errlen);
 
 /* ---- memory: fixed-size blocks recycled per worker, and a per-stream arena ---- */
-#define LR_BLOCK_SIZE 4096
+#define LR_BLOCK_SIZE 1024
 
 typedef struct lr_block_s {
   struct lr_block_s *next;
