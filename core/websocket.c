@@ -39,7 +39,8 @@ struct lr_ws_s {
   int up;
   lr_stream_t *stream; /* the upgrade request; released with the connection (h1) */
   lr_ws_opts_t o;
-  wslay_frame_context_ptr fr;
+  wslay_frame_context_ptr fr; /* wslay's framing state; NULL while idle between frames */
+  uint64_t wire_in, wire_used; /* bytes given to wslay, bytes of the frames it returned */
   /* input handed to wslay's recv callback */
   const char *in;
   size_t in_len;
@@ -220,8 +221,28 @@ static int genmask_cb(uint8_t *buf, size_t len, void *user) {
   return 0;
 }
 
+/* wslay's frame context carries a 4 KiB input buffer: it exists only while
+ * frames are being read or written, not for an idle connection */
+static int frames_on(lr_ws_t *ws) {
+  static const struct wslay_frame_callbacks cbs = {send_cb, recv_cb, genmask_cb};
+  return ws->fr != NULL || wslay_frame_context_init(&ws->fr, &cbs, ws) == 0;
+}
+
+/* between frames with nothing buffered in wslay: drop the context */
+static void frames_off_if_idle(lr_ws_t *ws) {
+  if (ws->fr && !ws->in_frame && ws->wire_in == ws->wire_used) {
+    wslay_frame_context_free(ws->fr);
+    ws->fr = NULL;
+  }
+}
+
+static uint64_t frame_header_len(const struct wslay_frame_iocb *io) {
+  uint64_t n = io->payload_length;
+  return 2 + (n < 126 ? 0 : n <= 0xFFFF ? 2 : 8) + (io->mask ? 4 : 0);
+}
+
 static void send_frame(lr_ws_t *ws, int op, int rsv, const char *data, size_t len) {
-  if (t_dead(ws)) return;
+  if (t_dead(ws) || !frames_on(ws)) return;
   struct wslay_frame_iocb io = {0};
   io.fin = 1;
   io.rsv = (uint8_t)rsv;
@@ -237,7 +258,7 @@ static void send_frame(lr_ws_t *ws, int op, int rsv, const char *data, size_t le
 static void send_close(lr_ws_t *ws, int code, const char *reason, size_t rlen) {
   if (ws->close_sent) return;
   ws->close_sent = 1;
-  char buf[125];
+  char buf[125] = {0}; /* zeroed: with no code nothing is read, but the compiler can't tell */
   size_t n = 0;
   if (code) {
     if (rlen > 123) rlen = 123;
@@ -483,8 +504,10 @@ static void frame_end(lr_ws_t *ws) {
 static void deliver(lr_ws_t *ws);
 
 static void process(lr_ws_t *ws, const char *p, size_t n) {
+  if (!frames_on(ws)) return ws_fail(ws, 1011, "out of memory");
   ws->in = p;
   ws->in_len = n;
+  ws->wire_in += n;
   while (!ws->failed && !t_dead(ws)) {
     struct wslay_frame_iocb io;
     memset(&io, 0, sizeof io);
@@ -495,9 +518,11 @@ static void process(lr_ws_t *ws, const char *p, size_t n) {
       break;
     }
     if (!ws->in_frame) {
+      ws->wire_used += frame_header_len(&io);
       frame_start(ws, &io);
       if (ws->failed) break;
     }
+    ws->wire_used += io.data_length;
     frame_data(ws, (const char *)io.data, io.data_length);
     ws->f_off += io.data_length;
     if (ws->failed) break;
@@ -505,6 +530,7 @@ static void process(lr_ws_t *ws, const char *p, size_t n) {
   }
   ws->in = NULL;
   ws->in_len = 0;
+  frames_off_if_idle(ws);
   if (ws->up && !ws->failed && !ws->close_recv) {
     /* a reader that falls behind (or a peer that doesn't read our pongs) is slowed down */
     if (ws->queued > ws->o.max_queued || t_blocked(ws)) {
@@ -787,16 +813,10 @@ lr_ws_t *lr_ws_accept(lr_stream_t *s, const lr_header_t *extra, size_t n, const 
   if (ws->o.max_message == 0) ws->o.max_message = 16 << 20;
   if (ws->o.max_pings == 0) ws->o.max_pings = 100;
   if (ws->o.max_queued == 0) ws->o.max_queued = 1 << 20;
-  static const struct wslay_frame_callbacks cbs = {send_cb, recv_cb, genmask_cb};
-  if (wslay_frame_context_init(&ws->fr, &cbs, ws) != 0) {
-    free(ws);
-    return NULL;
-  }
   ws->worker = c->worker;
   if (s->version == 20) {
     /* RFC 8441 §5: a 2xx to the extended CONNECT; the stream carries the frames */
     if (lr_stream_send_head(s, 200, extra, n, NULL, 0, NULL, NULL, 0) != 0) {
-      wslay_frame_context_free(ws->fr);
       free(ws);
       return NULL;
     }
@@ -805,7 +825,6 @@ lr_ws_t *lr_ws_accept(lr_stream_t *s, const lr_header_t *extra, size_t n, const 
     s->wait = LR_WAIT_BODY;
   } else {
     if (lr_http1_switch(s, extra, n, &ws_proto, ws, &ws->pending) != 0) {
-      wslay_frame_context_free(ws->fr);
       free(ws);
       return NULL;
     }

@@ -166,6 +166,25 @@ def test_5_4_fragments_are_reassembled_with_control_frames_in_between(server):
         assert ws.read_message() == (BINARY, b"\x00\xff\x01")
 
 
+def test_5_2_frames_split_at_every_byte_are_read_whole(server):
+    """Frame boundaries are independent of TCP reads (RFC 6455 §5.2): headers
+    and payloads cut at every byte, 16- and 64-bit lengths, masks split, a
+    control frame in the middle; the server keeps its framing state only while
+    a frame is incomplete, so each cut exercises that."""
+    with WS(server.port, "/plain") as ws:
+        wire = (frame(TEXT, "Hel", fin=False) + frame(PING, "p") + frame(CONT, "lo")
+                + frame(BINARY, b"x" * 300) + frame(BINARY, b"y" * 70000))
+        for i in range(len(wire) if len(wire) < 400 else 400):
+            ws.send(wire[i:i + 1])
+            if i % 50 == 0:
+                time.sleep(0.01)  # let the server see a read end mid-frame
+        ws.send(wire[400:])
+        assert ws.read_frame()[2:] == (PONG, b"p")
+        assert ws.read_message() == (TEXT, b"Hello")
+        assert ws.read_message() == (BINARY, b"x" * 300)
+        assert ws.read_message() == (BINARY, b"y" * 70000)
+
+
 def test_5_4_continuation_without_a_start_is_1002(server):
     with WS(server.port) as ws:
         ws.send(frame(CONT, "orphan"))
