@@ -132,7 +132,6 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   luaL_openlibs(L);
   set_path(L, lua_dir, cfg->app_path);
   lr_req_open(L);
-  app->methods_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
   lua_pushcfunction(L, luaopen_lariat_core);
   lua_setfield(L, -2, "lariat.core");

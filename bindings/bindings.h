@@ -18,7 +18,6 @@ typedef struct lr_app_s {
   lua_State *L;
   struct lr_lworker_s *lw;
   int dispatch_ref;   /* the function load_app returned */
-  int methods_ref;    /* core.req_methods */
   int req_mt_ref;     /* the req metatable */
   unsigned refs;      /* running coroutines + referenced strings + 1 while current */
   lr_co_t *free_cos;  /* finished coroutines kept for reuse */
@@ -92,7 +91,6 @@ const char *lr_lua_dir(void);
 void lr_co_wake(lr_co_t *co);
 int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k);
 lr_co_t *lr_co_current(lua_State *L);
-void lr_lworker_tick(lr_worker_t *w);
 
 /* wait queues: a coroutine waits on one (CO_WAIT_QUEUE) until woken or timed out */
 int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua_KFunction k);

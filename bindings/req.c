@@ -746,7 +746,7 @@ static const luaL_Reg methods[] = {
     {NULL, NULL},
 };
 
-/* creates the req metatable and leaves the methods table on the stack */
+/* creates the req metatable; its methods table is core.req_methods */
 void lr_req_open(lua_State *L) {
   luaL_newmetatable(L, LR_REQ_MT);
   lua_newtable(L); /* methods: Lua modules add their own (query, cookies, ...) */
@@ -760,7 +760,6 @@ void lr_req_open(lua_State *L) {
   lua_setfield(L, -3, "__tostring");
   lua_pushliteral(L, "req");
   lua_setfield(L, -3, "__name");
-  lua_pushvalue(L, -2);
+  lua_pop(L, 1);
   app_of(L)->req_mt_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-  lua_remove(L, -2);
 }

@@ -271,7 +271,8 @@ void lr_co_wake(lr_co_t *co) {
   resume(co, 0);
 }
 
-void lr_lworker_tick(lr_worker_t *w) {
+/* run the wake-ups that came while Lua was running */
+static void hook_tick(lr_worker_t *w) {
   lr_lworker_t *lw = w->app_data;
   while (!lr_list_empty(&lw->ready)) {
     lr_co_t *co = LR_CONTAINER_OF(lw->ready.next, lr_co_t, ready);
@@ -391,7 +392,6 @@ static void hook_conn_gone(lr_stream_t *s) {
   if (co && (co->wait == CO_WAIT_BODY || co->wait == CO_WAIT_DRAIN)) lr_co_wake(co);
 }
 
-static void hook_tick(lr_worker_t *w) { lr_lworker_tick(w); }
 
 /* a reloaded app arrived from the main thread: new requests go to it; the old
  * one finishes what it runs (WebSockets included) and is closed after */

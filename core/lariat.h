@@ -181,8 +181,6 @@ enum lr_stream_flags {
   LR_SF_CONN_GONE = 1 << 8,     /* connection side released the stream */
   LR_SF_APP_GONE = 1 << 9,      /* application side released the stream */
   LR_SF_RESET = 1 << 10,        /* aborted: client went away or protocol error */
-  LR_SF_CLOSE = 1 << 11,        /* close the connection after this response */
-  LR_SF_BODY_TIMEOUT = 1 << 12, /* a body wait timed out */
   LR_SF_BODY_TOO_BIG = 1 << 13, /* body passed max_body while streaming in */
   LR_SF_WS_UPGRADE = 1 << 14,   /* h1: upgrade: websocket with connection: upgrade */
 };
@@ -209,8 +207,6 @@ struct lr_stream_s {
   void *app_data;   /* owned by bindings/ */
   struct lr_ws_s *ws; /* h2: the WebSocket this CONNECT stream carries (RFC 8441), set by websocket.c */
   int wait;         /* enum lr_wait, set by the app before it yields */
-  uint64_t start_ms;
-  lr_link_t link; /* protocol-private list membership */
   void *proto_data; /* protocol-private per-stream state (h2), NULL once the conn lets go */
 };
 
@@ -313,9 +309,8 @@ struct lr_conn_s {
   lr_link_t all;      /* worker's list of connections */
 };
 
-/* low/high water marks of a connection's output queue */
+/* above this much queued output, writers wait until the queue drains */
 #define LR_OUT_HIGH (256 * 1024)
-#define LR_OUT_LOW (64 * 1024)
 
 void lr_conn_write(lr_conn_t *c, const void *p, size_t n);
 void lr_conn_write_ref(lr_conn_t *c, const char *p, size_t n, lr_release_cb release, void *arg);
@@ -336,7 +331,6 @@ typedef struct lr_listener_s {
   uv_tcp_t tcp;
   struct lr_worker_s *worker;
   const lr_listen_addr_t *addr;
-  int fd;
   int paused; /* --max-connections reached: stopped accepting */
 } lr_listener_t;
 

@@ -37,8 +37,6 @@ lr_stream_t *lr__stream_new(lr_conn_t *c) {
   s->conn = c;
   s->worker = c->worker;
   s->content_length = -1;
-  s->start_ms = uv_now(&c->worker->loop);
-  lr_list_init(&s->link);
   return s;
 }
 

@@ -185,7 +185,6 @@ int lr_worker_listen(lr_worker_t *w, int fds[], int n) {
     lr_listener_t *l = &w->listeners[i];
     l->worker = w;
     l->addr = &w->cfg->listen[i];
-    l->fd = fds[i];
     uv_tcp_init(&w->loop, &l->tcp);
     l->tcp.data = l;
     int r = uv_tcp_open(&l->tcp, fds[i]);
