@@ -13,6 +13,9 @@
 
 typedef struct lr_co_s lr_co_t;
 
+/* undo a pending wait whose coroutine will never resume: see lr_co_wait */
+typedef void (*lr_cancel_cb)(lr_co_t *co, void *arg);
+
 /* one loaded version of the app */
 typedef struct lr_app_s {
   lua_State *L;
@@ -34,19 +37,26 @@ struct lr_co_s {
   lua_State *L;        /* the thread, anchored by ref */
   int ref;
   lr_stream_t *stream; /* NULL once the stream is released */
-  int wait;            /* enum lr_co_wait */
-  int timed_out;
-  uv_timer_t timer;    /* sleeps and read timeouts */
+  int waiting;         /* suspended in lr_co_wait, not yet woken */
+  int timed_out;       /* in k: the wait's timeout fired */
+  int stopping;        /* in k: the server is stopping (SIGTERM drain): return nil, "stopping" */
+  int told_stopping;   /* stopping was reported once: later waits are normal */
+  int cancelled;       /* the stream ended while running or woken: cancel at the next wait or tick */
+  int closing;         /* being closed (lua_resetthread): no more waits */
+  lr_cancel_cb cancel; /* the pending wait's undo, with its argument */
+  void *cancel_arg;
+  lr_link_t waiters;   /* in lw->waiting while suspended (SIGTERM tells them) */
+  uv_timer_t timer;    /* wait timeouts */
   lr_buf_t acc;        /* req:body() accumulates here across yields */
   int over_budget;     /* stopped for running too long without yielding */
   lr_co_t *next_free;
   lr_link_t ready;     /* in lw->ready: resume at the next tick */
   lr_link_t wq;        /* in a wait queue (a WebSocket's readers, a subscription) */
+  int is_handler;      /* runs a request (counted in lw->n_live), not a spawned task */
   int nstart;          /* lariat.spawn: arguments waiting for the first resume */
   void *ws;            /* the WebSocket this coroutine's handler serves (ws.c) */
 };
 
-enum lr_co_wait { CO_WAIT_NONE, CO_WAIT_BODY, CO_WAIT_DRAIN, CO_WAIT_SLEEP, CO_WAIT_QUEUE };
 
 /* per worker */
 typedef struct lr_lworker_s {
@@ -55,8 +65,13 @@ typedef struct lr_lworker_s {
   lr_app_t *pending;  /* a reloaded version handed over by the main thread (atomic) */
   lr_co_t *running;   /* coroutine being resumed, NULL when the loop runs */
   lua_State *running_L; /* its thread; read by the budget signal handler */
-  uint64_t resume_ms; /* loop time when `running` was resumed; read by the watchdog */
+  unsigned resume_seq;  /* +1 per resume; the watchdog tells resumes apart by it */
+  unsigned budget_seq;  /* the resume the watchdog found over budget (budget.c) */
+  clockid_t cpu_clock;  /* this worker thread's CPU-time clock */
   lr_link_t ready;    /* coroutines to resume once the running one yields */
+  lr_link_t waiting;  /* coroutines suspended in lr_co_wait */
+  unsigned n_live;    /* request handlers (not spawned tasks) alive on this worker */
+  int stopping;       /* SIGTERM seen: waits are told once */
   const lr_config_t *cfg;
 } lr_lworker_t;
 
@@ -84,15 +99,35 @@ void lr_app_retire(lr_app_t *app); /* no new requests; closed when its last one 
 void lr_budget_install(void);
 void lr_budget_worker_init(lr_lworker_t *lw);
 void lr_budget_check(lr_lworker_t *lw, uv_thread_t thread);
-void lr_budget_clear(lua_State *L);
 const char *lr_lua_dir(void);
 
-/* scheduler.c */
-void lr_co_wake(lr_co_t *co);
-int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k);
-lr_co_t *lr_co_current(lua_State *L);
+/* scheduler.c: the one cancellable wait every wait in lariat goes through.
+ *
+ * Suspend the running coroutine co until lr_co_wake(co). timeout_ms 0 = none;
+ * on timeout co->timed_out = 1 and co is resumed normally (k runs). When the
+ * server starts stopping, a waiting coroutine (or the next one to wait) is woken
+ * once with co->stopping = 1: k should then return nil, "stopping" if its wait
+ * is one a drain must not sit out (sleeps, streamed writes, channel recv).
+ * If the wait is abandoned instead (its request's stream ended: client gone,
+ * RST_STREAM, GOAWAY, connection error; or the coroutine is torn down), the
+ * scheduler calls cancel(co, arg) (NULL = nothing to undo), which must drop
+ * every reference to co (stop I/O, close a mid-exchange socket, unlink from
+ * queues, free per-wait state) -- it is called whenever k will not run, even
+ * if lr_co_wake was already called; then the coroutine is closed
+ * (lua_resetthread: to-be-closed variables run) and released WITHOUT resuming.
+ * Before it yields, set s->wait (LR_WAIT_BODY/DRAIN) if the core must wake
+ * the stream's waiter; it is reset to LR_WAIT_NONE on resume.
+ * Raises when co can't wait here (not yieldable, or being closed). */
+int lr_co_wait(lua_State *L, lr_co_t *co, uint64_t timeout_ms, lr_cancel_cb cancel, void *arg, lua_KFunction k);
+void lr_co_wake(lr_co_t *co);         /* safe to call from any loop callback */
+lr_co_t *lr_co_current(lua_State *L); /* NULL outside a lariat coroutine */
+/* lariat.stats(): live handlers and waits on this worker */
+int lr_l_stats(lua_State *L);
+/* the server is stopping: tell every waiting coroutine once (co->stopping) */
+void lr_co_stop_all(lr_lworker_t *lw);
 
-/* wait queues: a coroutine waits on one (CO_WAIT_QUEUE) until woken or timed out */
+/* wait queues: a coroutine waits on one until woken or timed out (the cancel
+ * hook unlinks it) */
 int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua_KFunction k);
 void lr_wq_wake_all(lr_link_t *q);
 void lr_wq_wake_one(lr_link_t *q);

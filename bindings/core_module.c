@@ -14,6 +14,11 @@ static int sleep_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   lr_co_t *co = lr_co_current(L);
   if (co) co->timed_out = 0; /* the timer firing is the point of a sleep */
+  if (co && co->stopping) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "stopping"); /* the server stops: cut the sleep short */
+    return 2;
+  }
   return 0;
 }
 
@@ -24,7 +29,7 @@ static int l_sleep(lua_State *L) {
     return luaL_error(L, "lariat.sleep: can only wait inside a request handler's coroutine");
   uint64_t ms = secs <= 0 ? 1 : (uint64_t)(secs * 1000 + 0.5);
   if (ms == 0) ms = 1;
-  return lr_co_yield(L, co, CO_WAIT_SLEEP, ms, sleep_k);
+  return lr_co_wait(L, co, ms, NULL, NULL, sleep_k);
 }
 
 static int l_now(lua_State *L) {
@@ -78,6 +83,7 @@ static const luaL_Reg funcs[] = {
     {"stat", l_stat},
     {"sleep", l_sleep},
     {"now", l_now},
+    {"stats", lr_l_stats},
     {"log", l_log},
     {"realpath", l_realpath},
     {NULL, NULL},

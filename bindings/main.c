@@ -189,6 +189,7 @@ int main(int argc, char **argv) {
     ws->lw.cfg = &cfg;
     lr_channel_attach(&ws->w, n_slots);
     lr_list_init(&ws->lw.ready);
+    lr_list_init(&ws->lw.waiting);
     ws->lw.app = lr_app_load(&ws->lw, err, sizeof err);
     if (ws->lw.app == NULL) return startup_failed(i + 1, fds, err);
   }

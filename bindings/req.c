@@ -542,6 +542,12 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   (void)ctx;
   lr_req_t *r = check_req(L, 1);
   if (r->s == NULL || r->s->conn == NULL) return lr_req_closed(L, r);
+  lr_co_t *co = lr_co_current(L);
+  if (co && co->stopping) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "stopping"); /* queued, but the server stops: wind down */
+    return 2;
+  }
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -572,7 +578,10 @@ static int m_write(lua_State *L) {
   if (rc) return luaL_error(L, "req:write: %s", rc == LR_ESTATE ? "response not streaming" : uv_strerror(rc));
   if (lr_stream_write_blocked(s)) {
     lr_co_t *co = lr_co_current(L);
-    if (co && lua_isyieldable(L)) return lr_co_yield(L, co, CO_WAIT_DRAIN, 0, write_k);
+    if (co && co->L == L && lua_isyieldable(L)) {
+      s->wait = LR_WAIT_DRAIN;
+      return lr_co_wait(L, co, 0, NULL, NULL, write_k);
+    }
   }
   lua_pushboolean(L, 1);
   return 1;
@@ -654,7 +663,8 @@ static int read_body_step(lua_State *L, lr_co_t *co) {
   lr_buf_free(&out);
   if (n < 0) goto closed;
   if (co == NULL || !lua_isyieldable(L)) return luaL_error(L, "req:read_body: can't wait outside a request coroutine");
-  return lr_co_yield(L, co, CO_WAIT_BODY, timeout_arg(L, 2, co->app->lw->cfg), read_body_k);
+  s->wait = LR_WAIT_BODY;
+  return lr_co_wait(L, co, timeout_arg(L, 2, co->app->lw->cfg), NULL, NULL, read_body_k);
 closed:
   return body_gone(L, r);
 }
@@ -703,7 +713,8 @@ static int body_step(lua_State *L) {
         lr_buf_free(&local);
         return luaL_error(L, "req:body: can't wait outside a request coroutine");
       }
-      return lr_co_yield(L, co, CO_WAIT_BODY, co->app->lw->cfg->body_timeout_ms, body_k);
+      s->wait = LR_WAIT_BODY;
+      return lr_co_wait(L, co, co->app->lw->cfg->body_timeout_ms, NULL, NULL, body_k);
     }
   }
   lua_pushlstring(L, acc->base ? acc->base : "", acc->len);

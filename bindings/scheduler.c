@@ -38,6 +38,7 @@ static lr_co_t *co_new(lr_app_t *app) {
   co->timer.data = co;
   lr_list_init(&co->ready);
   lr_list_init(&co->wq);
+  lr_list_init(&co->waiters);
   return co;
 }
 
@@ -47,19 +48,30 @@ static void co_destroy(lr_co_t *co) {
   uv_close((uv_handle_t *)&co->timer, on_timer_close);
 }
 
-/* the coroutine ended (or died): give it back for reuse */
+/* The coroutine ended (or died, or was cancelled): give it back for reuse.
+ * One stopped by the CPU budget is destroyed instead: the error raised from
+ * its count hook leaves the thread with hooks disallowed (Lua 5.4's resume
+ * does not restore allowhook), so a budget could never stop it again. */
 static void co_release(lr_co_t *co) {
   lr_app_t *app = co->app;
   lr_link_unlink(&co->ready);
   lr_link_unlink(&co->wq);
+  lr_link_unlink(&co->waiters);
   uv_timer_stop(&co->timer);
-  co->wait = CO_WAIT_NONE;
+  if (co->is_handler) app->lw->n_live--;
+  co->is_handler = 0;
+  co->waiting = co->cancelled = co->closing = 0;
+  co->stopping = co->told_stopping = co->timed_out = 0;
+  co->cancel = NULL;
+  co->cancel_arg = NULL;
   co->stream = NULL;
   co->ws = NULL;
   co->nstart = 0;
   co->acc.len = 0;
   lua_settop(co->L, 0);
-  if (app->n_free_cos < MAX_FREE_COS && app->lw->app == app) {
+  int broken = co->over_budget;
+  co->over_budget = 0;
+  if (!broken && app->n_free_cos < MAX_FREE_COS && app->lw->app == app) {
     co->next_free = app->free_cos;
     app->free_cos = co;
     app->n_free_cos++;
@@ -214,10 +226,11 @@ static void resume(lr_co_t *co, int nargs) {
   lr_lworker_t *lw = co->app->lw;
   int nres = 0;
 again:
-  co->wait = CO_WAIT_NONE;
+  co->waiting = 0;
+  co->cancel = NULL;
   if (co->stream && !co->ws) co->stream->wait = LR_WAIT_NONE; /* a WebSocket's stream waits for the ws */
   lw->running = co;
-  __atomic_store_n(&lw->resume_ms, uv_now(&lw->w->loop), __ATOMIC_RELAXED);
+  __atomic_store_n(&lw->resume_seq, lw->resume_seq + 1, __ATOMIC_RELAXED);
   __atomic_store_n(&lw->running_L, co->L, __ATOMIC_RELEASE);
   co->app->limit_on = co->app->mem_limit != 0;
   int status = lua_resume(co->L, NULL, nargs, &nres);
@@ -226,7 +239,7 @@ again:
   lw->running = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co->L, nres);
-    if (co->wait != CO_WAIT_NONE || lr_link_linked(&co->ready)) return;
+    if (co->waiting || lr_link_linked(&co->ready)) return;
     /* a bare coroutine.yield() in a handler: nothing would ever resume it */
     lua_pushliteral(co->L, "coroutine.yield() called in a handler outside a coroutine of its own");
     status = LUA_ERRRUN;
@@ -251,32 +264,85 @@ again:
     s->app_data = NULL;
     lr_stream_app_release(s);
   }
-  if (co->over_budget) {
-    co->over_budget = 0;
-    lr_budget_clear(co->L);
+  co_release(co);
+}
+
+/* Abandon a suspended coroutine: undo its wait, run its to-be-closed
+ * variables, release its stream; it never resumes. Called from the tick only
+ * (never from inside the core's protocol code, which the __close handlers
+ * might re-enter). */
+static void co_cancel(lr_co_t *co) {
+  lr_lworker_t *lw = co->app->lw;
+  uv_timer_stop(&co->timer);
+  lr_link_unlink(&co->ready);
+  lr_link_unlink(&co->waiters);
+  co->waiting = 0;
+  lr_cancel_cb cancel = co->cancel;
+  co->cancel = NULL;
+  if (cancel) cancel(co, co->cancel_arg);
+  lr_link_unlink(&co->wq);
+  co->closing = 1;
+  /* __close handlers are Lua code: wake-ups they cause are queued, and the
+   * CPU budget watches them like any resume */
+  lw->running = co;
+  __atomic_store_n(&lw->resume_seq, lw->resume_seq + 1, __ATOMIC_RELAXED);
+  __atomic_store_n(&lw->running_L, co->L, __ATOMIC_RELEASE);
+  int status = lua_resetthread(co->L);
+  __atomic_store_n(&lw->running_L, NULL, __ATOMIC_RELEASE);
+  lw->running = NULL;
+  if (status != LUA_OK && lua_touserdata(co->L, -1) != &lr_stop_handler) {
+    const char *msg = lua_tostring(co->L, -1);
+    log_request_error(co, "error in a to-be-closed variable of a cancelled handler: ", msg ? msg : "?");
+  }
+  LR_DEBUG("handler cancelled: its stream ended while it waited");
+  lr_stream_t *s = co->stream;
+  if (co->ws) lr_ws_handler_done(co, 0);
+  if (s) {
+    s->app_data = NULL;
+    lr_stream_app_release(s);
   }
   co_release(co);
 }
 
 /* wake a waiting coroutine: now if the loop runs, at the next tick if Lua runs */
 void lr_co_wake(lr_co_t *co) {
-  if (co->wait == CO_WAIT_NONE) return;
+  if (!co->waiting) return;
   lr_lworker_t *lw = co->app->lw;
+  co->waiting = 0;
   uv_timer_stop(&co->timer);
-  if (lw->running) {
+  lr_link_unlink(&co->waiters);
+  if (lw->running || co->cancelled) {
     if (!lr_link_linked(&co->ready)) lr_list_push(&lw->ready, &co->ready);
-    co->wait = CO_WAIT_NONE;
     return;
   }
   resume(co, 0);
 }
 
-/* run the wake-ups that came while Lua was running */
+/* The stream under a handler ended before its response did: cancel the
+ * handler at its wait. Deferred to the tick: this runs inside the core's
+ * protocol code (a close callback, an nghttp2 callback). A handler running
+ * now is cancelled at its next wait. */
+static void co_abandon(lr_co_t *co) {
+  if (co->closing || co->cancelled) return;
+  co->cancelled = 1;
+  if (co->waiting) {
+    co->waiting = 0;
+    uv_timer_stop(&co->timer);
+    lr_link_unlink(&co->waiters);
+    if (!lr_link_linked(&co->ready)) lr_list_push(&co->app->lw->ready, &co->ready);
+  }
+}
+
+/* run the wake-ups that came while Lua was running, and the cancellations */
 static void hook_tick(lr_worker_t *w) {
   lr_lworker_t *lw = w->app_data;
   while (!lr_list_empty(&lw->ready)) {
     lr_co_t *co = LR_CONTAINER_OF(lw->ready.next, lr_co_t, ready);
     lr_link_unlink(&co->ready);
+    if (co->cancelled) {
+      co_cancel(co);
+      continue;
+    }
     int n = co->nstart; /* a spawned coroutine starts with its arguments */
     co->nstart = 0;
     resume(co, n);
@@ -289,22 +355,85 @@ static void on_co_timer(uv_timer_t *t) {
   lr_co_wake(co);
 }
 
-/* Suspend the running coroutine until woken; k runs on resume. A timeout of
- * 0 waits without limit. */
-int lr_co_yield(lua_State *L, lr_co_t *co, int wait, uint64_t timeout_ms, lua_KFunction k) {
-  co->wait = wait;
+/* see bindings.h */
+int lr_co_wait(lua_State *L, lr_co_t *co, uint64_t timeout_ms, lr_cancel_cb cancel, void *arg, lua_KFunction k) {
+  if (co == NULL || co->L != L || co->closing || !lua_isyieldable(L)) {
+    if (cancel) cancel(co, arg);
+    return luaL_error(L, "can't wait here: only in a handler's coroutine (or one from lariat.spawn)");
+  }
+  lr_lworker_t *lw = co->app->lw;
   co->timed_out = 0;
-  if (co->stream && !co->ws) co->stream->wait = wait == CO_WAIT_BODY ? LR_WAIT_BODY : wait == CO_WAIT_DRAIN ? LR_WAIT_DRAIN : LR_WAIT_NONE;
-  if (timeout_ms) uv_timer_start(&co->timer, on_co_timer, timeout_ms, 0);
+  co->stopping = 0;
+  co->cancel = cancel;
+  co->cancel_arg = arg;
+  if (co->cancelled) {
+    /* its stream ended while it ran: cancelled at the tick, k never runs */
+    lr_list_push(&lw->ready, &co->ready);
+  } else if (lw->stopping && !co->told_stopping) {
+    /* the server stops: this wait returns at once, once */
+    co->told_stopping = co->stopping = 1;
+    lr_list_push(&lw->ready, &co->ready);
+  } else {
+    co->waiting = 1;
+    lr_list_push(&lw->waiting, &co->waiters);
+    if (timeout_ms) uv_timer_start(&co->timer, on_co_timer, timeout_ms, 0);
+  }
   return lua_yieldk(L, 0, 0, k);
+}
+
+void lr_co_stop_all(lr_lworker_t *lw) {
+  if (lw->stopping) return;
+  lw->stopping = 1;
+  lr_link_t tmp;
+  lr_list_init(&tmp);
+  if (!lr_list_empty(&lw->waiting)) {
+    tmp.next = lw->waiting.next;
+    tmp.prev = lw->waiting.prev;
+    tmp.next->prev = &tmp;
+    tmp.prev->next = &tmp;
+    lr_list_init(&lw->waiting);
+  }
+  while (!lr_list_empty(&tmp)) {
+    lr_co_t *co = LR_CONTAINER_OF(tmp.next, lr_co_t, waiters);
+    lr_link_unlink(&co->waiters);
+    if (!co->waiting) continue;
+    lr_link_unlink(&co->wq);
+    co->told_stopping = co->stopping = 1;
+    lr_co_wake(co);
+  }
+}
+
+/* lariat.stats() -> { handlers = live request handlers, waiting = suspended
+ * coroutines } on this worker: cheap counters for tests and health checks */
+int lr_l_stats(lua_State *L) {
+  lr_co_t *co = lr_co_current(L);
+  if (co == NULL) return luaL_error(L, "lariat.stats: only from a handler");
+  lr_lworker_t *lw = co->app->lw;
+  unsigned waiting = 0;
+  for (lr_link_t *l = lw->waiting.next; l != &lw->waiting; l = l->next) waiting++;
+  lua_createtable(L, 0, 3);
+  lua_pushinteger(L, (lua_Integer)lw->n_live);
+  lua_setfield(L, -2, "handlers");
+  lua_pushinteger(L, (lua_Integer)waiting);
+  lua_setfield(L, -2, "waiting");
+  lua_pushinteger(L, (lua_Integer)lw->w->n_conns);
+  lua_setfield(L, -2, "connections");
+  return 1;
 }
 
 /* ---- wait queues ---- */
 
+static void wq_cancel(lr_co_t *co, void *arg) {
+  (void)arg;
+  if (co) lr_link_unlink(&co->wq);
+}
+
 int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua_KFunction k) {
-  lr_link_unlink(&co->wq);
-  lr_list_push(q, &co->wq);
-  return lr_co_yield(L, co, CO_WAIT_QUEUE, timeout_ms, k);
+  if (co) {
+    lr_link_unlink(&co->wq);
+    lr_list_push(q, &co->wq);
+  }
+  return lr_co_wait(L, co, timeout_ms, wq_cancel, NULL, k);
 }
 
 /* The queue is emptied before anyone runs: a woken coroutine may wait on it
@@ -365,6 +494,8 @@ static void hook_start(lr_stream_t *s) {
   }
   app->refs++;
   co->stream = s;
+  co->is_handler = 1;
+  lw->n_live++;
   s->app_data = co;
   lua_State *L = co->L;
   lua_pushcfunction(L, request_main);
@@ -389,7 +520,13 @@ static void hook_conn_gone(lr_stream_t *s) {
     lr_ws_box_event(co->ws);
     return;
   }
-  if (co && (co->wait == CO_WAIT_BODY || co->wait == CO_WAIT_DRAIN)) lr_co_wake(co);
+  if (co == NULL) return;
+  /* the response was complete: a handler working on after it is not cut */
+  if ((s->flags & LR_SF_FINISHED) && !(s->flags & LR_SF_RESET)) {
+    if (s->wait == LR_WAIT_BODY || s->wait == LR_WAIT_DRAIN) lr_co_wake(co);
+    return;
+  }
+  co_abandon(co);
 }
 
 
@@ -397,6 +534,8 @@ static void hook_conn_gone(lr_stream_t *s) {
  * one finishes what it runs (WebSockets included) and is closed after */
 static void hook_wakeup(lr_worker_t *w) {
   lr_lworker_t *lw = w->app_data;
+  /* the worker core starts stopping right after this hook: tell the waits */
+  if (__atomic_load_n(&w->stop_requested, __ATOMIC_SEQ_CST)) lr_co_stop_all(lw);
   lr_app_t *fresh = __atomic_exchange_n(&lw->pending, NULL, __ATOMIC_SEQ_CST);
   if (fresh == NULL) return;
   lr_app_t *old = lw->app;

@@ -739,15 +739,10 @@ static void h1_resume(lr_conn_t *c) {
   lr_buf_free(&in);
 }
 
-static void h1_on_eof(lr_conn_t *c) {
-  h1_conn_t *h = H1(c);
-  /* a client may half-close after its last request: answer it, then close */
-  if (h->cur && h->msg_done && !(h->cur->flags & LR_SF_FINISHED)) {
-    h->closing = 1;
-    return;
-  }
-  lr_conn_close(c);
-}
+/* EOF before the response is complete is a client gone (DESIGN §4b, nginx's
+ * 499): closing cancels the handler at its wait. Reading goes on while a
+ * handler runs (pipelined input waits in leftover), so it is noticed. */
+static void h1_on_eof(lr_conn_t *c) { lr_conn_close(c); }
 
 static void h1_on_drain(lr_conn_t *c) {
   h1_conn_t *h = H1(c);

@@ -3,6 +3,8 @@
 --   lariat.app()                      a new app (lariat.app)
 --   lariat.load_app(v, filename)      called by C with APP.lua's result → dispatch
 --   lariat.sleep(s), lariat.now()     yield for s seconds / loop time in seconds
+--                                     (sleep returns nil, "stopping" on SIGTERM)
+--   lariat.stats()                    { handlers=, waiting=, connections= } of this worker
 --   lariat.spawn(fn, ...)             run fn in a coroutine of its own
 --   lariat.channel(name)              pub/sub within a worker (chat rooms)
 --   lariat.json.encode/decode/null    JSON (decode returns nil, msg on error)
@@ -42,6 +44,12 @@ end
 -- sleep(seconds): suspends the current request's coroutine; the loop runs on.
 function lariat.sleep(seconds)
   return core_or_fail("lariat.sleep").sleep(seconds)
+end
+
+-- stats() → { handlers = live request handlers, waiting = suspended
+-- coroutines, connections = open connections } of this worker.
+function lariat.stats()
+  return core_or_fail("lariat.stats").stats()
 end
 
 -- now() → seconds (float) of the loop clock.

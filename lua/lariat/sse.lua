@@ -61,7 +61,7 @@ function Sse:comment(text)
 end
 
 -- wait(seconds) → true, or nil, err when a keep-alive write failed (client
--- gone). Sends a keep-alive comment every `keepalive` seconds while waiting.
+-- gone) or nil, "stopping" when the server stops (SIGTERM). Sends a keep-alive comment every `keepalive` seconds while waiting.
 function Sse:wait(seconds)
   local core = runtime.core()
   if not core then error("sse:wait needs the lariat server (lariat.core)", 2) end
@@ -70,10 +70,12 @@ function Sse:wait(seconds)
     local left = deadline - core.now()
     if left <= 0 then return true end
     if left <= self.keepalive then
-      core.sleep(left)
+      local ok, err = core.sleep(left)
+      if ok == nil and err ~= nil then return nil, err end -- "stopping": the server stops
       return true
     end
-    core.sleep(self.keepalive)
+    local ok, err = core.sleep(self.keepalive)
+    if ok == nil and err ~= nil then return nil, err end
     local ok, err = self:comment("keep-alive")
     if ok == nil and err ~= nil then return nil, err end
   end
