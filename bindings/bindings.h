@@ -121,6 +121,10 @@ const char *lr_lua_dir(void);
 int lr_co_wait(lua_State *L, lr_co_t *co, uint64_t timeout_ms, lr_cancel_cb cancel, void *arg, lua_KFunction k);
 void lr_co_wake(lr_co_t *co);         /* safe to call from any loop callback */
 lr_co_t *lr_co_current(lua_State *L); /* NULL outside a lariat coroutine */
+/* the stream under co ended: cancel it at its wait (now, or at its next wait
+ * if it runs); for bindings whose handler's lifetime is tied to something
+ * other than its stream (a WebSocket) */
+void lr_co_abandon(lr_co_t *co);
 /* lariat.stats(): live handlers and waits on this worker */
 int lr_l_stats(lua_State *L);
 /* the server is stopping: tell every waiting coroutine once (co->stopping) */

@@ -29,9 +29,12 @@ static uv_timer_t drain_timer;
 /* requests still running when the drain timeout ends are cut: exit now */
 static void on_drain_timeout(uv_timer_t *t) {
   (void)t;
-  unsigned left = 0;
-  for (int i = 0; i < n_slots; i++) left += slots[i].w.n_conns;
-  lr_log(LR_LOG_WARN, "drain timeout: exiting with %u connections still open", left);
+  unsigned left = 0, live = 0;
+  for (int i = 0; i < n_slots; i++) {
+    left += __atomic_load_n(&slots[i].w.n_conns, __ATOMIC_RELAXED);
+    live += __atomic_load_n(&slots[i].lw.n_live, __ATOMIC_RELAXED);
+  }
+  lr_log(LR_LOG_WARN, "drain timeout: exiting with %u connections and %u handlers still open", left, live);
   _exit(0);
 }
 

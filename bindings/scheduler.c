@@ -322,7 +322,7 @@ void lr_co_wake(lr_co_t *co) {
  * handler at its wait. Deferred to the tick: this runs inside the core's
  * protocol code (a close callback, an nghttp2 callback). A handler running
  * now is cancelled at its next wait. */
-static void co_abandon(lr_co_t *co) {
+void lr_co_abandon(lr_co_t *co) {
   if (co->closing || co->cancelled) return;
   co->cancelled = 1;
   if (co->waiting) {
@@ -399,7 +399,11 @@ void lr_co_stop_all(lr_lworker_t *lw) {
     if (!co->waiting) continue;
     lr_link_unlink(&co->wq);
     co->told_stopping = co->stopping = 1;
-    lr_co_wake(co);
+    /* resumed at the tick, after the core has told each connection it stops
+     * (so a reply made now says connection: close and is not cut) */
+    co->waiting = 0;
+    uv_timer_stop(&co->timer);
+    lr_list_push(&lw->ready, &co->ready);
   }
 }
 
@@ -526,7 +530,7 @@ static void hook_conn_gone(lr_stream_t *s) {
     if (s->wait == LR_WAIT_BODY || s->wait == LR_WAIT_DRAIN) lr_co_wake(co);
     return;
   }
-  co_abandon(co);
+  lr_co_abandon(co);
 }
 
 

@@ -22,6 +22,7 @@ typedef struct wsbox_s {
   lr_link_t readers; /* coroutines in recv/each */
   lr_link_t writers; /* coroutines waiting for the output to drain */
   int ref;           /* registry reference while the handler runs */
+  lr_co_t *co;       /* the handler's coroutine while it runs */
   int code;          /* close code kept after release */
   char reason[124];
   size_t reason_len;
@@ -41,6 +42,12 @@ static void splice(lr_link_t *from, lr_link_t *to) {
 
 /* from the core, in a loop callback: wake whoever waits for what happened.
  * Both lists are taken before anyone runs (a handler that ends may free the box) */
+static int in_list(lr_link_t *q, lr_link_t *x) {
+  for (lr_link_t *l = q->next; l != q; l = l->next)
+    if (l == x) return 1;
+  return 0;
+}
+
 static void on_ws_event(lr_ws_t *ws, int ev) {
   wsbox_t *b = lr_ws_app_data(ws);
   lr_link_t r, w;
@@ -48,6 +55,11 @@ static void on_ws_event(lr_ws_t *ws, int ev) {
   lr_list_init(&w);
   if (ev & (LR_WS_EV_MESSAGE | LR_WS_EV_CLOSED)) splice(&b->readers, &r);
   if (ev & (LR_WS_EV_DRAIN | LR_WS_EV_CLOSED)) splice(&b->writers, &w);
+  /* the connection ended while its handler waits for something else (a
+   * channel, a sleep): the handler is cancelled there; waiting on this
+   * WebSocket it is told nil, "closed" instead */
+  if ((ev & LR_WS_EV_CLOSED) && b->co && b->co->waiting && !in_list(&r, &b->co->wq) && !in_list(&w, &b->co->wq))
+    lr_co_abandon(b->co);
   lr_wq_wake_all(&r);
   lr_wq_wake_all(&w);
 }
@@ -455,6 +467,7 @@ int lr_ws_handshake(lr_co_t *co) {
   lua_pushvalue(L, bi);
   b->ref = luaL_ref(L, LUA_REGISTRYINDEX);
   co->ws = b;
+  b->co = co;
   /* stack: req, handler, ws, req */
   lua_pushvalue(L, 3);
   lua_pushvalue(L, bi);
@@ -473,6 +486,7 @@ void lr_ws_handler_done(lr_co_t *co, int ok) {
   wsbox_t *b = co->ws;
   co->ws = NULL;
   if (b == NULL) return;
+  b->co = NULL;
   if (b->ws) {
     if (ok)
       lr_ws_close(b->ws, 1000, "", 0);

@@ -53,7 +53,7 @@ def test_drain_timeout_cuts_requests_that_take_too_long():
     srv = start("--drain-timeout", "0.5")
     try:
         with RawConn(srv.port, timeout=5) as busy:
-            busy.send(request("GET", "/sleep/10000"))
+            busy.send(request("GET", "/stubborn/10000"))
             time.sleep(0.1)
             t0 = time.monotonic()
             os.kill(srv.pid, signal.SIGTERM)
@@ -67,7 +67,7 @@ def test_second_sigint_exits_at_once():
     srv = start()
     try:
         with RawConn(srv.port, timeout=5) as busy:
-            busy.send(request("GET", "/sleep/10000"))
+            busy.send(request("GET", "/stubborn/10000"))
             time.sleep(0.1)
             os.kill(srv.pid, signal.SIGINT)
             time.sleep(0.2)

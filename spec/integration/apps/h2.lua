@@ -6,10 +6,19 @@ local app = lariat.app()
 
 local seen = {} -- probe name -> what the handler's call returned after the reset
 
+-- a to-be-closed variable that records a cancellation (issue 9: the handler
+-- is cancelled at its wait, its to-be-closed variables run)
+local function on_cancel(name)
+  return setmetatable({}, { __close = function()
+    if seen[name] == nil then seen[name] = "cancelled" end
+  end })
+end
+
 app:get("/", function(req) return "Hello world!" end)
 
 -- Writes until a write fails, then records how it failed.
 app:get("/probe/write/:name", function(req)
+  local _ <close> = on_cancel(req.bindings.name)
   req:stream_reply(200, { ["content-type"] = "text/plain" })
   for i = 1, 400 do
     local ok, err = req:write("tick " .. i .. "\n")
@@ -24,6 +33,7 @@ end)
 
 -- Waits for a body that never comes; the reset must end the wait.
 app:post("/probe/read/:name", function(req)
+  local _ <close> = on_cancel(req.bindings.name)
   local chunk, err = req:read_body{ timeout = 5 }
   seen[req.bindings.name] = "read: " .. tostring(chunk) .. ", " .. tostring(err)
 end)

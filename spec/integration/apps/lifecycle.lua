@@ -6,5 +6,12 @@ app:get("/sleep/:ms", function(req)
   lariat.sleep(tonumber(req.bindings.ms) / 1000)
   return "slept " .. req.bindings.ms
 end)
+-- ignores that the server stops (its first sleep returns nil, "stopping"):
+-- only the drain timeout or a second SIGINT ends it
+app:get("/stubborn/:ms", function(req)
+  local ok, err = lariat.sleep(tonumber(req.bindings.ms) / 1000)
+  if err == "stopping" then lariat.sleep(tonumber(req.bindings.ms) / 1000) end
+  return "slept " .. req.bindings.ms
+end)
 app:get("/log", function(req) lariat.log.warn("a \"quoted\" line\nand a second") return "logged" end)
 return app
