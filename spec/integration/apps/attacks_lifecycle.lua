@@ -1,0 +1,78 @@
+-- Handlers for test_attacks_lifecycle.py (issue 9): handlers that wait in
+-- every way lariat offers, each with a to-be-closed variable that counts its
+-- cancellation; /stats reports live handlers (lariat.stats) and that count.
+local lariat = require "lariat"
+local app = lariat.app()
+
+local closed = 0    -- to-be-closed variables run (handlers cancelled or ended)
+local finished = {} -- spawned task name -> true once it ran to its end
+
+local function mark()
+  return setmetatable({}, { __close = function() closed = closed + 1 end })
+end
+
+app:get("/stats", function(req)
+  local s = lariat.stats()
+  s.handlers = s.handlers - 1 -- not this one
+  s.closed = closed
+  s.subscribers = lariat.channel("c"):subscribers() + lariat.channel("wc"):subscribers()
+  return s
+end)
+
+app:get("/", function(req) return "ok" end)
+
+app:get("/sleep/:s", function(req)
+  local _ <close> = mark()
+  lariat.sleep(tonumber(req.bindings.s))
+  return "slept"
+end)
+
+-- waits for a body that may never come
+app:post("/body", function(req)
+  local _ <close> = mark()
+  return req:body() or "none"
+end)
+
+app:get("/channel", function(req)
+  local _ <close> = mark()
+  local sub <close> = lariat.channel("c"):subscribe()
+  return sub:recv() or "none"
+end)
+
+app:ws("/ws-channel", function(ws, req)
+  local _ <close> = mark()
+  local sub <close> = lariat.channel("wc"):subscribe()
+  ws:send("subscribed")
+  sub:recv()
+end)
+
+app:get("/spawn/:name", function(req)
+  local _ <close> = mark()
+  lariat.spawn(function(name)
+    lariat.sleep(0.3)
+    finished[name] = true
+  end, req.bindings.name)
+  lariat.sleep(30)
+end)
+app:get("/finished/:name", function(req) return finished[req.bindings.name] and "yes" or "no" end)
+
+app:get("/loop", function(req) while true do end end)
+app:get("/exec", function(req)
+  os.execute("sleep 1.5")
+  return "done"
+end)
+
+-- an event stream that ends when the server stops
+app:get("/sse", function(req)
+  req:stream_reply(200, { ["content-type"] = "text/event-stream" })
+  req:write("data: hello\n\n")
+  while true do
+    local ok, err = lariat.sleep(60)
+    if err == "stopping" then
+      req:write("event: bye\ndata: stopping\n\n")
+      return
+    end
+  end
+end)
+
+return app
