@@ -282,6 +282,20 @@ static void co_cancel(lr_co_t *co) {
   if (cancel) cancel(co, co->cancel_arg);
   lr_link_unlink(&co->wq);
   co->closing = 1;
+  /* req outlives the stream (a spawned task may hold it): empty its box, so
+   * its methods say "request is finished" instead of reading a freed stream.
+   * It is the first argument of the outermost frame, request_main(req, ...) */
+  lua_State *L = co->L, *M = co->app->L;
+  lr_req_t *r = NULL;
+  int held = 0;
+  lua_Debug ar;
+  int level = 0;
+  while (lua_getstack(L, level + 1, &ar)) level++;
+  if (co->stream && lua_getstack(L, level, &ar) && lua_getlocal(L, &ar, 1)) {
+    r = luaL_testudata(L, -1, LR_REQ_MT);
+    lua_xmove(L, M, 1); /* held while the thread is reset */
+    held = 1;
+  }
   /* __close handlers are Lua code: wake-ups they cause are queued, and the
    * CPU budget watches them like any resume */
   lw->running = co;
@@ -294,6 +308,8 @@ static void co_cancel(lr_co_t *co) {
     const char *msg = lua_tostring(co->L, -1);
     log_request_error(co, "error in a to-be-closed variable of a cancelled handler: ", msg ? msg : "?");
   }
+  if (r && r->s == co->stream) r->s = NULL;
+  if (held) lua_pop(M, 1);
   LR_DEBUG("handler cancelled: its stream ended while it waited");
   lr_stream_t *s = co->stream;
   if (co->ws) lr_ws_handler_done(co, 0);
