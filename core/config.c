@@ -51,7 +51,7 @@ static const char usage[] =
     "      --pid-file FILE        write the process id there while running\n"
     "      --user NAME            drop to this user after binding the listeners\n"
     "      --watch                reload the app when files in its directory change\n"
-    "      --cpu-budget SEC       longest a handler may run without yielding (default 1) -> 503\n"
+    "      --cpu-budget SEC       most CPU time a handler may use without yielding (default 1) -> 503\n"
     "      --lua-memory MIB       Lua memory cap per worker (default 1024) -> 503\n"
     "  -h, --help                 this text\n"
     "  -v, --version              print the version\n"
