@@ -203,8 +203,10 @@ def test_other_requests_wait_only_until_the_spinner_is_stopped(limits):
     time.sleep(0.05)
     t0 = time.monotonic()
     assert get(limits, "/").body == b"ok"
-    assert time.monotonic() - t0 < 2
-    t.join(5)
+    # the budget counts the spinner's CPU time (issue 9): on a loaded machine
+    # it gets a fraction of a core, so its 0.3 s take longer on the wall clock
+    assert time.monotonic() - t0 < (6 if os.environ.get("LARIAT_SANITIZE") else 3)
+    t.join(10)
     assert result["spin"] == 503
 
 

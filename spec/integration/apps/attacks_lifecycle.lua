@@ -58,6 +58,12 @@ end)
 app:get("/finished/:name", function(req) return finished[req.bindings.name] and "yes" or "no" end)
 
 app:get("/loop", function(req) while true do end end)
+-- about 2 ms of CPU, then an answer
+app:get("/work", function(req)
+  local x = 0
+  for i = 1, 200000 do x = x + i % 7 end
+  return tostring(x)
+end)
 app:get("/exec", function(req)
   os.execute("sleep 1.5")
   return "done"
