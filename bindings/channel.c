@@ -301,6 +301,12 @@ static int resumed(lua_State *L, int each) {
   sub_t *s = check_sub(L);
   int n = take(L, s, each);
   if (n >= 0) return n;
+  if (co->stopping) { /* the server stops: recv says so, each() ends */
+    if (each) return 0;
+    luaL_pushfail(L);
+    lua_pushliteral(L, "stopping");
+    return 2;
+  }
   if (!each && co->timed_out) {
     co->timed_out = 0;
     luaL_pushfail(L);

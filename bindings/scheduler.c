@@ -374,7 +374,7 @@ static void on_co_timer(uv_timer_t *t) {
 /* see bindings.h */
 int lr_co_wait(lua_State *L, lr_co_t *co, uint64_t timeout_ms, lr_cancel_cb cancel, void *arg, lua_KFunction k) {
   if (co == NULL || co->L != L || co->closing || !lua_isyieldable(L)) {
-    if (cancel) cancel(co, arg);
+    if (cancel && co) cancel(co, arg);
     return luaL_error(L, "can't wait here: only in a handler's coroutine (or one from lariat.spawn)");
   }
   lr_lworker_t *lw = co->app->lw;
@@ -445,7 +445,7 @@ int lr_l_stats(lua_State *L) {
 
 static void wq_cancel(lr_co_t *co, void *arg) {
   (void)arg;
-  if (co) lr_link_unlink(&co->wq);
+  lr_link_unlink(&co->wq);
 }
 
 int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua_KFunction k) {

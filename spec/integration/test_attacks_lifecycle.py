@@ -237,14 +237,21 @@ def test_sigterm_tells_open_event_streams_and_exits_promptly():
     server waits the full `--drain-timeout` ... SSE/streams told of shutdown
     (their waits return `nil, "stopping"`, the drain ends as soon as they
     finish)"."""
-    srv = LariatServer(app_path("attacks_lifecycle.lua"), "--workers", "2", "--drain-timeout", "30").start()
+    srv = LariatServer(app_path("attacks_lifecycle.lua"), "--workers", "1", "--drain-timeout", "30").start()
     try:
         conns = [RawConn(srv.port, timeout=10 * SLOW) for _ in range(6)]
         for c in conns:
             c.send(request("GET", "/sse"))
             c.read_until(b"data: hello\n\n")
+        waiters = [RawConn(srv.port, timeout=10 * SLOW) for _ in range(4)]
+        for c in waiters:
+            c.send(request("GET", "/channel-stop"))
+        wait_stats(srv, 5, "all waiting", handlers=10, waiting=10)
         t0 = time.monotonic()
         srv.proc.send_signal(signal.SIGTERM)
+        for c in waiters:
+            assert c.read_response().body == b"stopping"
+            c.close()
         for c in conns:
             rest = c.read_to_close()
             assert b"event: bye\ndata: stopping\n\n" in rest

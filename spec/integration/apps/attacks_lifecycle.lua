@@ -69,6 +69,13 @@ app:get("/exec", function(req)
   return "done"
 end)
 
+-- waits on a channel nobody publishes to: SIGTERM ends the wait
+app:get("/channel-stop", function(req)
+  local sub <close> = lariat.channel("quiet"):subscribe()
+  local msg, err = sub:recv()
+  return msg or err
+end)
+
 -- an event stream that ends when the server stops
 app:get("/sse", function(req)
   req:stream_reply(200, { ["content-type"] = "text/event-stream" })
