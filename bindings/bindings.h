@@ -117,7 +117,9 @@ const char *lr_lua_dir(void);
  * (lua_resetthread: to-be-closed variables run) and released WITHOUT resuming.
  * Before it yields, set s->wait (LR_WAIT_BODY/DRAIN) if the core must wake
  * the stream's waiter; it is reset to LR_WAIT_NONE on resume.
- * Raises when co can't wait here (not yieldable, or being closed). */
+ * cancel runs from the loop's tick, never inside a protocol callback.
+ * Raises (after calling cancel) when co can't wait here (NULL, not
+ * yieldable, or being closed). */
 int lr_co_wait(lua_State *L, lr_co_t *co, uint64_t timeout_ms, lr_cancel_cb cancel, void *arg, lua_KFunction k);
 void lr_co_wake(lr_co_t *co);         /* safe to call from any loop callback */
 lr_co_t *lr_co_current(lua_State *L); /* NULL outside a lariat coroutine */
