@@ -104,5 +104,7 @@ int luaopen_lariat_core(lua_State *L) {
   lua_getallocf(L, (void **)&app);
   lua_pushinteger(L, app->lw->w->id);
   lua_setfield(L, -2, "worker_id");
+  lua_pushstring(L, app->lw->cfg->app_path); /* lariat.static resolves against its directory */
+  lua_setfield(L, -2, "app_file");
   return 1;
 }

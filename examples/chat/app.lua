@@ -1,7 +1,7 @@
 -- A chat room: an HTML page and a WebSocket route; every message goes to
--- everyone in the room (lariat.channel: one worker; run with -w 1 to share
--- one room between all connections until channels cross workers).
---   lariat -w 1 examples/chat/app.lua    then open http://127.0.0.1:8080/
+-- everyone in the room, whichever worker their connection landed on
+-- (lariat.channel delivers across workers).
+--   lariat examples/chat/app.lua    then open http://127.0.0.1:8080/
 local lariat = require "lariat"
 local app = lariat.app()
 
@@ -12,7 +12,9 @@ app:get("/", function()
   return 200, { ["content-type"] = "text/html; charset=utf-8" }, page
 end)
 
--- the last messages, replayed to whoever joins (per worker, like the room)
+-- the last messages, replayed to whoever joins. This table lives in one
+-- worker's Lua state (top-level code runs once per worker), so a newcomer sees
+-- the messages said through its own worker; the room itself spans them all.
 local history, HISTORY = {}, 50
 
 local function say(room, from, text)

@@ -11,7 +11,8 @@
 --      through (their app:use entries, outermost first), then the route's list;
 --   5. the handler; its result is normalised to status, headers, body.
 -- Handlers are not wrapped in pcall: errors go to C (500, or the status of a
--- lariat.http_error value).
+-- lariat.http_error value), unless the app set app:on_error, whose dispatch
+-- runs under xpcall (only those apps pay for it).
 local http_error = require "lariat.http_error"
 local json = require "lariat.json"
 local lpath = require "lariat.path"
@@ -60,6 +61,12 @@ end
 
 -- The common part of every route registration. `level` points error
 -- messages at the user's line.
+local function where(level)
+  local info = debug.getinfo(level + 1, "Sl")
+  if not info or info.currentline < 0 then return nil end
+  return (info.short_src or "?") .. ":" .. info.currentline
+end
+
 local function add(self, kind, methods, pattern, opts, handler)
   local root = rawget(self, "_root") or self
   if not callable(handler) then
@@ -81,6 +88,7 @@ local function add(self, kind, methods, pattern, opts, handler)
   local entry = {
     kind = kind, methods = m, pattern = pattern, host = rawget(self, "_host"),
     constraints = constraints, handler = handler, middleware = mws,
+    where = where(3), -- the user's line, for duplicate and status messages
   }
   if kind == "ws" then
     -- what C receives as the third value: the options without lariat's own keys
@@ -119,11 +127,27 @@ function App:all(path, a, b)
   return self
 end
 
--- ws(path, handler[, opts]): a WebSocket route. dispatch answers it with
--- "websocket", handler, opts and C upgrades and runs handler(ws, req).
--- opts may hold middlewares (array part), constraints, and options for C.
-function App:ws(path, handler, opts)
+-- ws(path, [opts,] handler), or the older ws(path, handler, opts): a
+-- WebSocket route. dispatch answers it with "websocket", handler, opts and C
+-- upgrades and runs handler(ws, req). opts may hold middlewares (array
+-- part), constraints, and options for C.
+function App:ws(path, a, b)
+  local opts, handler = a, b
+  if b == nil or (callable(a) and not callable(b)) then opts, handler = b, a end
   add(self, "ws", "GET", path, opts, handler)
+  return self
+end
+
+-- on_error(fn(req, err)): called for every error answer the Lua layer makes
+-- (404, 405, a bad path, an error raised by a handler or middleware, a
+-- lariat.http_error raised by req:json() and friends). err has status,
+-- message, kind, error (the raised value), traceback, route, headers and body
+-- (lariat's own answer). fn returns a response like a handler does, or
+-- nothing to send lariat's own. Setting it wraps dispatch in xpcall.
+function App:on_error(fn)
+  if rawget(self, "_root") then error("on_error() is not available on a host scope; set it on the app", 2) end
+  if not callable(fn) then error("on_error: expected a function, got " .. type(fn), 2) end
+  self._on_error = fn
   return self
 end
 
@@ -200,12 +224,28 @@ local function flatten(app, prefix, host, chain, out, seen)
       out[#out + 1] = {
         kind = e.kind, methods = e.methods, pattern = join(prefix, e.pattern),
         host = e.host or host, constraints = e.constraints, handler = e.handler,
-        chain = concat_lists(chain, e.middleware), ws_opts = e.ws_opts,
+        chain = concat_lists(chain, e.middleware), ws_opts = e.ws_opts, where = e.where,
       }
     end
   end
   seen[app] = nil
   return out
+end
+
+-- A status C could only send as "999 Unknown" is the handler's mistake: a
+-- 500 and a log line naming the route, not a response.
+local function bad_status(label, s)
+  error(("%s returned status %s; a status is an integer 100..599"):format(label, tostring(s)), 0)
+end
+
+local function check_status(label, a, b, c)
+  if type(a) == "number" and (math.type(a) ~= "integer" or a < 100 or a > 599) then bad_status(label, a) end
+  return a, b, c
+end
+
+local function route_label(route)
+  local m = route.methods == "*" and "*" or table.concat(route.methods, ",")
+  return ("route %s %s%s"):format(m, route.pattern, route.where and (" (" .. route.where .. ")") or "")
 end
 
 -- normalize(handler results) → status, headers, body (or nothing).
@@ -225,18 +265,6 @@ local function normalize(a, b, c)
 end
 M.normalize = normalize
 
--- The same for literal routes without middleware (nothing else looks at the
--- result): C knows 1 and 2 as the text and JSON content types, so a string
--- or table result costs no header table walk.
-local function normalize_direct(a, b, c)
-  local t = type(a)
-  if t == "string" then
-    if a == "websocket" and type(b) == "function" then return a, b, c end
-    return 200, 1, a
-  end
-  if t == "table" and not http_error.is(a) then return 200, 2, json.encode(a) end
-  return normalize(a, b, c)
-end
 
 local under = lpath.under
 
@@ -256,29 +284,88 @@ end
 
 local function call_handler(req, route)
   if route.kind == "ws" then return "websocket", route.handler, route.ws_opts end
-  return normalize(route.handler(req))
+  return check_status(route.label, normalize(route.handler(req)))
 end
 
 local NOT_FOUND_BODY = "not found\n"
+
+-- lariat's own error answer for req: {"error": msg, "status": n} when the
+-- client asks for JSON, text otherwise
+local function error_answer(req, status, message, headers)
+  local e = http_error.for_request(req, status, message, headers)
+  return e.status, e.headers, e.body
+end
+
+-- Errors with on_error ------------------------------------------------------
+
+-- the message of a raised value, without the "file:line:" of its position
+local function message_of(e)
+  if http_error.is(e) then return e.message end
+  if type(e) == "table" and math.type(e.status) == "integer" then return tostring(e.body or e.status) end
+  return tostring(e)
+end
+
+-- Build the error object handed to on_error, and lariat's own answer in it.
+local function error_object(req, e, traceback, route)
+  local err = { error = e, traceback = traceback, route = route and route.pattern, message = message_of(e) }
+  if http_error.is(e) or (type(e) == "table" and math.type(e.status) == "integer") then
+    err.kind, err.status, err.headers, err.body = "http_error", e.status, e.headers, e.body
+  else
+    local status = 500
+    if type(e) == "string" and e:find("not enough memory", 1, true) then status = 503 end
+    err.kind, err.status = "error", status
+    local _
+    _, err.headers, err.body = error_answer(req, status, http_error.reasons[status])
+  end
+  return err
+end
+
+local function log_error(req, text)
+  require("lariat.log").error("%s %s: %s", req.method, req.path, text)
+end
+
+-- Run the app's hook; what it returns is the answer, nothing means lariat's.
+-- A hook that fails is logged and the default answer goes out.
+local function run_hook(hook, req, err)
+  local ok, a, b, c = pcall(hook, req, err)
+  if not ok then
+    log_error(req, "on_error hook failed: " .. tostring(a))
+    return err.status, err.headers, err.body
+  end
+  if a == nil then return err.status, err.headers, err.body end
+  local ok2, s, h, bd = pcall(normalize, a, b, c)
+  if not ok2 then
+    log_error(req, "on_error hook: " .. tostring(s))
+    return err.status, err.headers, err.body
+  end
+  return check_status("on_error hook", s, h, bd)
+end
 
 -- compile() → dispatch(req, method, path). load_app calls it once per load.
 function App:compile()
   if rawget(self, "_root") then error("compile() on a host scope; compile the app itself", 2) end
   local router = router_mod.new()
+  local on_error = self._on_error
   -- fast[path][method] → handler, for literal routes with nothing around
   -- them: the raw path is looked up before any canonicalisation or routing
   -- (a literal route is the most specific match there is)
-  local fast = {}
+  local fast, fast_route = {}, {}
   for _, route in ipairs(flatten(self, "", nil, {}, {}, {})) do
+    route.label = route_label(route)
     local ok, err = pcall(router.add, router, route)
-    if not ok then error("route " .. route.pattern .. ": " .. tostring(err), 0) end
+    if not ok then
+      err = tostring(err)
+      if err:find("^duplicate route") then error(err, 0) end
+      error("route " .. route.pattern .. ": " .. err, 0)
+    end
     local p = route.pattern
     if route.kind ~= "ws" and not route.host and not route.chain[1] and route.methods ~= "*"
         and not p:find("[:%*%[]") and lpath.canonical(p) == p then
       local f = fast[p] or {}
       fast[p] = f
+      fast_route[p] = fast_route[p] or {}
       for _, m in ipairs(route.methods) do
-        if f[m] == nil then f[m] = route.handler end
+        if f[m] == nil then f[m] = route.handler; fast_route[p][m] = route end
       end
     end
   end
@@ -288,45 +375,100 @@ function App:compile()
   local has_hosts = router.has_hosts
   local OPTIONS_ALL = { allow = router:allow_all() }
 
+  -- lariat's own error answers go through the hook when there is one
+  local function fail(req, status, message, headers)
+    if on_error then
+      local e = http_error.for_request(req, status, message, headers)
+      local err = { kind = status == 404 and "not_found" or status == 405 and "method_not_allowed" or "bad_request",
+                    status = e.status, message = e.message, headers = e.headers, body = e.body }
+      return run_hook(on_error, req, err)
+    end
+    return error_answer(req, status, message, headers)
+  end
+
   local function call_route(req, cpath, method, segs)
     if cpath == "*" then
       if method == "OPTIONS" then return 204, OPTIONS_ALL end
-      return 400, TEXT, "'*' is only valid with OPTIONS\n"
+      return fail(req, 400, "'*' is only valid with OPTIONS")
     end
     local route, b, pi = router:match(has_hosts and req.host, method, cpath, segs)
     if not route then
       if b then
         if method == "OPTIONS" then return 204, { allow = b } end
-        return 405, { allow = b, ["content-type"] = TEXT["content-type"] }, "method not allowed\n"
+        return fail(req, 405, "method not allowed", { allow = b })
       end
-      return 404, TEXT, NOT_FOUND_BODY
+      return fail(req, 404, "not found")
     end
     if b then req.bindings = b end
     if pi then req.path_info = pi end
     if route.chain[1] then
-      return normalize(run(route.chain, 1, req, cpath, call_handler, route))
+      return check_status(route.label, normalize(run(route.chain, 1, req, cpath, call_handler, route)))
     end
     return call_handler(req, route)
   end
 
   if has_global or has_hosts then fast = {} end
-  for _, f in pairs(fast) do
-    if f.HEAD == nil and f.GET then f.HEAD = f.GET end -- HEAD falls back to GET, as in the router
+  for p, f in pairs(fast) do
+    if f.HEAD == nil and f.GET then -- HEAD falls back to GET, as in the router
+      f.HEAD = f.GET
+      fast_route[p].HEAD = fast_route[p].GET
+    end
   end
 
-  return function(req, method, path)
+  -- normalize for literal routes without middleware (nothing else looks at
+  -- the result): C knows 1 and 2 as the text and JSON content types, so a
+  -- string or table result costs no header table walk.
+  local function normalize_direct(path, method, a, b, c)
+    local t = type(a)
+    if t == "string" then
+      if a == "websocket" and type(b) == "function" then return a, b, c end
+      return 200, 1, a
+    end
+    if t == "table" and not http_error.is(a) then return 200, 2, json.encode(a) end
+    if t == "number" and (math.type(a) ~= "integer" or a < 100 or a > 599) then
+      bad_status(fast_route[path][method].label, a)
+    end
+    return normalize(a, b, c)
+  end
+
+  local function dispatch(req, method, path)
     local f = fast[path]
     if f then
       local h = f[method]
-      if h then return normalize_direct(h(req)) end
+      if h then return normalize_direct(path, method, h(req)) end
     end
     local cpath, segs = path, nil
     if path ~= "*" then
       cpath, segs = lpath.canonical(path)
-      if not cpath then return 400, TEXT, "bad request path: " .. segs .. "\n" end
+      if not cpath then return fail(req, 400, "bad request path: " .. segs) end
     end
     if not has_global then return call_route(req, cpath, method, segs) end
-    return normalize(run(global, 1, req, cpath, call_route, cpath, method, segs))
+    return check_status("middleware", normalize(run(global, 1, req, cpath, call_route, cpath, method, segs)))
+  end
+  if not on_error then return dispatch end
+
+  -- with on_error: errors raised anywhere in the chain come back here. The
+  -- traceback is taken where the error was raised (xpcall's handler).
+  local function traceback(e)
+    if type(e) == "string" then return { e, debug.traceback(e, 2) } end
+    return { e }
+  end
+  local function finish(req, ok, a, ...)
+    if ok then return a, ... end
+    local e, tb = a[1], a[2]
+    if type(e) == "userdata" then error(e, 0) end -- the server stopping a handler: not ours
+    if req.status ~= nil then
+      -- the response already began: it can only be cut short (C does that)
+      error(tb or e, 0)
+    end
+    local cpath = lpath.canonical(req.path)
+    local route = cpath and router:match(has_hosts and req.host, req.method, cpath)
+    local err = error_object(req, e, tb, route)
+    if tb then log_error(req, tb) end
+    return run_hook(on_error, req, err)
+  end
+  return function(req, method, path)
+    return finish(req, xpcall(dispatch, traceback, req, method, path))
   end
 end
 

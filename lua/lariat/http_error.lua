@@ -48,6 +48,41 @@ function M.new(status, message, headers)
                       HttpError)
 end
 
+-- wants_json(req): does the client's accept header ask for JSON at least as
+-- much as for text? ("application/json", "application/problem+json";
+-- browsers, which ask for text/html, and "*/*" get text)
+function M.wants_json(req)
+  local accept = req.headers and req.headers.accept
+  if type(accept) ~= "string" then return false end
+  local jq, tq = 0, 0
+  for range in accept:gmatch("[^,]+") do
+    local mt = (range:match("^%s*([^;%s]+)") or ""):lower()
+    local q = tonumber(range:match(";%s*[qQ]%s*=%s*([%d.]+)")) or 1
+    if mt == "application/json" or mt:find("^application/[%w.%-]+%+json$") then
+      if q > jq then jq = q end
+    elseif mt:find("^text/") then
+      if q > tq then tq = q end
+    end
+  end
+  return jq > 0 and jq >= tq
+end
+
+local function json_body(status, message)
+  return require("lariat.json").encode { error = message, status = status }
+end
+
+-- for_request(req, status, message[, headers[, force_json]]): the error
+-- lariat itself answers: {"error": message, "status": status} as JSON when
+-- force_json or the client asks for JSON, the message as text otherwise.
+function M.for_request(req, status, message, headers, force_json)
+  local e = M.new(status, message, headers)
+  if type(message) ~= "table" and (force_json or M.wants_json(req)) then
+    e.body = json_body(status, e.message)
+    e.headers["content-type"] = "application/json"
+  end
+  return e
+end
+
 function M.is(v)
   return getmetatable(v) == HttpError
 end

@@ -6,7 +6,7 @@
 --                                     (sleep returns nil, "stopping" on SIGTERM)
 --   lariat.stats()                    { handlers=, waiting=, connections= } of this worker
 --   lariat.spawn(fn, ...)             run fn in a coroutine of its own
---   lariat.channel(name)              pub/sub within a worker (chat rooms)
+--   lariat.channel(name)              pub/sub across every worker (chat rooms)
 --   lariat.json.encode/decode/null    JSON (decode returns nil, msg on error)
 --   lariat.log.debug/info/warn/error  log lines through the server's log
 --   lariat.http_error(status, msg[, headers])  an error value C answers as is
@@ -63,11 +63,13 @@ function lariat.spawn(fn, ...)
   return core_or_fail("lariat.spawn").spawn(fn, ...)
 end
 
--- channel(name): publish/subscribe between the coroutines of this worker.
---   ch:publish(msg)          msg is a string; returns the subscriber count
+-- channel(name): publish/subscribe between coroutines, across every worker
+-- (a message published in one worker reaches the subscribers of all).
+--   ch:publish(msg)          msg is a string; returns the subscribers reached
+--                            in this worker (the others get it from their loop)
 --   ch:subscribe{max_queued=1000} → sub: sub:recv([timeout]), sub:each(),
 --                            sub:close() (also `local sub <close> = ...`)
---   ch:subscribers()         how many subscriptions are open
+--   ch:subscribers()         how many subscriptions are open in this worker
 local Channel = {}
 Channel.__index = Channel
 
@@ -105,7 +107,14 @@ function lariat.worker_id()
   return core_or_fail("lariat.worker_id").worker_id
 end
 
+-- static(dir, opts): a relative dir is taken from the app file's directory,
+-- not from wherever the server was started.
 function lariat.static(dir, opts)
+  local core = runtime.core()
+  if type(dir) == "string" and dir:sub(1, 1) ~= "/" and core and core.app_file then
+    local base = core.app_file:match("^(.*)/[^/]*$")
+    if base then dir = base .. "/" .. dir end
+  end
   return require("lariat.static")(dir, opts)
 end
 

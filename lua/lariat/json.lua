@@ -39,15 +39,25 @@ local function swap_empty_arrays(v, depth)
   return copy or v
 end
 
+-- cjson writes "/" as "\/" and has no switch for it. Every "/" it emits is
+-- inside a string and escaped that way, and a backslash is "\\", so "\/"
+-- in its output is always an escaped slash: dropping the backslash is exact.
+local find, gsub = string.find, string.gsub
+
+local function unslash(s)
+  if find(s, "\\/", 1, true) then return (gsub(s, "\\/", "/")) end
+  return s
+end
+
 -- encode(value) → string; raises on values JSON cannot represent.
 function M.encode(value)
   if marked and type(value) == "table" then
     local swapped = swap_empty_arrays(value, 0)
     if swapped ~= value then
-      return (cjson.encode(swapped):gsub(SENTINEL_JSON, "[]"))
+      return unslash((cjson.encode(swapped):gsub(SENTINEL_JSON, "[]")))
     end
   end
-  return cjson.encode(value)
+  return unslash(cjson.encode(value))
 end
 
 -- decode(text) → value, or nil, message. JSON null decodes to lariat.json.null.

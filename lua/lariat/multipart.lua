@@ -19,7 +19,10 @@ local find, sub = string.find, string.sub
 
 local M = {}
 
-local function fail(status, msg) error(http_error.new(status, msg), 0) end
+-- JSON when the client asks for it (req known), text otherwise
+local function fail(status, msg, req)
+  error(req and http_error.for_request(req, status, msg) or http_error.new(status, msg), 0)
+end
 
 -- header parameter parsing: `form-data; name="a\"b"; filename*=UTF-8''%e2%82%ac`
 local function parse_params(value)
@@ -97,11 +100,11 @@ function Reader:fill()
   if self.fin then return false end
   local chunk, status = self.req:read_body { length = self.chunk_size, timeout = self.timeout }
   if chunk == nil then
-    if status == "timeout" then fail(408, "request body timed out") end
-    fail(400, "request body ended early (" .. tostring(status) .. ")")
+    if status == "timeout" then fail(408, "request body timed out", self.req) end
+    fail(400, "request body ended early (" .. tostring(status) .. ")", self.req)
   end
   self.total = self.total + #chunk
-  if self.total > self.max_size then fail(413, "multipart body too large") end
+  if self.total > self.max_size then fail(413, "multipart body too large", self.req) end
   if self.pos > 1 then self.buf = sub(self.buf, self.pos); self.pos = 1 end
   self.buf = self.buf .. chunk
   if status == "fin" then self.fin = true end
@@ -138,7 +141,7 @@ function Part:read()
       r.pos = r.pos + avail
       return data
     end
-    if not r:fill() then fail(400, "multipart body ended inside a part") end
+    if not r:fill() then fail(400, "multipart body ended inside a part", r.req) end
   end
 end
 
@@ -147,7 +150,7 @@ function Part:body(max)
   local out, size = {}, 0
   for chunk in self.read, self do
     size = size + #chunk
-    if max and size > max then fail(413, "multipart part too large") end
+    if max and size > max then fail(413, "multipart part too large", self.reader.req) end
     out[#out + 1] = chunk
   end
   return table.concat(out)
@@ -167,18 +170,18 @@ function Reader:next_part()
       if i then self.pos = i + #self.delim; break end
       local keep = #self.delim - 1
       if #self.buf - self.pos + 1 > keep then self.pos = #self.buf - keep + 1 end
-      if not self:fill() then fail(400, "multipart body without a boundary") end
+      if not self:fill() then fail(400, "multipart body without a boundary", self.req) end
     end
     self.after_delim = true
   end
-  if not self:ensure(2) then fail(400, "multipart body ended after a delimiter") end
+  if not self:ensure(2) then fail(400, "multipart body ended after a delimiter", self.req) end
   if sub(self.buf, self.pos, self.pos + 1) == "--" then
     self.done = true -- close delimiter; the epilogue is ignored
     return nil
   end
   -- transport padding, then CRLF
   while true do
-    if not self:ensure(1) then fail(400, "multipart body ended after a delimiter") end
+    if not self:ensure(1) then fail(400, "multipart body ended after a delimiter", self.req) end
     local c = sub(self.buf, self.pos, self.pos)
     if c ~= " " and c ~= "\t" then break end
     self.pos = self.pos + 1
@@ -190,7 +193,7 @@ function Reader:next_part()
   self.after_delim = false
   -- header block up to the empty line
   local block
-  if not self:ensure(2) then fail(400, "multipart body ended in part headers") end
+  if not self:ensure(2) then fail(400, "multipart body ended in part headers", self.req) end
   if sub(self.buf, self.pos, self.pos + 1) == "\r\n" then
     block = ""
     self.pos = self.pos + 2
@@ -198,17 +201,17 @@ function Reader:next_part()
     while true do
       local i = find(self.buf, "\r\n\r\n", self.pos, true)
       if i then
-        if i - self.pos + 4 > self.max_header then fail(413, "multipart part headers too large") end
+        if i - self.pos + 4 > self.max_header then fail(413, "multipart part headers too large", self.req) end
         block = sub(self.buf, self.pos, i + 1)
         self.pos = i + 4
         break
       end
-      if #self.buf - self.pos + 1 > self.max_header then fail(413, "multipart part headers too large") end
-      if not self:fill() then fail(400, "multipart body ended in part headers") end
+      if #self.buf - self.pos + 1 > self.max_header then fail(413, "multipart part headers too large", self.req) end
+      if not self:fill() then fail(400, "multipart body ended in part headers", self.req) end
     end
   end
   self.count = self.count + 1
-  if self.count > self.max_parts then fail(413, "too many multipart parts") end
+  if self.count > self.max_parts then fail(413, "too many multipart parts", self.req) end
   local headers = parse_headers(block)
   local part = setmetatable({ reader = self, headers = headers, done = false,
                               content_type = headers["content-type"] }, Part)
@@ -227,7 +230,7 @@ end
 function M.iterate(req, opts)
   opts = opts or {}
   local boundary, status, msg = M.boundary(req.headers["content-type"])
-  if not boundary then fail(status, msg) end
+  if not boundary then fail(status, msg, req) end
   local reader = setmetatable({
     req = req,
     -- a virtual CRLF so that a delimiter at the very start of the body matches

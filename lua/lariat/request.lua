@@ -14,7 +14,11 @@ local url = require "lariat.url"
 
 local M = {}
 
-local function fail(status, msg) error(http_error.new(status, msg), 0) end
+-- the answer is JSON when the client asks for it (or, for req:json(), when
+-- it sent JSON)
+local function fail(status, msg, req, json_body)
+  error(http_error.for_request(req, status, msg, nil, json_body), 0)
+end
 
 local function media_type(req)
   local ct = req.headers["content-type"]
@@ -24,11 +28,12 @@ local function media_type(req)
 end
 
 -- whole request body, or a 408/400 error when it cannot be read
-local function body_of(req)
+local function body_of(req, json_body)
   local body, err = req:body()
   if body == nil then
-    if err == "timeout" then fail(408, "request body timed out") end
-    fail(400, "request body could not be read (" .. tostring(err) .. ")")
+    if err == "timeout" then fail(408, "request body timed out", req, json_body) end
+    if err == "too large" then fail(413, "request body too large", req, json_body) end
+    fail(400, "request body could not be read (" .. tostring(err) .. ")", req, json_body)
   end
   return body
 end
@@ -38,7 +43,7 @@ local methods = {}
 -- query() → { key = value | {values...} } from req.qs.
 function methods.query(req)
   local t, err = url.parse(req.qs, limits.query_params, "query parameters")
-  if not t then fail(400, "bad query string: " .. err) end
+  if not t then fail(400, "bad query string: " .. err, req) end
   return t
 end
 
@@ -70,7 +75,7 @@ function methods.form(req)
   if mt == "multipart/form-data" then
     local out = {}
     for part in multipart.iterate(req) do
-      if part.name == nil then fail(400, "multipart part without a name") end
+      if part.name == nil then fail(400, "multipart part without a name", req) end
       if part.filename ~= nil then
         add_value(out, part.name, setmetatable({ filename = part.filename,
           content_type = part.content_type, headers = part.headers, body = part:body() },
@@ -82,23 +87,25 @@ function methods.form(req)
     return out
   end
   if mt ~= nil and mt ~= "application/x-www-form-urlencoded" then
-    fail(415, "expected an application/x-www-form-urlencoded or multipart/form-data body")
+    fail(415, "expected an application/x-www-form-urlencoded or multipart/form-data body", req)
   end
   local body = body_of(req)
   if mt == nil and body ~= "" then
-    fail(415, "form body without content-type")
+    fail(415, "form body without content-type", req)
   end
   local t, err = url.parse(body, limits.form_params, "form fields")
-  if not t then fail(400, "bad form body: " .. err) end
+  if not t then fail(400, "bad form body: " .. err, req) end
   return t
 end
 
--- json() → the decoded JSON body; 400 with the parser's message otherwise.
+-- json() → the decoded JSON body; 400 with the parser's message otherwise,
+-- answered as JSON ({"error": "malformed JSON: …", "status": 400}): the
+-- client speaks JSON.
 function methods.json(req)
-  local body = body_of(req)
-  if body == "" then fail(400, "malformed JSON: empty body") end
+  local body = body_of(req, true)
+  if body == "" then fail(400, "malformed JSON: empty body", req, true) end
   local v, err = json.decode(body)
-  if v == nil then fail(400, "malformed JSON: " .. err) end
+  if v == nil then fail(400, "malformed JSON: " .. err, req, true) end
   return v
 end
 

@@ -10,10 +10,11 @@
 -- Precedence (most specific wins, ties by order): segments are compared left
 -- to right and at each one a literal beats a binding with a constraint, which
 -- beats a plain binding, which beats the `*` wildcard. When the preferred
--- branch fails deeper down, matching backtracks into the next one. Routes that
--- reach the same trie node with the same method: the first registered wins.
+-- branch fails deeper down, matching backtracks into the next one. Bindings
+-- with different constraints that both accept a value: the first registered wins.
 -- Hosts: an exact host beats host patterns (in registration order), which
--- beat routes registered without a host.
+-- beat routes registered without a host. Two routes with the same method and
+-- the same path shape (one could never be reached) are an error at load.
 --
 -- Cost: a literal step is one hash lookup and literal-only routes are found by
 -- a single lookup of the whole path, so matching does not grow with the
@@ -91,9 +92,31 @@ local builtin = {
   nonempty = function(v) if v ~= "" then return v end return nil end,
 }
 
--- A constraint is "int", "nonempty", a Lua pattern (anchored at both ends
--- unless it already is) or a function(value) returning false/nil (reject),
--- true (accept as is) or a converted value.
+local function builtin_names()
+  local t = {}
+  for k in pairs(builtin) do t[#t + 1] = k end
+  table.sort(t)
+  return table.concat(t, ", ")
+end
+
+-- pattern → matcher; the pattern is anchored at both ends unless it already is
+local function pattern_constraint(spec)
+  if type(spec) ~= "string" then error("constraint { pattern = ... } needs a string, got " .. type(spec), 0) end
+  local pat = spec
+  if sub(pat, 1, 1) ~= "^" then pat = "^" .. pat end
+  if sub(pat, -1) ~= "$" or sub(pat, -2) == "%$" then pat = pat .. "$" end
+  local ok, err = pcall(find, "", pat)
+  if not ok then error("bad constraint pattern " .. spec .. ": " .. err, 0) end
+  return function(v) if find(v, pat) then return v end return nil end
+end
+
+-- A constraint is the name of a built-in ("int", "nonempty"), a Lua pattern
+-- written { pattern = "^%d+$" } (anchored at both ends unless it already is),
+-- or a function(value) returning false/nil (reject), true (accept as is) or a
+-- converted value. A string that is a name but not a built-in's is an error
+-- (a typo such as "integer" must not become a pattern); a string that is not
+-- a name (it holds pattern characters: %u%u, [a-z]+) is still taken as a
+-- pattern, as before the explicit form existed.
 local function compile_constraint(spec)
   if type(spec) == "function" then
     return function(v)
@@ -103,16 +126,20 @@ local function compile_constraint(spec)
       return r
     end
   end
+  if type(spec) == "table" then
+    if spec.pattern == nil then error("a constraint table needs a pattern field: { pattern = \"^%d+$\" }", 0) end
+    return pattern_constraint(spec.pattern)
+  end
   if type(spec) ~= "string" then
-    error("a constraint is \"int\", a Lua pattern or a function, got " .. type(spec), 0)
+    error("a constraint is a name (" .. builtin_names() .. "), { pattern = \"...\" } or a function, got "
+      .. type(spec), 0)
   end
   if builtin[spec] then return builtin[spec] end
-  local pat = spec
-  if sub(pat, 1, 1) ~= "^" then pat = "^" .. pat end
-  if sub(pat, -1) ~= "$" or sub(pat, -2) == "%$" then pat = pat .. "$" end
-  local ok, err = pcall(find, "", pat)
-  if not ok then error("bad constraint pattern " .. spec .. ": " .. err, 0) end
-  return function(v) if find(v, pat) then return v end return nil end
+  if spec:match("^[%a_][%w_]*$") then
+    error(("unknown constraint %q (known: %s; a Lua pattern is written { pattern = \"...\" })")
+      :format(spec, builtin_names()), 0)
+  end
+  return pattern_constraint(spec)
 end
 
 -- check(pattern, constraints): raises a message on a malformed pattern or a
@@ -134,7 +161,8 @@ function M.check(pattern, constraints)
   end
   for name, spec in pairs(constraints or {}) do
     if not names[name] then error("constraint for unknown binding :" .. tostring(name), 0) end
-    compile_constraint(spec)
+    local ok, err = pcall(compile_constraint, spec)
+    if not ok then error(":" .. name .. ": " .. err, 0) end
   end
 end
 
@@ -210,7 +238,39 @@ local function new_leaf()
 end
 
 local function new_tree()
-  return { root = new_node(), static = {} }
+  return { root = new_node(), static = {}, shapes = {} }
+end
+
+local function describe_route(route, m)
+  return ("%s %s%s"):format(m, route.pattern, route.where and (" (" .. route.where .. ")") or "")
+end
+
+-- Two routes of one tree with the same shape (the same literals, bindings
+-- with the same constraints, whatever their names) and a method in common:
+-- the second could never be reached, so it is an error rather than a shadow.
+local function check_duplicate(tree, route, segs)
+  local key = {}
+  for i, s in ipairs(segs) do
+    if s.kind == "lit" then key[i] = "=" .. s.value
+    elseif s.kind == "wild" then key[i] = "*"
+    else
+      local spec = route.constraints and route.constraints[s.name]
+      key[i] = ":" .. (spec == nil and "" or type(spec) == "string" and spec
+        or type(spec) == "table" and type(spec.pattern) == "string" and "~" .. spec.pattern or tostring(spec))
+    end
+  end
+  key = concat(key, "/")
+  local seen = tree.shapes[key]
+  if not seen then seen = {}; tree.shapes[key] = seen end
+  local list = route.methods == "*" and { "*" } or route.methods
+  for _, m in ipairs(list) do
+    local prev = seen[m]
+    if prev and prev ~= route then
+      error(("duplicate route: %s has the same method and path as %s, so it would never be reached")
+        :format(describe_route(route, m), describe_route(prev, m)), 0)
+    end
+  end
+  for _, m in ipairs(list) do seen[m] = route end
 end
 
 local function add_methods(leaf, route)
@@ -226,7 +286,9 @@ end
 local function insert(tree, route)
   for _, e in ipairs(expand(route.pattern)) do
     local node, literal_only, lits = tree.root, true, {}
-    for _, s in ipairs(parse_segments(e)) do
+    local segs = parse_segments(e)
+    check_duplicate(tree, route, segs)
+    for _, s in ipairs(segs) do
       if s.kind == "lit" then
         if find(s.value, "/", 1, true) then error("a literal segment may not contain an encoded '/'", 0) end
         lits[#lits + 1] = s.value
