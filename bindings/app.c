@@ -85,12 +85,18 @@ static int traceback(lua_State *L) {
   return 1;
 }
 
-/* first line of a message: errors on the command line are one line */
-static void first_line(char *err, size_t errlen, const char *msg) {
-  size_t n = strcspn(msg, "\n");
+/* The whole Lua message, newlines kept (an error inside a required module
+ * reads "error loading module 'store' from file './store.lua':\n\t./store.lua:3:
+ * ..."): the caller prints it as one entry. The traceback the message handler
+ * appended is left for the debug log. */
+static void load_error(char *err, size_t errlen, const char *msg) {
+  const char *tb = strstr(msg, "\nstack traceback:");
+  size_t n = tb ? (size_t)(tb - msg) : strlen(msg);
+  while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' ')) n--;
   if (n >= errlen) n = errlen - 1;
   memcpy(err, msg, n);
   err[n] = '\0';
+  if (tb) LR_DEBUG("%s", msg);
 }
 
 static void set_path(lua_State *L, const char *lua_dir, const char *app_path) {
@@ -146,22 +152,21 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   int r = luaL_loadfile(L, cfg->app_path);
   if (r == LUA_OK) r = lua_pcall(L, 0, 1, msgh);
   if (r != LUA_OK) {
-    first_line(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error loading the app");
-    if (lua_tostring(L, -1) && strchr(lua_tostring(L, -1), '\n')) LR_DEBUG("%s", lua_tostring(L, -1));
+    load_error(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error loading the app");
     goto fail;
   }
   /* dispatch = require("lariat").load_app(value, filename) */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lariat");
   if (lua_pcall(L, 1, 1, msgh) != LUA_OK) {
-    first_line(err, errlen, lua_tostring(L, -1));
+    load_error(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "cannot load the lariat library");
     goto fail;
   }
   lua_getfield(L, -1, "load_app");
   lua_pushvalue(L, -3);
   lua_pushstring(L, cfg->app_path);
   if (lua_pcall(L, 2, 1, msgh) != LUA_OK) {
-    first_line(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "load_app failed");
+    load_error(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "load_app failed");
     goto fail;
   }
   if (!lua_isfunction(L, -1)) {
@@ -170,6 +175,7 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   }
   app->dispatch_ref = luaL_ref(L, LUA_REGISTRYINDEX);
   lua_settop(L, 0);
+  if (cfg->watch) lr_watch_note(L, cfg->app_path);
   lua_gc(L, LUA_GCGEN, 0, 0); /* most request garbage dies young */
   return app;
 fail:

@@ -150,6 +150,12 @@ void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s);
 void lr_req_open(lua_State *L);
 int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int status_idx, int fin);
 int lr_req_reply_results(lua_State *L);
+int lr_req_wants_json(const lr_stream_t *s); /* accept asks for JSON: error answers in JSON */
+
+/* watch.c: --watch, on the main thread */
+void lr_watch_note(lua_State *L, const char *app_path); /* after a load: the files it read */
+int lr_watch_start(uv_loop_t *loop, void (*reload)(const char *why));
+void lr_watch_stop(void);
 
 /* channel.c: cross-worker delivery of lariat.channel messages */
 void lr_channel_attach(lr_worker_t *w, int n_workers);

@@ -21,8 +21,6 @@ static int n_slots;
 static int stop_requests;
 static uv_async_t worker_exited;
 static uv_signal_t sig_term, sig_int, sig_hup;
-static uv_fs_event_t watcher;
-static uv_timer_t debounce;
 static uv_timer_t watchdog;
 static uv_timer_t drain_timer;
 
@@ -63,8 +61,7 @@ static void on_worker_exited(uv_async_t *a) {
   uv_close((uv_handle_t *)&worker_exited, NULL);
   uv_close((uv_handle_t *)&watchdog, NULL);
   if (drain_timer.loop) uv_close((uv_handle_t *)&drain_timer, NULL);
-  if (uv_is_active((uv_handle_t *)&watcher)) uv_close((uv_handle_t *)&watcher, NULL);
-  if (debounce.loop && !uv_is_closing((uv_handle_t *)&debounce)) uv_close((uv_handle_t *)&debounce, NULL);
+  lr_watch_stop();
 }
 
 /* Build a new app state for every worker here, in the main thread, so the
@@ -90,21 +87,6 @@ static void reload_all(const char *why) {
   }
   lr_log(LR_LOG_INFO, "reloading the app (%s)", why);
   free(fresh);
-}
-
-/* --watch: changes come in bursts (an editor writes, renames, touches): wait
- * for a quiet moment, then reload once */
-
-static void on_debounced(uv_timer_t *t) {
-  (void)t;
-  reload_all("files changed");
-}
-
-static void on_fs_event(uv_fs_event_t *h, const char *file, int events, int status) {
-  (void)h;
-  (void)events;
-  if (status < 0 || (file && (file[0] == '.' || strchr(file, '~')))) return; /* editor droppings */
-  uv_timer_start(&debounce, on_debounced, 200, 0);
 }
 
 static void on_signal(uv_signal_t *h, int signum) {
@@ -218,21 +200,7 @@ int main(int argc, char **argv) {
   uv_signal_start(&sig_int, on_signal, SIGINT);
   uv_signal_start(&sig_hup, on_signal, SIGHUP);
 
-  if (cfg.watch) {
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s", cfg.app_path);
-    char *slash = strrchr(dir, '/');
-    if (slash)
-      *slash = '\0';
-    else
-      strcpy(dir, ".");
-    uv_timer_init(main_loop, &debounce);
-    uv_fs_event_init(main_loop, &watcher);
-    if (uv_fs_event_start(&watcher, on_fs_event, dir, 0) == 0)
-      lr_log(LR_LOG_INFO, "watching %s for changes", dir);
-    else
-      lr_log(LR_LOG_WARN, "--watch: cannot watch %s", dir);
-  }
+  if (cfg.watch) lr_watch_start(main_loop, reload_all); /* watch.c: the app's Lua files only */
 
   lr_budget_install();
   uint64_t every = cfg.cpu_budget_ms / 4 < 10 ? 10 : cfg.cpu_budget_ms / 4;

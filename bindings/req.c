@@ -377,8 +377,8 @@ int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int si, int fin) {
     return -1;
   }
   lua_Integer status = lua_tointeger(L, si);
-  if (status < 100 || status > 999) {
-    lua_pushfstring(L, "status %d out of range", (int)status);
+  if (status < 100 || status > 599) {
+    lua_pushfstring(L, "status %d out of range (100..599)", (int)status);
     return -1;
   }
   if (status < 200) {
@@ -756,6 +756,56 @@ static const luaL_Reg methods[] = {
     {"body", m_body},
     {NULL, NULL},
 };
+
+/* -- content negotiation for the answers C makes itself (500, 503) -- */
+
+/* q of one media range ("text/html;level=1;q=0.5" → 0.5; none → 1) */
+static double range_q(const char *p, const char *end) {
+  for (; p < end; p++) {
+    if (*p != ';') continue;
+    const char *q = p + 1;
+    while (q < end && (*q == ' ' || *q == '\t')) q++;
+    if (q + 1 < end && (q[0] == 'q' || q[0] == 'Q') && q[1] == '=') {
+      double v = 0, scale = 0;
+      for (q += 2; q < end && ((*q >= '0' && *q <= '9') || *q == '.'); q++) {
+        if (*q == '.') scale = 1;
+        else if (scale) v += (*q - '0') * (scale /= 10);
+        else v = v * 10 + (*q - '0');
+      }
+      return v;
+    }
+  }
+  return 1;
+}
+
+/* Does the client ask for JSON at least as much as for text? The same rule
+ * as lariat.http_error.wants_json: "application/json" or "application/…+json"
+ * beats or ties every text/… range; any-type ranges and browsers get text. */
+int lr_req_wants_json(const lr_stream_t *s) {
+  double jq = 0, tq = 0;
+  for (unsigned i = 0; i < s->n_headers; i++) {
+    const lr_header_t *h = &s->headers[i];
+    if (h->name.len != 6 || memcmp(h->name.base, "accept", 6) != 0) continue;
+    const char *p = h->value.base, *end = p + h->value.len;
+    while (p < end) {
+      const char *comma = memchr(p, ',', (size_t)(end - p));
+      const char *r_end = comma ? comma : end;
+      while (p < r_end && (*p == ' ' || *p == '\t')) p++;
+      const char *t_end = p;
+      while (t_end < r_end && *t_end != ';' && *t_end != ' ') t_end++;
+      size_t tl = (size_t)(t_end - p);
+      double q = range_q(t_end, r_end);
+      if ((tl == 16 && strncasecmp(p, "application/json", 16) == 0) ||
+          (tl > 17 && strncasecmp(p, "application/", 12) == 0 && strncasecmp(t_end - 5, "+json", 5) == 0)) {
+        if (q > jq) jq = q;
+      } else if (tl > 5 && strncasecmp(p, "text/", 5) == 0) {
+        if (q > tq) tq = q;
+      }
+      p = comma ? comma + 1 : end;
+    }
+  }
+  return jq > 0 && jq >= tq;
+}
 
 /* creates the req metatable; its methods table is core.req_methods */
 void lr_req_open(lua_State *L) {

@@ -88,9 +88,14 @@ static void co_release(lr_co_t *co) {
 
 static void reply_status(lr_stream_t *s, int status) {
   static const lr_header_t ct = {{"content-type", 12}, {"text/plain; charset=utf-8", 25}};
-  char body[64];
-  int n = snprintf(body, sizeof body, "%s\n", lr_status_reason(status));
-  lr_stream_send_head(s, status, &ct, 1, body, (size_t)n, NULL, NULL, LR_FIN);
+  static const lr_header_t ct_json = {{"content-type", 12}, {"application/json", 16}};
+  char body[96], reason[64];
+  int json = lr_req_wants_json(s); /* then in the shape of lariat's Lua errors */
+  snprintf(reason, sizeof reason, "%s", lr_status_reason(status));
+  for (char *p = reason; json && *p; p++) *p = (char)(*p >= 'A' && *p <= 'Z' ? *p | 0x20 : *p);
+  int n = json ? snprintf(body, sizeof body, "{\"error\":\"%s\",\"status\":%d}", reason, status)
+               : snprintf(body, sizeof body, "%s\n", reason);
+  lr_stream_send_head(s, status, json ? &ct_json : &ct, 1, body, (size_t)n, NULL, NULL, LR_FIN);
 }
 
 static void log_request_error(lr_co_t *co, const char *what, const char *msg) {

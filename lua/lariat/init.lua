@@ -108,11 +108,17 @@ function lariat.worker_id()
 end
 
 -- static(dir, opts): a relative dir is taken from the app file's directory,
--- not from wherever the server was started.
+-- not from wherever the server was started (outside the server, e.g. under
+-- busted, from the directory of the file calling lariat.static).
 function lariat.static(dir, opts)
-  local core = runtime.core()
-  if type(dir) == "string" and dir:sub(1, 1) ~= "/" and core and core.app_file then
-    local base = core.app_file:match("^(.*)/[^/]*$")
+  if type(dir) == "string" and dir:sub(1, 1) ~= "/" then
+    local core = runtime.core()
+    local file = core and core.app_file
+    if not file then
+      local src = debug.getinfo(2, "S").source
+      file = src:sub(1, 1) == "@" and src:sub(2) or nil
+    end
+    local base = file and file:match("^(.*)/[^/]*$")
     if base then dir = base .. "/" .. dir end
   end
   return require("lariat.static")(dir, opts)

@@ -1,5 +1,10 @@
 -- lariat.middleware.access_log(opts): one line per request.
 --
+-- Deprecated: use the server's --access-log FILE|- instead. It sees what this
+-- middleware cannot: answers the core makes before Lua runs (413 over
+-- --max-body, 400, 408, 431), requests whose handler raised, the bytes
+-- really written. This one stays for apps that use it (and for opts.sink).
+--
 --   app:use(lariat.middleware.access_log{ format = "json", file = "access.log" })
 --
 -- opts.format: "combined" (Apache/nginx combined log format, default) or
@@ -62,6 +67,7 @@ return function(opts)
     if code == "websocket" then code = 101
     elseif code == nil then code = req.status end
     local bytes = type(body) == "string" and #body or req.bytes_sent
+    if req.method == "HEAD" then bytes = 0 end -- the core sends no body
     local h = req.headers
     local target = req.path .. ((req.qs or "") ~= "" and ("?" .. req.qs) or "")
     local line
