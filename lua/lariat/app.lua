@@ -449,13 +449,15 @@ function App:compile()
 
   -- with on_error: errors raised anywhere in the chain come back here. The
   -- traceback is taken where the error was raised (xpcall's handler).
+  local CAUGHT = {} -- marks what the message handler returns (a memory error skips it)
   local function traceback(e)
-    if type(e) == "string" then return { e, debug.traceback(e, 2) } end
-    return { e }
+    if type(e) == "string" then return setmetatable({ e, debug.traceback(e, 2) }, CAUGHT) end
+    return setmetatable({ e }, CAUGHT)
   end
   local function finish(req, ok, a, ...)
     if ok then return a, ... end
-    local e, tb = a[1], a[2]
+    local e, tb = a, nil
+    if getmetatable(a) == CAUGHT then e, tb = a[1], a[2] end
     if type(e) == "userdata" then error(e, 0) end -- the server stopping a handler: not ours
     if req.status ~= nil then
       -- the response already began: it can only be cut short (C does that)
@@ -464,7 +466,7 @@ function App:compile()
     local cpath = lpath.canonical(req.path)
     local route = cpath and router:match(has_hosts and req.host, req.method, cpath)
     local err = error_object(req, e, tb, route)
-    if tb then log_error(req, tb) end
+    if err.kind == "error" then log_error(req, tb or tostring(e)) end
     return run_hook(on_error, req, err)
   end
   return function(req, method, path)
