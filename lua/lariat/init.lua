@@ -13,6 +13,8 @@
 --   lariat.static(dir, opts)          static files handler/middleware
 --   lariat.middleware.access_log/request_id/cors/gzip/basic_auth(opts)
 --   lariat.limits                     bounds of the request helpers
+-- Not loaded here: require "lariat.test" (a client for testing an app from
+-- busted, spawning the server; see lariat/test.lua).
 -- Request helpers (req:query(), req:form(), …) live in lariat.request and are
 -- installed into the C req methods when the core is found.
 local app = require "lariat.app"
