@@ -203,6 +203,13 @@ class LariatServer:
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
+    def cpu_seconds(self):
+        """user + system CPU time of the server process (all threads): bounds
+        that hold on a loaded machine, where wall-clock ones don't"""
+        with open("/proc/%d/stat" % self.pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def url(self, path="/", port=None):
         return "http://127.0.0.1:%d%s" % (port or self.port, path)
 

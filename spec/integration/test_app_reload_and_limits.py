@@ -37,7 +37,9 @@ def wait_log(srv, needle, timeout=3):
 
 
 def get(srv, path="/"):
-    with srv.connect() as c:
+    # generous: the CPU budget counts CPU time, which a loaded machine hands
+    # out slowly; the tests bound CPU time, not the wall clock
+    with srv.connect(timeout=60) as c:
         c.send(request("GET", path))
         return c.read_response()
 
@@ -178,9 +180,9 @@ def limits(tmp_path, start_server):
 def test_cpu_budget_stops_a_spinning_handler_with_503(limits):
     """A handler that never yields is stopped after the budget with a 503 and a
     log line; the same worker serves the next request."""
-    t0 = time.monotonic()
+    cpu0 = limits.cpu_seconds()
     assert get(limits, "/spin").status == 503
-    assert time.monotonic() - t0 < 3
+    assert limits.cpu_seconds() - cpu0 < 2.5  # budget 0.3 s + watchdog periods + sanitizer slack
     assert wait_log(limits, "CPU budget exceeded")
     assert get(limits, "/").body == b"ok"
 
@@ -201,12 +203,12 @@ def test_other_requests_wait_only_until_the_spinner_is_stopped(limits):
     t = threading.Thread(target=spin)
     t.start()
     time.sleep(0.05)
-    t0 = time.monotonic()
+    cpu0 = limits.cpu_seconds()
     assert get(limits, "/").body == b"ok"
     # the budget counts the spinner's CPU time (issue 9): on a loaded machine
-    # it gets a fraction of a core, so its 0.3 s take longer on the wall clock
-    assert time.monotonic() - t0 < (6 if os.environ.get("LARIAT_SANITIZE") else 3)
-    t.join(10)
+    # it gets a fraction of a core, so bound the CPU it burnt, not the wall clock
+    assert limits.cpu_seconds() - cpu0 < 2.5
+    t.join(60)
     assert result["spin"] == 503
 
 
