@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <pwd.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "bindings.h"
@@ -29,7 +30,7 @@ static void on_drain_timeout(uv_timer_t *t) {
   (void)t;
   unsigned left = 0, live = 0;
   for (int i = 0; i < n_slots; i++) {
-    left += __atomic_load_n(&slots[i].w.n_conns, __ATOMIC_RELAXED);
+    left += lr_worker_conns(&slots[i].w);
     live += __atomic_load_n(&slots[i].lw.n_live, __ATOMIC_RELAXED);
   }
   lr_log(LR_LOG_WARN, "drain timeout: exiting with %u connections and %u handlers still open", left, live);
@@ -147,6 +148,21 @@ static int startup_failed(int n_ready, int *fds, const char *msg) {
   return 2;
 }
 
+/* every connection is a descriptor: the distribution's default soft limit
+ * (often 1024) would cap a worker far below what the hard limit allows */
+static void raise_fd_limit(void) {
+  struct rlimit rl;
+  if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur >= rl.rlim_max) return;
+  rlim_t was = rl.rlim_cur;
+  rl.rlim_cur = rl.rlim_max;
+  if (setrlimit(RLIMIT_NOFILE, &rl) == 0) return;
+  /* an "unlimited" hard limit is still capped by fs.nr_open */
+  for (rlim_t want = 1 << 20; want > was; want /= 2) {
+    struct rlimit r2 = {want, rl.rlim_max};
+    if (setrlimit(RLIMIT_NOFILE, &r2) == 0) return;
+  }
+}
+
 int main(int argc, char **argv) {
   static lr_config_t cfg;
   char err[1024];
@@ -159,7 +175,9 @@ int main(int argc, char **argv) {
   }
   lr_log_level = cfg.log_level;
   lr_log_json = cfg.log_json;
+  lr_out_high = cfg.output_buffer;
   signal(SIGPIPE, SIG_IGN);
+  raise_fd_limit();
 
   n_slots = cfg.workers;
   slots = calloc((size_t)n_slots, sizeof *slots);

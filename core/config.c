@@ -20,6 +20,14 @@ void lr_config_defaults(lr_config_t *cfg) {
   cfg->idle_timeout_ms = 60000;
   cfg->body_timeout_ms = 10000;
   cfg->drain_timeout_ms = 30000;
+  /* nginx's defaults: send_timeout 60 s, lingering_time 30 s, lingering_timeout 5 s;
+   * the body deadline is Apache mod_reqtimeout's idea (body=20,minrate=500), longer */
+  cfg->send_timeout_ms = 60000;
+  cfg->body_deadline_ms = 60000;
+  cfg->body_min_rate = 500;
+  cfg->lingering_time_ms = 30000;
+  cfg->lingering_timeout_ms = 5000;
+  cfg->output_buffer = 64 * 1024;
   cfg->cpu_budget_ms = 1000;
   cfg->lua_memory = (size_t)1024 * 1024 * 1024;
   cfg->log_level = LR_LOG_INFO;
@@ -45,6 +53,14 @@ static const char usage[] =
     "      --idle-timeout SEC     keep-alive idle time (default 60)\n"
     "      --body-timeout SEC     time a body read waits for data (default 10)\n"
     "      --drain-timeout SEC    time to finish requests on stop (default 30)\n"
+    "      --send-timeout SEC     close a connection whose peer takes none of our output for SEC (default 60)\n"
+    "      --body-deadline SEC    a request body must arrive within SEC, plus 1 s per --body-min-rate bytes\n"
+    "                             received (default 60) -> 408, or close once the response is out\n"
+    "      --body-min-rate BYTES  see --body-deadline; 0: a fixed deadline (default 500)\n"
+    "      --lingering-time SEC   after an early answer (413, 400...), read and discard the request's\n"
+    "                             rest for at most SEC before closing, so the client sees the answer (default 30)\n"
+    "      --lingering-timeout SEC  ... and at most SEC between two reads (default 5)\n"
+    "      --output-buffer BYTES  output queued per connection before writers wait (default 65536)\n"
     "      --log-level LEVEL      debug, info, warn or error (default info)\n"
     "      --log-format FORMAT    text or json (one object per line) (default text)\n"
     "      --max-connections N    connections per worker; more wait in the backlog (default: no cap)\n"
@@ -212,6 +228,31 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
         snprintf(err, errlen, "bad %s value '%s' (want seconds > 0)", name, val);
         return -1;
       }
+    } else if (IS("--send-timeout", "--send-timeout") || IS("--body-deadline", "--body-deadline") ||
+               IS("--lingering-time", "--lingering-time") || IS("--lingering-timeout", "--lingering-timeout")) {
+      NEEDVAL();
+      uint64_t *dst = name[2] == 's'                ? &cfg->send_timeout_ms
+                      : name[2] == 'b'              ? &cfg->body_deadline_ms
+                      : strlen(name) == strlen("--lingering-time") ? &cfg->lingering_time_ms
+                                                    : &cfg->lingering_timeout_ms;
+      if (parse_seconds(val, dst) || *dst == 0) {
+        snprintf(err, errlen, "bad %s value '%s' (want seconds > 0)", name, val);
+        return -1;
+      }
+    } else if (IS("--body-min-rate", "--body-min-rate")) {
+      NEEDVAL();
+      if (parse_u64(val, &cfg->body_min_rate) || cfg->body_min_rate > 0xffffffffu) {
+        snprintf(err, errlen, "bad --body-min-rate value '%s' (want bytes per second)", val);
+        return -1;
+      }
+    } else if (IS("--output-buffer", "--output-buffer")) {
+      NEEDVAL();
+      uint64_t n;
+      if (parse_u64(val, &n) || n < 1024 || n > (1u << 30)) {
+        snprintf(err, errlen, "bad --output-buffer value '%s' (want 1024..1073741824)", val);
+        return -1;
+      }
+      cfg->output_buffer = (size_t)n;
     } else if (IS("--log-format", "--log-format")) {
       NEEDVAL();
       if (strcmp(val, "text") != 0 && strcmp(val, "json") != 0) {

@@ -6,8 +6,12 @@
  * leaves in one writev. */
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "lariat.h"
+
+size_t lr_out_high = 64 * 1024;
 
 /* ---- output queue ---- */
 
@@ -128,11 +132,12 @@ void lr_conn_close(lr_conn_t *c) {
   if (c->flags & LR_CF_CLOSING) return;
   c->flags |= LR_CF_CLOSING;
   lr_link_unlink(&c->timeout.link);
+  lr_link_unlink(&c->send_to.link);
   lr_link_unlink(&c->deferred);
   c->flags &= ~LR_CF_DEFERRED;
   lr_link_unlink(&c->all);
-  c->worker->n_conns--;
-  if (c->worker->cfg->max_connections) lr__worker_conn_closed(c->worker);
+  __atomic_fetch_sub(&c->worker->n_conns, 1, __ATOMIC_RELAXED); /* main reads it for the drain log */
+  lr__worker_conn_closed(c->worker); /* accepting may have paused for a descriptor */
   if (c->proto && c->proto->on_close) c->proto->on_close(c);
   /* queued external segments belong to their owners: release them now; an
    * in-flight write still references its buffers until its callback runs */
@@ -143,6 +148,91 @@ void lr_conn_close(lr_conn_t *c) {
 void lr_conn_close_after_write(lr_conn_t *c) {
   c->flags |= LR_CF_CLOSE_AFTER_WRITE;
   lr_conn_defer(c);
+}
+
+void lr_conn_close_linger(lr_conn_t *c) {
+  c->flags |= LR_CF_LINGER;
+  lr_conn_close_after_write(c);
+}
+
+/* the response is out: send FIN, let the protocol go, and swallow input */
+static void start_lingering(lr_conn_t *c) {
+  lr_worker_t *w = c->worker;
+  if (c->flags & LR_CF_EOF) { /* the peer already closed its side: nothing to wait for */
+    lr_conn_close(c);
+    return;
+  }
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) || shutdown(fd, SHUT_WR)) {
+    lr_conn_close(c);
+    return;
+  }
+  if (c->proto && c->proto->on_close) c->proto->on_close(c);
+  c->proto = NULL;
+  c->flags |= LR_CF_LINGERING;
+  c->flags &= ~(LR_CF_NEED_RESUME | LR_CF_STALLED);
+  lr_link_unlink(&c->send_to.link);
+  c->linger_end = uv_now(&w->loop) + w->cfg->lingering_time_ms;
+  lr_conn_set_timeout(c, LR_TO_LINGER);
+  lr_conn_read_start(c);
+}
+
+static void linger_read(lr_conn_t *c, ssize_t n) {
+  if (n < 0 || uv_now(&c->worker->loop) >= c->linger_end) {
+    lr_conn_close(c);
+    return;
+  }
+  lr_conn_set_timeout(c, LR_TO_LINGER); /* input keeps coming: wait another lingering_timeout */
+}
+
+/* ---- send timeout ---- */
+
+/* armed while output waits on the peer: a uv_write the kernel hasn't taken, or
+ * a protocol-level stall; (re)armed from now when it wasn't */
+static void send_timer_update(lr_conn_t *c) {
+  if (!(c->flags & (LR_CF_WRITING | LR_CF_STALLED)) || (c->flags & LR_CF_CLOSING)) {
+    lr_link_unlink(&c->send_to.link);
+    return;
+  }
+  if (lr_link_linked(&c->send_to.link)) return;
+  lr_worker_t *w = c->worker;
+  c->send_to.kind = LR_TO_SEND;
+  c->send_to.deadline = uv_now(&w->loop) + w->timeout_ms[LR_TO_SEND];
+  c->send_mark = c->tcp.write_queue_size;
+  lr_list_push(&w->timeouts[LR_TO_SEND], &c->send_to.link);
+}
+
+void lr_conn_send_stalled(lr_conn_t *c, int stalled) {
+  if (stalled) {
+    c->flags |= LR_CF_STALLED;
+  } else {
+    c->flags &= ~LR_CF_STALLED;
+    lr_link_unlink(&c->send_to.link); /* progress: a later stall starts a fresh period */
+  }
+  send_timer_update(c);
+}
+
+static void send_timeout(lr_conn_t *c) {
+  /* libuv wrote part of the pending write since the timer was armed: the peer
+   * reads, slowly; that is progress (nginx: the timeout is between two writes) */
+  if ((c->flags & LR_CF_WRITING) && c->tcp.write_queue_size < c->send_mark) {
+    send_timer_update(c);
+    return;
+  }
+  LR_DEBUG("send timeout: the peer took no output for %llu ms",
+           (unsigned long long)c->worker->timeout_ms[LR_TO_SEND]);
+  lr_conn_close(c);
+}
+
+void lr__conn_timeout(lr_conn_t *c, int kind) {
+  if (kind == LR_TO_SEND)
+    send_timeout(c);
+  else if (c->flags & LR_CF_LINGERING)
+    lr_conn_close(c);
+  else if (c->proto->on_timeout)
+    c->proto->on_timeout(c);
+  else
+    lr_conn_close(c);
 }
 
 static void build_iov(lr_outq_t *q, uv_buf_t *iov, unsigned n) {
@@ -191,7 +281,10 @@ static void on_write(uv_write_t *req, int status) {
     lr_conn_close(c);
     return;
   }
+  /* progress, unless the protocol says the peer holds its output back */
+  if (!(c->flags & LR_CF_STALLED)) lr_link_unlink(&c->send_to.link);
   after_write(c);
+  if (!(c->flags & LR_CF_CLOSING)) send_timer_update(c);
 }
 
 #define LR_IOV_MAX 512
@@ -279,6 +372,7 @@ void lr__conn_flush(lr_conn_t *c) {
       }
       c->flags |= LR_CF_WRITING;
       if (c->inflight.n > n) requeue_tail(c, n);
+      send_timer_update(c);
       return;
     }
   }
@@ -292,7 +386,10 @@ static void after_write(lr_conn_t *c) {
     return;
   }
   if (c->flags & LR_CF_CLOSE_AFTER_WRITE) {
-    lr_conn_close(c);
+    if ((c->flags & (LR_CF_LINGER | LR_CF_LINGERING)) == LR_CF_LINGER)
+      start_lingering(c);
+    else if (!(c->flags & LR_CF_LINGERING))
+      lr_conn_close(c);
     return;
   }
   if (c->proto && c->proto->on_drain) c->proto->on_drain(c);
@@ -309,6 +406,10 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 
 static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
   lr_conn_t *c = stream->data;
+  if (c->flags & LR_CF_LINGERING) {
+    linger_read(c, n);
+    return;
+  }
   if (n > 0) {
     if (c->tls)
       lr__tls_on_read(c, buf->base, (size_t)n);
@@ -350,23 +451,28 @@ void lr_conn_set_timeout(lr_conn_t *c, int kind) {
 
 /* ---- accepting ---- */
 
-void lr__conn_accept(lr_listener_t *l) {
+void lr__conn_accept(lr_listener_t *l, int fd) {
   lr_worker_t *w = l->worker;
   lr_conn_t *c = calloc(1, lr_http1_conn_size());
-  if (c == NULL) return;
+  if (c == NULL) {
+    close(fd);
+    return;
+  }
   uv_tcp_init(&w->loop, &c->tcp);
   c->tcp.data = c;
   c->worker = w;
   c->listener = l;
   lr_list_init(&c->timeout.link);
+  lr_list_init(&c->send_to.link);
   lr_list_init(&c->deferred);
-  if (uv_accept((uv_stream_t *)&l->tcp, (uv_stream_t *)&c->tcp) != 0) {
+  if (uv_tcp_open(&c->tcp, fd) != 0) {
+    close(fd);
     uv_close((uv_handle_t *)&c->tcp, on_close);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
   lr_list_push(&w->conns, &c->all);
-  w->n_conns++;
+  __atomic_fetch_add(&w->n_conns, 1, __ATOMIC_RELAXED);
   c->proto = &lr_http1_proto;
   lr_http1_init(c);
   if (l->addr->tls && lr__tls_accept(c)) {

@@ -41,6 +41,10 @@ typedef struct h1_conn_s {
   uint8_t in_body;    /* head done: header callbacks now carry trailer fields */
   uint8_t switched;   /* lr_http1_switch handed the connection to another protocol */
   const char *exec_start; /* input given to the running llhttp_execute */
+  /* the request body's deadline (LR_TO_BODY checks, loop time in ms) */
+  uint64_t body_start; /* the body's clock started (moved on while it is paused) */
+  uint64_t body_check; /* last check */
+  uint64_t body_last;  /* last body bytes arrived */
 } h1_conn_t;
 
 #define H1(c) ((h1_conn_t *)(c))
@@ -84,8 +88,9 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   lr_stream_t *s = h->cur;
   if (s->target.len + len > h->base.worker->cfg->max_request_line) return set_error(h, 414);
   if (s->target.len == 0) s->target.base = OFF(s->body.len);
+  if (lr_buf_append(&s->body, at, len)) return set_error(h, 503);
   s->target.len += len;
-  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
+  return 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
@@ -126,8 +131,9 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     hd->value.base = OFF(s->body.len);
     h->hstate = HS_VALUE;
   }
+  if (lr_buf_append(&s->body, at, len)) return set_error(h, 503);
   hd->value.len += len;
-  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
+  return 0;
 }
 
 static int eq(const lr_str_t *a, const char *lit, size_t n) { return a->len == n && memcmp(a->base, lit, n) == 0; }
@@ -171,11 +177,11 @@ static int on_header_value_complete(llhttp_t *p) {
   return 0;
 }
 
-static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
+static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   lr_worker_t *w = h->base.worker;
   /* one copy of the whole head; slices become pointers */
   char *raw = lr_pool_alloc(w, &s->pool, s->body.len + 1);
-  if (raw == NULL) return;
+  if (raw == NULL) return -1;
   if (s->body.len) memcpy(raw, s->body.base, s->body.len);
   s->target.base = raw + UNOFF(s->target.base);
   unsigned kept = 0, ws = 0;
@@ -222,6 +228,7 @@ static void head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   if (s->path.len == 0) s->path = (lr_str_t){"/", 1};
   s->query.base = q ? q + 1 : "";
   s->query.len = q ? t.len - (size_t)(q - t.base) - 1 : 0;
+  return 0;
 }
 
 /* RFC 9112 §3.2 / RFC 3986 §3.2: host [ ":" port ]; host is a reg-name
@@ -250,13 +257,27 @@ static int authority_ok(const lr_str_t *a) {
   return 1;
 }
 
+/* a head that failed before it was complete still holds offsets into the raw
+ * buffer: make them pointers there, so the access log can read them */
+static void head_resolve(h1_conn_t *h, lr_stream_t *s) {
+  if (h->in_body) return;
+  h->in_body = 1;
+  const char *raw = s->body.base ? s->body.base : "";
+  s->target.base = s->target.len ? raw + UNOFF(s->target.base) : "";
+  for (unsigned i = 0; i < s->n_headers; i++) {
+    lr_header_t *hd = &s->headers[i];
+    hd->name.base = hd->name.len ? raw + UNOFF(hd->name.base) : "";
+    hd->value.base = hd->value.len ? raw + UNOFF(hd->value.base) : "";
+  }
+}
+
 static int on_headers_complete(llhttp_t *p) {
   h1_conn_t *h = p->data;
   lr_stream_t *s = h->cur;
   lr_worker_t *w = h->base.worker;
   h->is_upgrade = 0;
+  if (head_to_pool(h, s)) return set_error(h, 503); /* send_error resolves the offsets */
   h->in_body = 1;
-  head_to_pool(h, s);
   s->version = p->http_major == 1 && p->http_minor == 0 ? 10 : 11;
   if (p->http_major == 0) return set_error(h, 400); /* no version: not an HTTP/1.x request line */
   if (p->http_major != 1) return set_error(h, 505);
@@ -264,8 +285,9 @@ static int on_headers_complete(llhttp_t *p) {
   s->method.len = strlen(s->method.base);
   if (p->method == HTTP_HEAD) s->flags |= LR_SF_HEAD;
   if (h->te_bad) return set_error(h, 400);
-  /* RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means faulty framing: answer, then close */
-  if (s->version == 10 && (p->flags & F_TRANSFER_ENCODING)) h->closing = 1;
+  /* RFC 9112 §6.1: Transfer-Encoding in HTTP/1.0 means the framing is faulty:
+   * the body's end can't be trusted, so it is a bad request (400, close) */
+  if (s->version == 10 && (p->flags & F_TRANSFER_ENCODING)) return set_error(h, 400);
   if (h->te_unknown) return set_error(h, 501);
   if (s->version == 11 && h->n_host != 1) return set_error(h, 400);
   if (h->n_host > 1) return set_error(h, 400);
@@ -292,6 +314,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len) {
   h1_conn_t *h = p->data;
   lr_stream_t *s = h->cur;
   s->body_received += len;
+  h->body_last = uv_now(&h->base.worker->loop);
   if (s->body_received > h->base.worker->cfg->max_body) {
     s->flags |= LR_SF_BODY_TOO_BIG;
     return set_error(h, 413);
@@ -489,6 +512,7 @@ static int h1_send_trailers(lr_stream_t *s, const lr_header_t *hs, size_t n) {
 /* ---- request lifecycle ---- */
 
 static void h1_process(h1_conn_t *h, const char *p, size_t n);
+static void send_error(h1_conn_t *h, int status);
 
 static void release_current(h1_conn_t *h) {
   lr_stream_t *s = h->cur;
@@ -502,7 +526,11 @@ static void next_request(h1_conn_t *h) {
   lr_conn_t *c = &h->base;
   if (h->closing) {
     release_current(h);
-    lr_conn_close_after_write(c);
+    /* closing with input unread (a body, pipelined requests): linger */
+    if (!h->msg_done || h->leftover.len)
+      lr_conn_close_linger(c);
+    else
+      lr_conn_close_after_write(c);
     return;
   }
   if (h->msg_done) {
@@ -519,7 +547,47 @@ static void next_request(h1_conn_t *h) {
       lr_conn_read_start(c);
     }
   }
-  /* else: the rest of the request body is still coming; it is read and dropped */
+  /* else: the rest of the request body is still coming; it is read and
+   * dropped, bounded by the body deadline (LR_TO_BODY stays armed) */
+}
+
+/* The body's deadline: --body-deadline plus a second per --body-min-rate bytes
+ * received, so a body trickled in a few bytes at a time ends with a 408 while
+ * a big upload at any sane rate never notices. The clock stops while we don't
+ * read (the handler's buffer is full) or the client waits for 100 Continue.
+ * Once the response is out, the body is only read to be dropped: a pause of
+ * --body-timeout then ends the connection as well. */
+static void body_check(h1_conn_t *h) {
+  lr_conn_t *c = &h->base;
+  lr_stream_t *s = h->cur;
+  const lr_config_t *cfg = c->worker->cfg;
+  uint64_t now = uv_now(&c->worker->loop);
+  if (s == NULL || h->msg_done) return;
+  int finished = (s->flags & LR_SF_FINISHED) != 0;
+  if (h->body_stopped || ((s->flags & LR_SF_EXPECT) && !(s->flags & LR_SF_CONTINUED) && !finished)) {
+    h->body_start += now - h->body_check;
+    h->body_last = now;
+  }
+  h->body_check = now;
+  uint64_t deadline = h->body_start + cfg->body_deadline_ms;
+  if (cfg->body_min_rate) deadline += s->body_received * 1000 / cfg->body_min_rate;
+  if (now >= deadline || (finished && now - h->body_last >= cfg->body_timeout_ms)) {
+    LR_DEBUG("request body too slow: %llu bytes in %llu ms", (unsigned long long)s->body_received,
+             (unsigned long long)(now - h->body_start));
+    if (!(s->flags & LR_SF_REPLIED)) {
+      send_error(h, 408);
+      return;
+    }
+    lr_conn_close(c); /* a handler still running sees its stream reset */
+    return;
+  }
+  lr_conn_set_timeout(c, LR_TO_BODY);
+}
+
+static void body_clock_start(h1_conn_t *h) {
+  uint64_t now = uv_now(&h->base.worker->loop);
+  h->body_start = h->body_check = h->body_last = now;
+  lr_conn_set_timeout(&h->base, LR_TO_BODY);
 }
 
 static void response_complete(h1_conn_t *h, lr_stream_t *s) {
@@ -547,14 +615,15 @@ static void send_error(h1_conn_t *h, int status) {
                    status, reason, lr_worker_date(c->worker), strlen(reason) + 1, reason);
   lr_conn_write(c, buf, (size_t)k);
   if (s) {
+    head_resolve(h, s);
     s->flags |= LR_SF_REPLIED | LR_SF_FINISHED | LR_SF_RESET;
     s->status = status;
     if (s->method.base == NULL) s->method = (lr_str_t){"-", 1};
     lr_worker_access_log(c->worker, s);
   }
   release_current(h);
-  lr_conn_close_after_write(c);
-  lr_conn_read_stop(c);
+  /* the rest of the request may still come: read it away after the answer */
+  lr_conn_close_linger(c);
 }
 
 static int parse_error_status(h1_conn_t *h, llhttp_errno_t e) {
@@ -611,6 +680,10 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
     }
     /* pipelined requests whose responses the client doesn't read: stop
      * answering (and reading) until the output drains */
+    if (h->cur == NULL && lr_conn_queued(c) > LR_OUT_HIGH && !(c->flags & LR_CF_WRITING)) {
+      lr__conn_flush(c); /* most often the kernel takes it all at once */
+      if (c->flags & LR_CF_CLOSING) break;
+    }
     if (h->cur == NULL && lr_conn_queued(c) > LR_OUT_HIGH) {
       save_leftover(h, p, n);
       h->out_blocked = 1;
@@ -639,7 +712,10 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
     llhttp_resume(&h->parser);
     lr_stream_t *s = h->cur;
     if (h->pause == PAUSE_HEADERS) {
-      lr_conn_set_timeout(c, LR_TO_NONE);
+      if (s->flags & LR_SF_BODY_DONE)
+        lr_conn_set_timeout(c, LR_TO_NONE);
+      else
+        body_clock_start(h);
       kick = 1;
       if (h->is_upgrade && h2c_upgrade(h, s, p, n)) return;
       c->worker->app->start(s);
@@ -652,6 +728,7 @@ static void h1_process(h1_conn_t *h, const char *p, size_t n) {
       if (s->flags & LR_SF_FINISHED)
         next_request(h);
       else {
+        lr_conn_set_timeout(c, LR_TO_NONE); /* the body is in: no deadline while the handler runs */
         h->blocked = 1;
         wake_reader(h);
       }
@@ -757,6 +834,10 @@ static void h1_on_drain(lr_conn_t *c) {
 
 static void h1_on_timeout(lr_conn_t *c) {
   h1_conn_t *h = H1(c);
+  if (c->timeout.kind == LR_TO_BODY) {
+    body_check(h);
+    return;
+  }
   if (c->timeout.kind == LR_TO_HEADER && h->cur) {
     send_error(h, 408); /* slowloris: a request head that never completes */
     return;

@@ -86,6 +86,13 @@ typedef struct lr_config_s {
   uint64_t idle_timeout_ms;
   uint64_t body_timeout_ms;
   uint64_t drain_timeout_ms;
+  /* bounds on a peer that stalls (core/conn.c, core/http1.c) */
+  uint64_t send_timeout_ms;      /* output queued and no write progress this long: close */
+  uint64_t body_deadline_ms;     /* a request body must arrive within this ... */
+  uint64_t body_min_rate;        /* ... plus 1 s per this many bytes received (0: no extension) */
+  uint64_t lingering_time_ms;    /* lingering close: discard input at most this long ... */
+  uint64_t lingering_timeout_ms; /* ... and at most this long between two reads */
+  size_t output_buffer;          /* user-space output per connection before writers wait */
   size_t lua_memory; /* cap per Lua state in bytes, 0 = none */
   unsigned max_connections; /* per worker; more wait in the listen backlog (0 = no cap) */
   const char *pid_file;
@@ -280,7 +287,15 @@ typedef struct lr_timeout_s {
   int kind;
 } lr_timeout_t;
 
-enum { LR_TO_NONE = 0, LR_TO_HEADER, LR_TO_IDLE, LR_TO_N };
+enum {
+  LR_TO_NONE = 0,
+  LR_TO_HEADER, /* a request head must complete (header_timeout) */
+  LR_TO_IDLE,   /* keep-alive idle (idle_timeout) */
+  LR_TO_BODY,   /* h1: periodic check of the request body's deadline (http1.c) */
+  LR_TO_LINGER, /* lingering close: time between two reads (lingering_timeout), conn.c */
+  LR_TO_SEND,   /* send timeout: c->send_to, not c->timeout (conn.c) */
+  LR_TO_N
+};
 
 /* ---- connections ---- */
 enum lr_conn_flags {
@@ -291,6 +306,9 @@ enum lr_conn_flags {
   LR_CF_NEED_RESUME = 1 << 4,/* proto->resume wanted in the deferred pass */
   LR_CF_CLOSE_AFTER_WRITE = 1 << 5,
   LR_CF_EOF = 1 << 6,
+  LR_CF_LINGER = 1 << 7,    /* with CLOSE_AFTER_WRITE: lingering close once flushed */
+  LR_CF_LINGERING = 1 << 8, /* write side shut, input discarded; the protocol is gone */
+  LR_CF_STALLED = 1 << 9,   /* the protocol has output the peer won't take (lr_conn_send_stalled) */
 };
 
 struct lr_conn_s {
@@ -303,14 +321,20 @@ struct lr_conn_s {
   lr_outq_t inflight; /* being written by uv_write */
   uv_write_t *wreq;   /* only while a write waits on the kernel (rare) */
   lr_timeout_t timeout;
+  lr_timeout_t send_to; /* send timeout, armed while output can't leave (conn.c) */
+  size_t send_mark;     /* libuv's write queue size when send_to was armed: less = progress */
+  uint64_t linger_end;  /* lingering close: loop time when discarding input ends */
   void *proto_state;  /* owned by the protocol (h2 session, websocket) */
   void *tls;          /* TLS filter under the protocol (core/tls.c), NULL on plain connections */
   lr_link_t deferred; /* worker's deferred list: flush and resume */
   lr_link_t all;      /* worker's list of connections */
 };
 
-/* above this much queued output, writers wait until the queue drains */
-#define LR_OUT_HIGH (256 * 1024)
+/* above this much queued output (user space: the out queue plus the write
+ * in flight), writers wait until the queue drains: --output-buffer, 64 KiB by
+ * default, so a peer that doesn't read costs little beyond the kernel's buffers */
+extern size_t lr_out_high; /* set once by main */
+#define LR_OUT_HIGH lr_out_high
 
 void lr_conn_write(lr_conn_t *c, const void *p, size_t n);
 void lr_conn_write_ref(lr_conn_t *c, const char *p, size_t n, lr_release_cb release, void *arg);
@@ -319,19 +343,40 @@ void lr_conn_commit(lr_conn_t *c, size_t n);
 void lr_conn_defer(lr_conn_t *c);  /* flush (and resume if NEED_RESUME) after this loop phase */
 void lr_conn_close(lr_conn_t *c);  /* close now, dropping queued output */
 void lr_conn_close_after_write(lr_conn_t *c);
+/* Close with possibly unread input (an error answered early, a body left
+ * unread): once the output is flushed, shut down the write side and read and
+ * discard input until the peer closes, for at most --lingering-time and at most
+ * --lingering-timeout between reads (nginx's lingering_close). Closing at once
+ * would make the kernel answer the unread input with RST, which destroys the
+ * response before the client reads it. The protocol's on_close runs when the
+ * lingering starts: from then on the connection belongs to conn.c alone. */
+void lr_conn_close_linger(lr_conn_t *c);
+/* Send timeout (--send-timeout), protocol-neutral: conn.c arms it by itself
+ * while the kernel refuses output (a uv_write is pending) and re-arms it on
+ * every write progress; when it expires the connection is closed (proto
+ * on_close runs). A protocol with output the peer won't let it send (h2: flow
+ * control window 0 with data waiting) calls lr_conn_send_stalled(c, 1); on
+ * progress (the window reopened and data left) it calls (c, 0), and (c, 1)
+ * again if it stalls again: each (0 then 1) starts a fresh period. */
+void lr_conn_send_stalled(lr_conn_t *c, int stalled);
 void lr_conn_read_stop(lr_conn_t *c);
 void lr_conn_read_start(lr_conn_t *c);
 void lr_conn_set_timeout(lr_conn_t *c, int kind);
 size_t lr_conn_queued(const lr_conn_t *c);
-void lr__conn_accept(struct lr_listener_s *l);
+void lr__conn_accept(struct lr_listener_s *l, int fd); /* fd: accepted, non-blocking */
 void lr__conn_flush(lr_conn_t *c);
+void lr__conn_timeout(lr_conn_t *c, int kind); /* worker.c: c's timeout of this kind expired */
 
 /* ---- listeners and workers ---- */
+/* the worker accepts by itself (accept4 on a polled socket) rather than with
+ * uv_listen: at the descriptor limit libuv would drop pending connections (its
+ * spare-fd trick, racy between worker threads) or spin; we stop polling */
 typedef struct lr_listener_s {
-  uv_tcp_t tcp;
+  uv_poll_t poll;
+  int fd;
   struct lr_worker_s *worker;
   const lr_listen_addr_t *addr;
-  int paused; /* --max-connections reached: stopped accepting */
+  int paused; /* not polled: --max-connections reached or out of descriptors */
 } lr_listener_t;
 
 typedef struct lr_worker_s {
@@ -360,6 +405,11 @@ typedef struct lr_worker_s {
   lr_link_t timeouts[LR_TO_N];
   uint64_t timeout_ms[LR_TO_N];
   uv_timer_t timeout_timer;
+  /* out of descriptors (EMFILE/ENFILE): accepting paused until a connection
+   * closes or this timer fires */
+  uv_timer_t accept_timer;
+  uint64_t fd_log_ms; /* last "out of descriptors" log line (rate limit) */
+  unsigned fd_dropped; /* pauses since that line */
   /* date header value, refreshed at most once per second */
   uint64_t date_sec;
   char date[40];
@@ -396,6 +446,7 @@ void lr_worker_destroy(lr_worker_t *w);
 const char *lr_worker_date(lr_worker_t *w);
 void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s);
 void lr__worker_conn_closed(lr_worker_t *w);
+unsigned lr_worker_conns(const lr_worker_t *w); /* thread-safe read of n_conns (drain log) */
 
 /* bind every listener once per worker with SO_REUSEPORT; fds[worker][listener] */
 int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen);

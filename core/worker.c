@@ -1,5 +1,6 @@
 /* A worker: one thread, one uv loop, its own listening sockets (SO_REUSEPORT),
  * its own connections. Nothing here is shared with other workers. */
+#define _GNU_SOURCE /* accept4 */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -58,11 +59,7 @@ static void on_timeout_tick(uv_timer_t *t) {
       lr_timeout_t *to = LR_CONTAINER_OF(w->timeouts[k].next, lr_timeout_t, link);
       if (to->deadline > now) break;
       lr_link_unlink(&to->link);
-      lr_conn_t *c = LR_CONTAINER_OF(to, lr_conn_t, timeout);
-      if (c->proto->on_timeout)
-        c->proto->on_timeout(c);
-      else
-        lr_conn_close(c);
+      lr__conn_timeout(k == LR_TO_SEND ? LR_CONTAINER_OF(to, lr_conn_t, send_to) : LR_CONTAINER_OF(to, lr_conn_t, timeout), k);
     }
   }
 }
@@ -110,27 +107,97 @@ void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s) {
 
 /* ---- listeners ---- */
 
-static void on_connection(uv_stream_t *server, int status) {
-  lr_listener_t *l = server->data;
-  if (status < 0) return;
-  /* at the cap, leave the connection unaccepted: libuv then stops polling
-   * the listener and the kernel queues new ones in the backlog */
-  if (l->worker->cfg->max_connections && l->worker->n_conns >= l->worker->cfg->max_connections) {
-    l->paused = 1;
-    return;
-  }
-  lr__conn_accept(l);
+static void on_connection(uv_poll_t *p, int status, int events);
+
+/* a paused listener is not polled: new connections wait in the kernel's backlog */
+static void listener_pause(lr_listener_t *l) {
+  if (l->paused) return;
+  l->paused = 1;
+  uv_poll_stop(&l->poll);
 }
 
-/* a connection closed: take the one libuv held back, if any */
-void lr__worker_conn_closed(lr_worker_t *w) {
+static void listeners_resume(lr_worker_t *w) {
+  if (w->stopping) return;
   for (int i = 0; i < w->n_listeners; i++) {
     lr_listener_t *l = &w->listeners[i];
-    if (l->paused && !w->stopping && w->n_conns < w->cfg->max_connections) {
-      l->paused = 0;
-      lr__conn_accept(l);
-    }
+    if (!l->paused) continue;
+    l->paused = 0;
+    uv_poll_start(&l->poll, UV_READABLE, on_connection);
   }
+}
+
+static int at_cap(const lr_worker_t *w) { return w->cfg->max_connections && w->n_conns >= w->cfg->max_connections; }
+
+static void on_accept_timer(uv_timer_t *t) {
+  lr_worker_t *w = t->data;
+  if (!at_cap(w)) listeners_resume(w);
+}
+
+/* Out of descriptors: every accept would fail at once, and a listener that
+ * stays readable would spin the loop. Stop polling every listener of this
+ * worker until one of its connections closes, or for a while (descriptors are
+ * per process: another worker may free some). The connections wait in the
+ * backlog; none is dropped. */
+static void out_of_fds(lr_worker_t *w, int err) {
+  for (int i = 0; i < w->n_listeners; i++) listener_pause(&w->listeners[i]);
+  uv_timer_start(&w->accept_timer, on_accept_timer, 250, 0);
+  w->fd_dropped++;
+  uint64_t now = uv_now(&w->loop);
+  if (w->fd_log_ms == 0 || now - w->fd_log_ms >= 10000) {
+    lr_log(LR_LOG_WARN, "worker %d: accept: %s with %u connections open; accepting paused until descriptors free "
+           "(%u times since the last report; raise ulimit -n?)", w->id, strerror(err), w->n_conns, w->fd_dropped);
+    w->fd_log_ms = now;
+    w->fd_dropped = 0;
+  }
+}
+
+static void on_connection(uv_poll_t *p, int status, int events) {
+  (void)events;
+  lr_listener_t *l = p->data;
+  lr_worker_t *w = l->worker;
+  if (status < 0 || l->paused) return;
+  /* a bounded batch, so one busy listener can't starve the loop */
+  for (int k = 0; k < 128; k++) {
+    /* at the cap, leave the connections in the backlog until one closes */
+    if (at_cap(w)) {
+      listener_pause(l);
+      return;
+    }
+    int fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) out_of_fds(w, errno);
+      /* EAGAIN: drained; ECONNABORTED and the like: that client is gone */
+      if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
+      return;
+    }
+    lr__conn_accept(l, fd);
+  }
+}
+
+/* a connection closed: a descriptor and a place under the cap are free */
+void lr__worker_conn_closed(lr_worker_t *w) {
+  if (!at_cap(w)) listeners_resume(w);
+}
+
+unsigned lr_worker_conns(const lr_worker_t *w) { return __atomic_load_n(&w->n_conns, __ATOMIC_RELAXED); }
+
+/* SO_REUSEPORT lets any process of the same user join a listening port and
+ * take a share of its connections: a second lariat (or anything else) on a
+ * busy port would start silently and split the traffic. A socket bound
+ * WITHOUT SO_REUSEPORT conflicts with every socket on the address, whatever
+ * options they used, so one such bind tells whether the port is free. The
+ * probe is closed before the workers' sockets bind: two servers starting in
+ * the same microseconds could still both pass, which a lock file would not
+ * fix either (it can't see non-lariat servers). Returns 0 or an errno. */
+static int probe_bind(int family, struct sockaddr_storage *ss, socklen_t sl, uint16_t *port_field, int port) {
+  int fd = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  int one = 1, r = 0;
+  *port_field = htons((uint16_t)port);
+  /* SO_REUSEADDR: a port whose old connections linger in TIME_WAIT is free */
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) || bind(fd, (struct sockaddr *)ss, sl)) r = errno;
+  close(fd);
+  return r;
 }
 
 int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen) {
@@ -150,6 +217,11 @@ int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t
       sl = sizeof *sin6;
     } else {
       snprintf(err, errlen, "listen %s:%d: not a numeric IP address", a->host, a->port);
+      return -1;
+    }
+    if (a->port != 0 && probe_bind(family, &ss, sl, family == AF_INET ? &sin->sin_port : &sin6->sin6_port,
+                                   a->port) == EADDRINUSE) {
+      snprintf(err, errlen, "listen %s:%d: address in use", a->host, a->port);
       return -1;
     }
     for (int k = 0; k < workers; k++) {
@@ -185,12 +257,15 @@ int lr_worker_listen(lr_worker_t *w, int fds[], int n) {
     lr_listener_t *l = &w->listeners[i];
     l->worker = w;
     l->addr = &w->cfg->listen[i];
-    uv_tcp_init(&w->loop, &l->tcp);
-    l->tcp.data = l;
-    int r = uv_tcp_open(&l->tcp, fds[i]);
-    if (r == 0) r = uv_listen((uv_stream_t *)&l->tcp, 4096, on_connection);
+    l->fd = fds[i];
+    int fl = fcntl(l->fd, F_GETFL);
+    if (fl < 0 || fcntl(l->fd, F_SETFL, fl | O_NONBLOCK) < 0) return uv_translate_sys_error(errno);
+    int r = uv_poll_init_socket(&w->loop, &l->poll, l->fd);
     if (r) return r;
+    l->poll.data = l;
     w->n_listeners++;
+    r = uv_poll_start(&l->poll, UV_READABLE, on_connection);
+    if (r) return r;
   }
   return 0;
 }
@@ -207,12 +282,17 @@ static void start_stopping(lr_worker_t *w) {
   w->stopping = 1;
   /* the loop ends once the last connection and handler are gone */
   uv_unref((uv_handle_t *)&w->wakeup);
-  for (int i = 0; i < w->n_listeners; i++) uv_close((uv_handle_t *)&w->listeners[i].tcp, NULL);
+  for (int i = 0; i < w->n_listeners; i++) {
+    uv_close((uv_handle_t *)&w->listeners[i].poll, NULL);
+    close(w->listeners[i].fd);
+  }
+  uv_timer_stop(&w->accept_timer);
   /* ask every connection to finish: idle ones close now */
   lr_link_t *l = w->conns.next;
   while (l != &w->conns) {
     lr_conn_t *c = LR_CONTAINER_OF(l, lr_conn_t, all);
     l = l->next;
+    if (c->flags & LR_CF_LINGERING) continue; /* bounded by lingering_time already */
     if (c->proto->on_shutdown)
       c->proto->on_shutdown(c);
     else
@@ -250,6 +330,11 @@ int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_
   for (int k = 0; k < LR_TO_N; k++) lr_list_init(&w->timeouts[k]);
   w->timeout_ms[LR_TO_HEADER] = cfg->header_timeout_ms;
   w->timeout_ms[LR_TO_IDLE] = cfg->idle_timeout_ms;
+  w->timeout_ms[LR_TO_LINGER] = cfg->lingering_timeout_ms;
+  w->timeout_ms[LR_TO_SEND] = cfg->send_timeout_ms;
+  /* the body deadline is checked this often (http1.c) */
+  uint64_t body = cfg->body_deadline_ms < cfg->body_timeout_ms ? cfg->body_deadline_ms : cfg->body_timeout_ms;
+  w->timeout_ms[LR_TO_BODY] = body / 4 < 10 ? 10 : body / 4 > 1000 ? 1000 : body / 4;
   uv_prepare_init(&w->loop, &w->prepare);
   w->prepare.data = w;
   uv_prepare_start(&w->prepare, on_prepare);
@@ -257,7 +342,9 @@ int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_
   w->check.data = w;
   uv_check_start(&w->check, on_check);
   /* tick often enough to honour the shortest timeout within a quarter of it */
-  uint64_t tick = cfg->header_timeout_ms < cfg->idle_timeout_ms ? cfg->header_timeout_ms : cfg->idle_timeout_ms;
+  uint64_t tick = UINT64_MAX;
+  for (int k = 1; k < LR_TO_N; k++)
+    if (w->timeout_ms[k] && w->timeout_ms[k] < tick) tick = w->timeout_ms[k];
   tick /= 4;
   if (tick < 10) tick = 10;
   if (tick > 1000) tick = 1000;
@@ -265,6 +352,9 @@ int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_
   w->timeout_timer.data = w;
   uv_timer_start(&w->timeout_timer, on_timeout_tick, tick, tick);
   uv_unref((uv_handle_t *)&w->timeout_timer);
+  uv_timer_init(&w->loop, &w->accept_timer);
+  w->accept_timer.data = w;
+  uv_unref((uv_handle_t *)&w->accept_timer);
   uv_unref((uv_handle_t *)&w->prepare);
   uv_unref((uv_handle_t *)&w->check);
   uv_async_init(&w->loop, &w->wakeup, on_wakeup);
