@@ -156,7 +156,7 @@ void lr_conn_close_linger(lr_conn_t *c) {
 }
 
 /* the response is out: send FIN, let the protocol go, and swallow input */
-static void start_lingering(lr_conn_t *c) {
+__attribute__((cold, noinline)) static void start_lingering(lr_conn_t *c) {
   lr_worker_t *w = c->worker;
   if (c->flags & LR_CF_EOF) { /* the peer already closed its side: nothing to wait for */
     lr_conn_close(c);
@@ -189,7 +189,7 @@ static void linger_read(lr_conn_t *c, ssize_t n) {
 
 /* armed while output waits on the peer: a uv_write the kernel hasn't taken, or
  * a protocol-level stall; (re)armed from now when it wasn't */
-static void send_timer_update(lr_conn_t *c) {
+__attribute__((noinline)) static void send_timer_update(lr_conn_t *c) {
   if (!(c->flags & (LR_CF_WRITING | LR_CF_STALLED)) || (c->flags & LR_CF_CLOSING)) {
     lr_link_unlink(&c->send_to.link);
     return;

@@ -88,9 +88,8 @@ static int on_url(llhttp_t *p, const char *at, size_t len) {
   lr_stream_t *s = h->cur;
   if (s->target.len + len > h->base.worker->cfg->max_request_line) return set_error(h, 414);
   if (s->target.len == 0) s->target.base = OFF(s->body.len);
-  if (lr_buf_append(&s->body, at, len)) return set_error(h, 503);
   s->target.len += len;
-  return 0;
+  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
 }
 
 static int on_header_field(llhttp_t *p, const char *at, size_t len) {
@@ -131,9 +130,8 @@ static int on_header_value(llhttp_t *p, const char *at, size_t len) {
     hd->value.base = OFF(s->body.len);
     h->hstate = HS_VALUE;
   }
-  if (lr_buf_append(&s->body, at, len)) return set_error(h, 503);
   hd->value.len += len;
-  return 0;
+  return lr_buf_append(&s->body, at, len) ? set_error(h, 503) : 0;
 }
 
 static int eq(const lr_str_t *a, const char *lit, size_t n) { return a->len == n && memcmp(a->base, lit, n) == 0; }
@@ -262,6 +260,10 @@ static int authority_ok(const lr_str_t *a) {
 static void head_resolve(h1_conn_t *h, lr_stream_t *s) {
   if (h->in_body) return;
   h->in_body = 1;
+  if (h->error == 503) { /* out of memory: the lengths may count bytes never stored */
+    s->target.len = 0;
+    s->n_headers = 0;
+  }
   const char *raw = s->body.base ? s->body.base : "";
   s->target.base = s->target.len ? raw + UNOFF(s->target.base) : "";
   for (unsigned i = 0; i < s->n_headers; i++) {

@@ -409,6 +409,10 @@ typedef struct lr_worker_s {
    * closes or this timer fires */
   uv_timer_t accept_timer;
   uint64_t fd_log_ms; /* last "out of descriptors" log line (rate limit) */
+  /* memory back after a burst: once the connections are mostly gone, free
+   * memory goes back to the system (malloc_trim) */
+  uv_timer_t trim_timer;
+  unsigned trim_peak; /* most connections since the last trim */
   unsigned fd_dropped; /* pauses since that line */
   /* date header value, refreshed at most once per second */
   uint64_t date_sec;

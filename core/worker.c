@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,9 +175,22 @@ static void on_connection(uv_poll_t *p, int status, int events) {
   }
 }
 
+static void on_trim(uv_timer_t *t) {
+  lr_worker_t *w = t->data;
+  w->trim_peak = w->n_conns;
+  malloc_trim(0);
+}
+
 /* a connection closed: a descriptor and a place under the cap are free */
 void lr__worker_conn_closed(lr_worker_t *w) {
   if (!at_cap(w)) listeners_resume(w);
+  /* a burst of connections (an attack, a spike) ended: freed memory stays in
+   * malloc's arenas, so RSS would stay at the peak. Give it back a second
+   * after the count fell to a quarter of its peak (64 or more), or to 0 */
+  if (w->n_conns + 1 > w->trim_peak) w->trim_peak = w->n_conns + 1;
+  if (!uv_is_active((uv_handle_t *)&w->trim_timer) && !w->stopping &&
+      ((w->trim_peak >= 64 && w->n_conns <= w->trim_peak / 4) || (w->n_conns == 0 && w->trim_peak > 1)))
+    uv_timer_start(&w->trim_timer, on_trim, 1000, 0);
 }
 
 unsigned lr_worker_conns(const lr_worker_t *w) { return __atomic_load_n(&w->n_conns, __ATOMIC_RELAXED); }
@@ -352,6 +366,9 @@ int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_
   w->timeout_timer.data = w;
   uv_timer_start(&w->timeout_timer, on_timeout_tick, tick, tick);
   uv_unref((uv_handle_t *)&w->timeout_timer);
+  uv_timer_init(&w->loop, &w->trim_timer);
+  w->trim_timer.data = w;
+  uv_unref((uv_handle_t *)&w->trim_timer);
   uv_timer_init(&w->loop, &w->accept_timer);
   w->accept_timer.data = w;
   uv_unref((uv_handle_t *)&w->accept_timer);

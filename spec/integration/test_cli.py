@@ -91,7 +91,9 @@ def test_bad_listen_address_is_exit_2(value):
     ("--workers", "many"), ("--workers", "-3"), ("--max-body", "-1"),
     ("--max-body", "lots"), ("--max-keepalive", "x"),
     ("--header-timeout", "soon"), ("--idle-timeout", "-1"),
-    ("--body-timeout", "nan-ish"),
+    ("--body-timeout", "nan-ish"), ("--send-timeout", "0"), ("--body-deadline", "x"),
+    ("--body-min-rate", "-5"), ("--lingering-time", "-1"), ("--lingering-timeout", "0"),
+    ("--output-buffer", "10"),
 ])
 def test_bad_option_value_is_exit_2(option, value):
     assert_usage_error(run("--listen", "127.0.0.1:0", option, value, HELLO), option)
@@ -107,9 +109,48 @@ def test_port_in_use_is_exit_2():
     holder.listen(1)
     try:
         port = holder.getsockname()[1]
-        assert_usage_error(run("--listen", "127.0.0.1:%d" % port, HELLO), str(port))
+        line = assert_usage_error(run("--listen", "127.0.0.1:%d" % port, HELLO), str(port))
+        assert "address in use" in line, line
     finally:
         holder.close()
+
+
+def test_second_lariat_on_a_busy_port_is_exit_2():
+    """SO_REUSEPORT would let a second lariat of the same user join the
+    port and take half the connections: it must refuse to start instead
+    (the second time too), and the first keeps every connection."""
+    with LariatServer(HELLO, "-w", "2").start() as first:
+        for _ in range(2):
+            line = assert_usage_error(
+                run("--listen", "127.0.0.1:%d" % first.port, "-w", "1", HELLO),
+                "127.0.0.1:%d" % first.port)
+            assert "address in use" in line, line
+        for _ in range(20):
+            assert httpx.get(first.url("/"), timeout=5).text == "Hello world!"
+
+
+def test_descriptor_soft_limit_is_raised_to_the_hard_limit():
+    import resource
+
+    def low_soft_limit():
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+
+    srv = LariatServer(HELLO, "-w", "1")
+    argv = srv.argv()
+    srv.proc = None
+    proc = subprocess.Popen(argv, cwd=str(REPO), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=low_soft_limit)
+    try:
+        assert proc.stdout.readline().startswith(b"listening on")
+        with open("/proc/%d/limits" % proc.pid) as f:
+            line = [l for l in f if l.startswith("Max open files")][0]
+        soft, hard = line.split()[3:5]
+        assert soft == hard, line
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 # -- help and version ---------------------------------------------------------
