@@ -13,6 +13,15 @@ app:get("/flood/:blocks", function(req)
   end
 end)
 
+-- The same, for a handler that stops once its client is gone (write fails).
+app:get("/stream/:blocks", function(req)
+  local n = tonumber(req.bindings.blocks)
+  req:stream_reply(200, { ["content-type"] = "application/octet-stream" })
+  for i = 0, n - 1 do
+    if not req:write(string.format("%08d", i) .. filler) then return end
+  end
+end)
+
 app:get("/", function(req) return "Hello world!" end)
 
 return app
