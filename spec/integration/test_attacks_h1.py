@@ -27,9 +27,6 @@ from conftest import (LariatServer, RawConn, app_path, lariat_bin, request,
 # freed memory, so RSS bounds are only checked on the normal build
 ASAN = os.environ.get("LARIAT_SANITIZE") in ("1", "ON", "TRUE", "true", "on")
 SLOW = 3 if ASAN else 1
-# the CPU budget still counts wall-clock time (issue 9): on a loaded ASan run it
-# would stop the busy writers here long before any send timeout
-BUDGET = ("--cpu-budget", "30")
 
 
 def fds(srv):
@@ -137,7 +134,7 @@ def test_slow_readers_are_closed_by_the_send_timeout_and_memory_is_bounded(start
     handler's one pending write, and is closed --send-timeout after the kernel
     stops taking output; other clients are served meanwhile; the memory comes
     back once they are gone. Three rounds of 16 (6 on ASan)."""
-    srv = start_server("flood.lua", "-w", "1", "--send-timeout", "1", *BUDGET)
+    srv = start_server("flood.lua", "-w", "1", "--send-timeout", "1")
     with srv.connect() as warm:
         warm.send(request("GET", "/flood/4"))
         assert len(warm.read_response().body) == 4 * 65536
@@ -186,7 +183,7 @@ def test_pipelined_requests_never_read_are_bounded_and_closed(start_server):
     """Pipelined requests whose responses are never read: the server stops
     answering above the output cap and the send timeout closes the
     connection, the second time too."""
-    srv = start_server("basic.lua", "-w", "1", "--send-timeout", "1", *BUDGET)
+    srv = start_server("basic.lua", "-w", "1", "--send-timeout", "1")
     assert served(srv)
     base_rss = srv.rss_kib()
     batch = request("GET", "/big/100000") * 200   # 20 MB of answers
@@ -377,35 +374,11 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(tmp_path):
         srv.check_healthy()
 
 
-# -- SIGTERM: an honest drain log ----------------------------------------------------
-
-def test_drain_timeout_log_counts_the_open_connections(start_server):
-    """A request still running at the end of --drain-timeout: the log says
-    how many connections were still open, truthfully (it said 0)."""
-    srv = LariatServer(app_path("basic.lua"), "-w", "1", "--drain-timeout", "0.5").start()
-    socks = []
-    try:
-        for _ in range(2):
-            c = RawConn(srv.port, timeout=10)
-            c.send(request("GET", "/sleep/20000"))
-            socks.append(c)
-        time.sleep(0.2 * SLOW)
-        srv.proc.send_signal(15)
-        srv.proc.wait(10 * SLOW)
-        srv.out.join(5)
-        srv.err.join(5)
-        assert "2 connections still open" in srv.log_text(), srv.log_text()
-    finally:
-        for c in socks:
-            c.close()
-        srv.stop()
-
-
 def test_websocket_peer_that_never_reads_is_closed_by_the_send_timeout(start_server):
     """The send timeout is the connection's: a WebSocket whose peer stops
     reading while the handler sends 4 MiB is closed too, three times."""
     from wsclient import WS
-    srv = start_server("ws.lua", "-w", "1", "--send-timeout", "1", *BUDGET)
+    srv = start_server("ws.lua", "-w", "1", "--send-timeout", "1")
     for rnd in range(3):
         ws = WS(srv.port, path="/big", timeout=10)
         try:
