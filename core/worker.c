@@ -327,6 +327,8 @@ void lr_worker_stop(lr_worker_t *w) {
 
 void lr_worker_wakeup(lr_worker_t *w) { uv_async_send(&w->wakeup); }
 
+static void free_handle(uv_handle_t *h) { free(h); }
+
 int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data) {
   memset(w, 0, sizeof *w);
   w->id = id;
@@ -336,6 +338,14 @@ int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_
   int r = uv_loop_init(&w->loop);
   if (r) return r;
   w->loop.data = w;
+  /* libuv opens a reserve descriptor (/dev/null) at the loop's first stream:
+   * make it now, not at the first connection, so the count stays put */
+  uv_tcp_t *first = malloc(sizeof *first);
+  if (first == NULL || uv_tcp_init(&w->loop, first)) {
+    free(first);
+    return UV_ENOMEM;
+  }
+  uv_close((uv_handle_t *)first, free_handle);
   w->read_buf_size = LR_READ_BUF_SIZE;
   w->read_buf = malloc(w->read_buf_size);
   if (w->read_buf == NULL) return UV_ENOMEM;
