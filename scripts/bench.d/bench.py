@@ -117,8 +117,11 @@ def notes(args, rows, cells):
 
 
 def write_report(args, argv, rows, cells):
-    commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
-                            capture_output=True, text=True).stdout.strip()
+    # a fresh machine may have no git, and a `git archive` tree no repository
+    commit = "unknown"
+    if shutil.which("git"):
+        commit = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                                capture_output=True, text=True).stdout.strip() or commit
     cmd = " ".join(["scripts/bench"] + [shlex.quote(a) for a in argv])
     text = "\n".join(
         ["# lariat benchmark", "",
