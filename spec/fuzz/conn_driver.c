@@ -38,6 +38,7 @@ static lr_worker_t worker;
 static lr_config_t cfg;
 static fz_req_t *ready; /* requests with news, run by the tick hook */
 static unsigned live;   /* requests the app still holds */
+static int show;        /* LR_FUZZ_SHOW=1: copy what the server sends to stderr (replaying an input) */
 
 /* ---- the app ---- */
 
@@ -258,6 +259,7 @@ static const lr_app_hooks_t hooks = {
 
 static void setup(void) {
   signal(SIGPIPE, SIG_IGN);
+  show = getenv("LR_FUZZ_SHOW") != NULL;
   lr_log_level = LR_LOG_ERROR + 1; /* quiet: a fuzzer's inputs are all bad */
   lr_config_defaults(&cfg);
   cfg.workers = 1;
@@ -287,8 +289,9 @@ static char sink[65536];
 /* one loop turn without blocking, then read what the server sent */
 static void pump(int fd) {
   uv_run(&worker.loop, UV_RUN_NOWAIT);
-  while (fd >= 0 && read(fd, sink, sizeof sink) > 0) {
-  }
+  ssize_t n;
+  while (fd >= 0 && (n = read(fd, sink, sizeof sink)) > 0)
+    if (show) fwrite(sink, 1, (size_t)n, stderr);
 }
 
 static void feed(int fd, const char *p, size_t n) {
