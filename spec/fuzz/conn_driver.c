@@ -311,6 +311,24 @@ static void feed(int fd, const char *p, size_t n) {
   }
 }
 
+/* time passes: every armed timeout fires, as the worker's tick fires them
+ * (once each: a handler that re-arms its timeout is not fired again) */
+static void expire_timeouts(void) {
+  for (int k = 1; k < LR_TO_N; k++) {
+    unsigned n = 0;
+    for (lr_link_t *l = worker.timeouts[k].next; l != &worker.timeouts[k]; l = l->next) n++;
+    while (n-- && !lr_list_empty(&worker.timeouts[k])) {
+      lr_timeout_t *to = LR_CONTAINER_OF(worker.timeouts[k].next, lr_timeout_t, link);
+      lr_link_unlink(&to->link);
+      lr_conn_t *c = LR_CONTAINER_OF(to, lr_conn_t, timeout);
+      if (c->proto->on_timeout)
+        c->proto->on_timeout(c);
+      else
+        lr_conn_close(c);
+    }
+  }
+}
+
 void lr_fuzz_conn_run(const char *prefix, size_t plen, const uint8_t *data, size_t size) {
   static int ready_once;
   if (!ready_once) {
@@ -323,21 +341,30 @@ void lr_fuzz_conn_run(const char *prefix, size_t plen, const uint8_t *data, size
   worker.listeners[0].tcp.accepted_fd = sv[0];
   lr__conn_accept(&worker.listeners[0]);
   pump(sv[1]);
-  size_t step = size ? (size_t)data[0] : 0;
+  /* first byte: piece size (bits 0-6, 0 = all at once); bit 7: the
+   * timeouts fire while the client is still there (slowloris, idle) */
+  size_t step = size ? (size_t)(data[0] & 127) : 0;
+  int timeouts_first = size && (data[0] & 128);
   if (size) data++, size--;
-  if (step == 0 || step > size) step = size; /* 0: all at once */
+  if (step == 0 || step > size) step = size;
   if (plen) feed(sv[1], prefix, plen);
   for (size_t off = 0; off < size; off += step) {
     feed(sv[1], (const char *)data + off, off + step <= size ? step : size - off);
     pump(sv[1]);
   }
   for (int i = 0; i < 4; i++) pump(sv[1]);
+  if (timeouts_first) {
+    expire_timeouts();
+    for (int i = 0; i < 4; i++) pump(sv[1]);
+  }
   /* the client is done sending, then gone */
   shutdown(sv[1], SHUT_WR);
   for (int i = 0; i < 8 && worker.n_conns; i++) pump(sv[1]);
   close(sv[1]);
   for (int i = 0; i < 8 && (worker.n_conns || live); i++) pump(-1);
-  /* what waits for a timeout now: the timeout would close it */
+  /* what still waits for a timeout: let it fire, then close what is left */
+  expire_timeouts();
+  for (int i = 0; i < 4 && worker.n_conns; i++) pump(-1);
   while (!lr_list_empty(&worker.conns)) lr_conn_close(LR_CONTAINER_OF(worker.conns.next, lr_conn_t, all));
   for (int i = 0; i < 8; i++) pump(-1);
   if (live || worker.n_conns) {
