@@ -1,12 +1,13 @@
-/* The Lua driver shared by the fuzzers of lua/lariat modules.
+/* The libFuzzer target for a lua/lariat module: built once per harness
+ * (fuzz_<target>.lua, named by LR_FUZZ_HARNESS at build time), a Lua chunk
+ * returning function(data) that runs once per input. An error out of it is a
+ * finding: the harness lets through only the failures the module documents.
  *
  * One lua_State for the whole run, with package.path on the source tree's
  * lua/ directory. Debian's Lua is not instrumented, so libFuzzer would be
  * blind to the Lua code: a line hook feeds (previous line, line) pairs into
- * libFuzzer's extra counters, which gives it edge coverage of the Lua
- * modules under test. */
-#include "lua_driver.h"
-
+ * libFuzzer's extra counters, which gives it edge coverage of the modules. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -31,7 +32,7 @@ static void line_hook(lua_State *L, lua_Debug *ar) {
 static lua_State *state;
 static int harness_ref;
 
-static void setup(const char *harness) {
+static void setup(void) {
   state = luaL_newstate();
   if (state == NULL) abort();
   luaL_openlibs(state);
@@ -39,7 +40,7 @@ static void setup(const char *harness) {
   lua_pushstring(state, LR_SOURCE_LUA_DIR "/?.lua;" LR_SOURCE_LUA_DIR "/?/init.lua");
   lua_setfield(state, -2, "path");
   lua_pop(state, 1);
-  if (luaL_loadstring(state, harness) || lua_pcall(state, 0, 1, 0)) {
+  if (luaL_loadfile(state, LR_FUZZ_HARNESS) || lua_pcall(state, 0, 1, 0)) {
     fprintf(stderr, "fuzz: harness: %s\n", lua_tostring(state, -1));
     abort();
   }
@@ -47,8 +48,8 @@ static void setup(const char *harness) {
   lua_sethook(state, line_hook, LUA_MASKLINE, 0);
 }
 
-void lr_fuzz_lua_run(const char *harness, const uint8_t *data, size_t size) {
-  if (state == NULL) setup(harness);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  if (state == NULL) setup();
   lua_State *L = state;
   lua_rawgeti(L, LUA_REGISTRYINDEX, harness_ref);
   lua_pushlstring(L, (const char *)data, size);
@@ -60,4 +61,5 @@ void lr_fuzz_lua_run(const char *harness, const uint8_t *data, size_t size) {
   }
   /* keep garbage from piling up between inputs (the leak checker sees the heap) */
   lua_gc(L, LUA_GCSTEP, 0);
+  return 0;
 }
