@@ -277,7 +277,7 @@ static void setup(void) {
   if (lr_worker_init(&worker, 0, &cfg, &hooks, NULL)) abort();
   int fds[LR_MAX_LISTENERS];
   char err[256];
-  /* a real listening socket that nothing connects to: accepting needs one */
+  /* a real listener that nothing connects to: connections take their listener from it */
   if (lr_listeners_bind(&cfg, 1, fds, err, sizeof err) || lr_worker_listen(&worker, fds, 1)) {
     fprintf(stderr, "fuzz: %s\n", err);
     abort();
@@ -312,7 +312,7 @@ static void feed(int fd, const char *p, size_t n) {
 }
 
 /* time passes: every armed timeout fires, as the worker's tick fires them
- * (once each: a handler that re-arms its timeout is not fired again) */
+ * (once each, whatever its deadline: a timeout re-armed meanwhile waits) */
 static void expire_timeouts(void) {
   for (int k = 1; k < LR_TO_N; k++) {
     unsigned n = 0;
@@ -320,11 +320,7 @@ static void expire_timeouts(void) {
     while (n-- && !lr_list_empty(&worker.timeouts[k])) {
       lr_timeout_t *to = LR_CONTAINER_OF(worker.timeouts[k].next, lr_timeout_t, link);
       lr_link_unlink(&to->link);
-      lr_conn_t *c = LR_CONTAINER_OF(to, lr_conn_t, timeout);
-      if (c->proto->on_timeout)
-        c->proto->on_timeout(c);
-      else
-        lr_conn_close(c);
+      lr__conn_timeout(k == LR_TO_SEND ? LR_CONTAINER_OF(to, lr_conn_t, send_to) : LR_CONTAINER_OF(to, lr_conn_t, timeout), k);
     }
   }
 }
@@ -338,8 +334,7 @@ void lr_fuzz_conn_run(const char *prefix, size_t plen, const uint8_t *data, size
   int sv[2];
   if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv)) abort();
   /* the real accept path, with the socketpair's end as the accepted socket */
-  worker.listeners[0].tcp.accepted_fd = sv[0];
-  lr__conn_accept(&worker.listeners[0]);
+  lr__conn_accept(&worker.listeners[0], sv[0]);
   pump(sv[1]);
   /* first byte: piece size (bits 0-6, 0 = all at once); bit 7: the
    * timeouts fire while the client is still there (slowloris, idle) */
