@@ -55,6 +55,15 @@ local function expand(p)
   return out
 end
 
+-- every optional part doubles the expansions: bound them, so a pattern can't
+-- keep add() busy for seconds (found by spec/fuzz/fuzz_router.lua)
+local MAX_OPTIONAL = 8
+local function expand_pattern(p)
+  local _, n = p:gsub("%[", "")
+  if n > MAX_OPTIONAL then error(("too many optional parts (%d, at most %d)"):format(n, MAX_OPTIONAL), 0) end
+  return expand(p)
+end
+
 -- parse one expanded pattern into { {kind=,value=|name=}, ... }
 local function parse_segments(p)
   local segs = {}
@@ -149,7 +158,7 @@ function M.check(pattern, constraints)
     error("route path must be a string starting with /, got " .. tostring(pattern), 0)
   end
   local names = {}
-  for _, e in ipairs(expand(pattern)) do
+  for _, e in ipairs(expand_pattern(pattern)) do
     local seen = {}
     for _, s in ipairs(parse_segments(e)) do
       if s.kind == "bind" then
@@ -284,7 +293,7 @@ local function add_methods(leaf, route)
 end
 
 local function insert(tree, route)
-  for _, e in ipairs(expand(route.pattern)) do
+  for _, e in ipairs(expand_pattern(route.pattern)) do
     local node, literal_only, lits = tree.root, true, {}
     local segs = parse_segments(e)
     check_duplicate(tree, route, segs)

@@ -49,6 +49,14 @@ describe("router", function()
       assert.equal(404, (call(app, "/users/7/posts/x")))
     end)
 
+    it("refuses more than 8 optional parts (each doubles the expansions)", function()
+      local app = lariat.app()
+      local ok, err = pcall(app.get, app, ("/a"):rep(1) .. ("[/x"):rep(9) .. ("]"):rep(9), echo)
+      assert.is_false(ok)
+      assert.matches("too many optional parts %(9, at most 8%)", err)
+      app:get("/b" .. ("[/y"):rep(8) .. ("]"):rep(8), echo) -- 8 is fine
+    end)
+
     it("puts the rest of a trailing * in req.path_info, decoded", function()
       local app = lariat.app()
       app:get("/static/*", echo)
