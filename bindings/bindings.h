@@ -165,6 +165,9 @@ void lr_channel_detach_all(void);
 void lr_shared_open(lua_State *L);
 void lr_shared_free_all(void);
 
+/* sqlite.c: lariat.sqlite (the drivers are in core/data/) */
+void lr_sqlite_lua_open(lua_State *L);
+
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);
 int luaopen_lariat_zlib(lua_State *L);

@@ -10,6 +10,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "../core/data/data.h"
 #include "bindings.h"
 
 typedef struct {
@@ -138,6 +139,7 @@ static int write_pid_file(const char *path, char *err, size_t errlen) {
 /* tear down what startup built so far; every startup failure exits 2 */
 static int startup_failed(int n_ready, int *fds, const char *msg) {
   fprintf(stderr, "lariat: %s\n", msg);
+  lr_sqlite_stop_all();
   for (int i = 0; i < n_ready; i++) {
     if (slots[i].lw.app) lr_app_unref(slots[i].lw.app);
     lr_worker_destroy(&slots[i].w);
@@ -145,6 +147,7 @@ static int startup_failed(int n_ready, int *fds, const char *msg) {
   free(slots);
   free(fds);
   lr_channel_detach_all();
+  lr_sqlite_free_all();
   return 2;
 }
 
@@ -235,6 +238,7 @@ int main(int argc, char **argv) {
   fflush(stdout);
   uv_run(main_loop, UV_RUN_DEFAULT);
   for (int i = 0; i < n_slots; i++) uv_thread_join(&slots[i].w.thread);
+  lr_sqlite_stop_all(); /* before the workers' loops close: a database thread may still post to them */
   for (int i = 0; i < n_slots; i++) {
     if (slots[i].lw.pending) lr_app_unref(slots[i].lw.pending);
     lr_app_retire(slots[i].lw.app);
@@ -244,6 +248,7 @@ int main(int argc, char **argv) {
   free(fds);
   lr_shared_free_all();
   lr_channel_detach_all();
+  lr_sqlite_free_all();
   if (cfg.pid_file) unlink(cfg.pid_file);
   lr_log(LR_LOG_INFO, "stopped");
   return 0;

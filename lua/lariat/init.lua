@@ -43,6 +43,18 @@ local function core_or_fail(what)
   return core
 end
 
+-- SQL NULL and JSON null are one value: a row read from a database encodes as is.
+lariat.null = lariat.json.null
+
+-- sqlite.open(path[, {timeout=30, busy_timeout=5, cache=64, readonly=false}]) → db | nil, err
+--   db:query(sql, ...) → rows | nil, err   (? parameters; rows.changes, rows.last_insert_id)
+--   db:exec(script) → true | nil, err;  db:transaction(function(tx) … end) → fn's results | nil, err
+-- Queries run on the database's own thread; the handler waits without blocking the worker.
+lariat.sqlite = {}
+function lariat.sqlite.open(path, opts)
+  return core_or_fail("lariat.sqlite").sqlite_open(path, opts)
+end
+
 -- sleep(seconds): suspends the current request's coroutine; the loop runs on.
 function lariat.sleep(seconds)
   return core_or_fail("lariat.sleep").sleep(seconds)

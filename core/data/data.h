@@ -1,0 +1,93 @@
+/* core/data/: database drivers, C only (no Lua). The bindings in bindings/
+ * (sqlite.c, redis.c, pg.c) turn these into Lua values and coroutine waits.
+ *
+ * SQLite: one thread per open database file, fed by a queue; a finished job
+ * comes back to the worker that submitted it through that worker's port (a
+ * uv_async_t), or to a blocked caller when no loop is involved (app load). */
+#ifndef LARIAT_DATA_H
+#define LARIAT_DATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../lariat.h"
+
+/* a value crossing between a driver and a binding: parameters in, cells out.
+ * Text and blobs live in the owner's byte buffer at off/len, so the buffer may
+ * grow while values are added. */
+enum lr_dval_type { LR_DV_NULL, LR_DV_INT, LR_DV_REAL, LR_DV_TEXT, LR_DV_BLOB };
+typedef struct lr_dval_s {
+  int type;
+  union {
+    int64_t i;
+    double d;
+    struct {
+      size_t off, len;
+    } s;
+  } v;
+} lr_dval_t;
+
+/* ---- SQLite ---- */
+
+typedef struct lr_sqlite_s lr_sqlite_t; /* an open database file: thread + queue + connection */
+typedef struct lr_sqlite_job_s lr_sqlite_job_t;
+typedef void (*lr_sqlite_done_cb)(lr_sqlite_job_t *job);
+
+enum lr_sqlite_op { LR_SQ_QUERY, LR_SQ_EXEC, LR_SQ_BEGIN, LR_SQ_COMMIT, LR_SQ_ROLLBACK };
+
+typedef struct lr_sqlite_opts_s {
+  int busy_timeout_ms; /* waits for another process's lock; default 5000 */
+  int cache_size;      /* prepared statements kept per database; default 64 */
+  int readonly;
+} lr_sqlite_opts_t;
+
+struct lr_sqlite_job_s {
+  /* written by the submitter before lr_sqlite_submit, then read-only */
+  int op;
+  uint64_t txn;          /* 0, or the transaction this job belongs to (LR_SQ_BEGIN opens it) */
+  lr_buf_t bytes;        /* the SQL (NUL-terminated) at 0, parameter bytes, then result bytes */
+  size_t sql_len;
+  lr_dval_t *params;     /* owned by the job */
+  int nparams;
+  lr_sqlite_done_cb done; /* on the submitter's loop; never called for a cancelled job */
+  void *data;
+  /* written by the database thread, read by `done` */
+  int rc;                /* 0 or -1 */
+  char err[256];
+  int ncols;
+  lr_dval_t *cells;      /* ncols column names (TEXT), then the rows' values, row after row */
+  size_t ncells, cap;
+  int wrote;             /* the statement may write: changes and last_id mean something */
+  int64_t changes, last_id;
+  /* private to core/data/sqlite.c */
+  lr_link_t link;        /* in the database's queue */
+  lr_sqlite_job_t *next_done;
+  lr_sqlite_t *db;
+  struct lr_sqlite_port_s *port;
+  int state;
+  int cancelled;
+};
+
+/* The database for path (":memory:" is one in-memory database shared by the
+ * workers), opened on first use with opts and kept until lr_sqlite_stop_all;
+ * later opens of the same file share it and ignore opts. */
+lr_sqlite_t *lr_sqlite_get(const char *path, const lr_sqlite_opts_t *opts, char *err, size_t errlen);
+lr_sqlite_job_t *lr_sqlite_job_new(int op, const char *sql, size_t len);
+void lr_sqlite_job_free(lr_sqlite_job_t *job);
+/* Queue job; `done` runs later on loop. Returns -1 (job untouched) once the
+ * databases are stopping. */
+int lr_sqlite_submit(lr_sqlite_t *db, lr_sqlite_job_t *job, uv_loop_t *loop);
+/* Queue job and block the calling thread until it ran (no loop: app load). */
+int lr_sqlite_run_sync(lr_sqlite_t *db, lr_sqlite_job_t *job);
+/* The submitter no longer wants the result: a queued job is dropped, a running
+ * one interrupted (sqlite3_interrupt); the job is freed when the thread is done
+ * with it. Call on the submitter's loop; the job must not be touched after. */
+void lr_sqlite_job_cancel(lr_sqlite_job_t *job);
+/* Queue a job nobody waits for (a rollback of an abandoned transaction). */
+void lr_sqlite_submit_detached(lr_sqlite_t *db, lr_sqlite_job_t *job);
+/* process exit: stop and join every database thread (workers already stopped),
+ * then, after the workers' loops are closed, free what is left */
+void lr_sqlite_stop_all(void);
+void lr_sqlite_free_all(void);
+
+#endif
