@@ -21,7 +21,6 @@
 
 #include "../core/data/data.h"
 #include "bindings.h"
-#include "co_wait_shim.h"
 
 #define DB_MT "lariat.sqlite.db"
 #define TX_MT "lariat.sqlite.tx"
@@ -202,6 +201,7 @@ static int await_job(lua_State *L, lr_sqlite_t *db, lr_sqlite_job_t *job, uint64
   if (co && co->L == L && lua_isyieldable(L)) {
     job->done = on_job_done;
     job->data = co;
+    job->timeout_ms = timeout_ms;
     if (lr_sqlite_submit(db, job, &co->app->lw->w->loop)) {
       lr_sqlite_job_free(job);
       luaL_pushfail(L);
@@ -225,26 +225,33 @@ static int await_job(lua_State *L, lr_sqlite_t *db, lr_sqlite_job_t *job, uint64
   return k(L, LUA_OK, 0);
 }
 
-/* in a continuation: the job, or NULL (cancelled, "timeout" pushed) */
-static lr_sqlite_job_t *job_back(lua_State *L) {
+/* In a continuation: *out = the finished job, or NULL with nil, "timeout"
+ * pushed (the job cancelled). Woken early because the server is stopping, it
+ * waits again (lr_co_wait does not return): a query still finishes during a
+ * drain, so a write is not lost halfway. */
+static int job_back(lua_State *L, lua_KFunction k, lr_sqlite_job_t **out) {
   lr_sqlite_job_t *job = lua_touserdata(L, -1);
-  lua_pop(L, 1);
   lr_co_t *co = lr_co_current(L);
-  if (co && co->L == L && co->timed_out) {
-    co->timed_out = 0;
+  *out = NULL;
+  if (!lr_sqlite_job_ready(job)) {
+    if (!co->timed_out) return lr_co_wait(L, co, job->timeout_ms, on_cancel, job, k);
+    lua_pop(L, 1);
     cancel_job(job);
     luaL_pushfail(L);
     lua_pushliteral(L, "timeout");
-    return NULL;
+    return 2;
   }
-  return job;
+  lua_pop(L, 1);
+  *out = job;
+  return 0;
 }
 
 static int result_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  lr_sqlite_job_t *job = job_back(L);
-  return job ? push_result(L, job) : 2;
+  lr_sqlite_job_t *job;
+  int r = job_back(L, result_k, &job);
+  return job ? push_result(L, job) : r;
 }
 
 /* ---- transactions ---- */
@@ -279,10 +286,12 @@ static int tx_close(lua_State *L) {
 
 /* stack in the continuations below: 1 db, 2 fn, 3 tx (to-be-closed), 4… fn's results or error */
 
-static int tx_end(lua_State *L, int committing) {
+static int tx_end(lua_State *L, int committing, lua_KFunction k) {
   tx_box_t *tx = lua_touserdata(L, 3);
-  lr_sqlite_job_t *job = job_back(L);
-  if (job == NULL) { /* timed out: the transaction's fate is unknown to us, roll it back */
+  lr_sqlite_job_t *job;
+  job_back(L, k, &job);
+  if (job == NULL) {
+    /* timed out: the transaction's fate is unknown to us, roll it back */
     lua_pushcfunction(L, tx_close);
     lua_pushvalue(L, 3);
     lua_call(L, 1, 0);
@@ -308,13 +317,13 @@ static int tx_end(lua_State *L, int committing) {
 static int tx_commit_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  return tx_end(L, 1);
+  return tx_end(L, 1, tx_commit_k);
 }
 
 static int tx_rollback_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  return tx_end(L, 0);
+  return tx_end(L, 0, tx_rollback_k);
 }
 
 static int tx_body_k(lua_State *L, int status, lua_KContext ctx) {
@@ -333,8 +342,9 @@ static int tx_begin_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
   tx_box_t *tx = lua_touserdata(L, 3);
-  lr_sqlite_job_t *job = job_back(L);
-  if (job == NULL) return 2;
+  lr_sqlite_job_t *job;
+  int r = job_back(L, tx_begin_k, &job);
+  if (job == NULL) return r;
   if (job->rc) return push_result(L, job);
   lr_sqlite_job_free(job);
   tx->open = 1;

@@ -51,6 +51,7 @@ struct lr_sqlite_job_s {
   int nparams;
   lr_sqlite_done_cb done; /* on the submitter's loop; never called for a cancelled job */
   void *data;
+  uint64_t timeout_ms;   /* the submitter's, kept for a wait that starts again */
   /* written by the database thread, read by `done` */
   int rc;                /* 0 or -1 */
   char err[256];
@@ -79,9 +80,12 @@ void lr_sqlite_job_free(lr_sqlite_job_t *job);
 int lr_sqlite_submit(lr_sqlite_t *db, lr_sqlite_job_t *job, uv_loop_t *loop);
 /* Queue job and block the calling thread until it ran (no loop: app load). */
 int lr_sqlite_run_sync(lr_sqlite_t *db, lr_sqlite_job_t *job);
+/* the job ran and its results are the submitter's to read (done was called,
+ * or lr_sqlite_run_sync returned) */
+int lr_sqlite_job_ready(const lr_sqlite_job_t *job);
 /* The submitter no longer wants the result: a queued job is dropped, a running
  * one interrupted (sqlite3_interrupt); the job is freed when the thread is done
- * with it. Call on the submitter's loop; the job must not be touched after. */
+ * with it (at once if it is already back). Call on the submitter's loop; the job must not be touched after. */
 void lr_sqlite_job_cancel(lr_sqlite_job_t *job);
 /* Queue a job nobody waits for (a rollback of an abandoned transaction). */
 void lr_sqlite_submit_detached(lr_sqlite_t *db, lr_sqlite_job_t *job);

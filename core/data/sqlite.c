@@ -23,7 +23,8 @@
 
 #include "data.h"
 
-enum { JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE };
+/* JOB_DONE: handed to the port or the blocked caller; JOB_BACK: the submitter has it */
+enum { JOB_NEW, JOB_QUEUED, JOB_RUNNING, JOB_DONE, JOB_BACK };
 
 typedef struct stmt_slot_s {
   char *sql;
@@ -348,10 +349,12 @@ static void on_port(uv_async_t *a) {
   pthread_mutex_unlock(&p->mu);
   while (job) {
     lr_sqlite_job_t *next = job->next_done;
-    if (job->cancelled)
+    if (job->cancelled) {
       lr_sqlite_job_free(job);
-    else
+    } else {
+      job->state = JOB_BACK; /* the thread is done with it: only this loop touches it now */
       job->done(job);
+    }
     job = next;
   }
 }
@@ -403,12 +406,19 @@ int lr_sqlite_run_sync(lr_sqlite_t *db, lr_sqlite_job_t *job) {
   if (enqueue(db, job)) return -1;
   pthread_mutex_lock(&db->mu);
   while (job->state != JOB_DONE) pthread_cond_wait(&db->done_cv, &db->mu);
+  job->state = JOB_BACK;
   pthread_mutex_unlock(&db->mu);
   return 0;
 }
 
+int lr_sqlite_job_ready(const lr_sqlite_job_t *job) { return job->state == JOB_BACK; }
+
 void lr_sqlite_job_cancel(lr_sqlite_job_t *job) {
   lr_sqlite_t *db = job->db;
+  if (job->state == JOB_BACK) { /* woken, then cancelled before it resumed */
+    lr_sqlite_job_free(job);
+    return;
+  }
   pthread_mutex_lock(&db->mu);
   if (job->state == JOB_QUEUED) {
     lr_link_unlink(&job->link);

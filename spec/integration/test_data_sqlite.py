@@ -163,3 +163,21 @@ def test_data_survives_a_restart(dbdir):
     finally:
         s2.check_healthy()
     assert os.path.exists(os.path.join(dbdir, "t.db"))
+
+
+def test_client_leaving_interrupts_its_query(srv):
+    """The handler is cancelled at its wait when its client goes: the statement
+    is stopped with sqlite3_interrupt and its result dropped (the thread may
+    still run it then: nothing on the worker side is touched by it after)."""
+    import socket
+    for attempt in range(2):  # the second time too
+        c = socket.create_connection(("127.0.0.1", srv.port))
+        c.sendall(b"GET /slow-forever HTTP/1.1\r\nhost: x\r\n\r\n")
+        time.sleep(0.3)
+        c.close()
+        # without the interrupt, the database thread would be busy for minutes
+        t0 = time.monotonic()
+        status, r = get(srv, "/count", timeout=5)
+        assert status == 200, r
+        assert time.monotonic() - t0 < 1.5 * SLOW
+    assert get(srv, "/fast") == (200, "fast")
