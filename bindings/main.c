@@ -242,8 +242,9 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n_slots; i++) {
     if (slots[i].lw.pending) lr_app_unref(slots[i].lw.pending);
     lr_app_retire(slots[i].lw.app);
-    lr_worker_destroy(&slots[i].w);
   }
+  lr_redis_lua_free_all(); /* their handles close with the loops below */
+  for (int i = 0; i < n_slots; i++) lr_worker_destroy(&slots[i].w);
   free(slots);
   free(fds);
   lr_shared_free_all();

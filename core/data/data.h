@@ -94,4 +94,47 @@ void lr_sqlite_submit_detached(lr_sqlite_t *db, lr_sqlite_job_t *job);
 void lr_sqlite_stop_all(void);
 void lr_sqlite_free_all(void);
 
+/* ---- Redis (hiredis async, on the worker's loop) ---- */
+
+struct redisReply;
+
+typedef struct lr_redis_url_s {
+  char host[256];
+  int port;
+  char user[128], password[256];
+  int db;
+  uint64_t connect_timeout_ms; /* ?timeout= (seconds) also bounds each command */
+  uint64_t timeout_ms;
+} lr_redis_url_t;
+
+/* redis://[[user]:password@]host[:port][/db][?timeout=seconds] */
+int lr_redis_url_parse(const char *url, lr_redis_url_t *u, char *err, size_t errlen);
+
+typedef struct lr_redis_conn_s lr_redis_conn_t; /* one connection; reconnects when used after a failure */
+typedef struct lr_redis_pending_s lr_redis_pending_t;
+/* a reply (owned by the callee: freeReplyObject) or NULL and a short error
+ * ("connection refused", "closed", "timeout"...); runs from the loop, outside
+ * hiredis, so it may send more commands or close the connection */
+typedef void (*lr_redis_cb)(void *data, struct redisReply *reply, const char *err);
+
+lr_redis_conn_t *lr_redis_conn_new(uv_loop_t *loop, const lr_redis_url_t *u);
+/* Send a command (connecting first if needed). Returns the pending command,
+ * or NULL with err filled (cb is then never called). */
+lr_redis_pending_t *lr_redis_send(lr_redis_conn_t *c, int argc, const char **argv, const size_t *lens,
+                                  lr_redis_cb cb, void *data, char *err, size_t errlen);
+/* SUBSCRIBE/PSUBSCRIBE: cb runs for every reply on the subscription (the
+ * confirmations too), and with NULL once the connection is lost */
+int lr_redis_subscribe(lr_redis_conn_t *c, int argc, const char **argv, const size_t *lens, lr_redis_cb cb,
+                       void *data, char *err, size_t errlen);
+/* the reply is no longer wanted: cb will not run for it (valid until its cb ran) */
+void lr_redis_pending_drop(lr_redis_pending_t *p);
+/* drop the connection now: every pending command fails with why */
+void lr_redis_conn_reset(lr_redis_conn_t *c, const char *why);
+int lr_redis_conn_usable(const lr_redis_conn_t *c); /* connected or connecting, no failure seen */
+unsigned lr_redis_conn_pending(const lr_redis_conn_t *c);
+void lr_redis_conn_free(lr_redis_conn_t *c); /* pending commands fail first ("closed") */
+void lr_redis_reply_free(struct redisReply *r);
+/* process exit, after the workers stopped and before their loops close */
+void lr_redis_free_all(void);
+
 #endif

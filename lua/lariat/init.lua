@@ -55,6 +55,14 @@ function lariat.sqlite.open(path, opts)
   return core_or_fail("lariat.sqlite").sqlite_open(path, opts)
 end
 
+-- redis.connect(url[, {timeout=seconds}]) → r: a handle on this worker's client for url
+--   (redis://[user:password@]host[:port][/db][?timeout=s]); r:call(cmd, ...), r:get(k), … any
+--   command as a method; r:pipeline(fn) → {replies}; r:subscribe(ch, ...) → sub; sub:recv([t])
+lariat.redis = {}
+function lariat.redis.connect(url, opts)
+  return core_or_fail("lariat.redis").redis_connect(url, opts)
+end
+
 -- sleep(seconds): suspends the current request's coroutine; the loop runs on.
 function lariat.sleep(seconds)
   return core_or_fail("lariat.sleep").sleep(seconds)

@@ -55,6 +55,33 @@ def _which(name, *extra_dirs):
     return shutil.which(name)
 
 
+def _resp_end(sock, buf, pos):
+    """Read from sock into buf until the RESP value at pos is complete; its end."""
+    def line_end(p):
+        while True:
+            i = buf.find(b"\r\n", p)
+            if i >= 0:
+                return i
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed mid-reply")
+            buf.extend(chunk)
+    e = line_end(pos)
+    kind, head = buf[pos:pos + 1], bytes(buf[pos + 1:e])
+    pos = e + 2
+    if kind == b"$" and int(head) >= 0:
+        while len(buf) < pos + int(head) + 2:
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("redis closed mid-reply")
+            buf.extend(chunk)
+        return pos + int(head) + 2
+    if kind == b"*":
+        for _ in range(max(int(head), 0)):
+            pos = _resp_end(sock, buf, pos)
+    return pos
+
+
 class Redis:
     """redis-server on 127.0.0.1:port, no persistence, in a temp dir."""
 
@@ -69,7 +96,8 @@ class Redis:
 
     def start(self):
         argv = [self.bin, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--logfile", ""]
+                "--appendonly", "no", "--dir", self.dir, "--daemonize", "no", "--logfile", "",
+                "--enable-debug-command", "yes"]
         if self.password:
             argv += ["--requirepass", self.password]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -78,40 +106,32 @@ class Redis:
 
     def _ping(self):
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
-                if self.password:
-                    s.sendall(b"AUTH %s\r\n" % self.password.encode())
-                    s.recv(100)
-                s.sendall(b"PING\r\n")
-                return s.recv(100).startswith(b"+PONG")
+            return self.cli("PING") == b"+PONG\r\n"
         except OSError:
             return False
 
-    def cli(self, *args):
-        """One command over a raw socket (RESP), returns the raw reply bytes."""
+    def cli(self, *args, db=0):
+        """One command over a raw socket (RESP) in database db; returns the raw reply bytes."""
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
             msgs = []
             if self.password:
                 msgs.append(["AUTH", self.password])
+            if db:
+                msgs.append(["SELECT", str(db)])
             msgs.append([str(a) for a in args])
+            out = b""
             for m in msgs:
-                out = b"*%d\r\n" % len(m)
+                out += b"*%d\r\n" % len(m)
                 for a in m:
                     a = a.encode()
                     out += b"$%d\r\n%s\r\n" % (len(a), a)
-                s.sendall(out)
-            time.sleep(0.05)
-            data = b""
-            s.settimeout(0.5)
-            try:
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-            except socket.timeout:
-                pass
-            return data
+            s.sendall(out)
+            buf = bytearray()
+            pos = 0
+            for _ in msgs:
+                start = pos
+                pos = _resp_end(s, buf, pos)
+            return bytes(buf[start:pos])
 
     def url(self, db=0):
         auth = (":%s@" % self.password) if self.password else ""
