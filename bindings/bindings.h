@@ -165,10 +165,12 @@ void lr_channel_detach_all(void);
 void lr_shared_open(lua_State *L);
 void lr_shared_free_all(void);
 
-/* sqlite.c, redis.c: lariat.sqlite, lariat.redis (the drivers are in core/data/) */
+/* sqlite.c, redis.c, pg.c: lariat.sqlite, .redis, .pg (the drivers are in core/data/) */
 void lr_sqlite_lua_open(lua_State *L);
 void lr_redis_lua_open(lua_State *L);
 void lr_redis_lua_free_all(void); /* exit: every worker's connections, before the loops close */
+void lr_pg_lua_open(lua_State *L);
+void lr_pg_lua_free_all(void);    /* same */
 
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);

@@ -244,6 +244,7 @@ int main(int argc, char **argv) {
     lr_app_retire(slots[i].lw.app);
   }
   lr_redis_lua_free_all(); /* their handles close with the loops below */
+  lr_pg_lua_free_all();
   for (int i = 0; i < n_slots; i++) lr_worker_destroy(&slots[i].w);
   free(slots);
   free(fds);

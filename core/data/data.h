@@ -137,4 +137,48 @@ void lr_redis_reply_free(struct redisReply *r);
 /* process exit, after the workers stopped and before their loops close */
 void lr_redis_free_all(void);
 
+/* ---- PostgreSQL (libpq async, on the worker's loop) ---- */
+
+struct pg_conn;
+struct pg_result;
+
+typedef struct lr_pg_pool_s lr_pg_pool_t; /* one worker's connections to one server */
+typedef struct lr_pg_conn_s lr_pg_conn_t;
+typedef struct lr_pg_op_s lr_pg_op_t;     /* one query: waiting for a connection, then running */
+
+/* res (owned by the callee: PQclear) or NULL and a short error; sqlstate is
+ * the server's code or "". conn is non-NULL only for an LR_PG_KEEP op: the
+ * connection stays the caller's (a transaction) until lr_pg_conn_release. */
+typedef void (*lr_pg_cb)(void *data, struct pg_result *res, const char *err, const char *sqlstate,
+                         lr_pg_conn_t *conn);
+/* a notification on a listening connection; channel NULL: the connection is lost (err) */
+typedef void (*lr_pg_notify_cb)(void *data, const char *channel, const char *payload, const char *err);
+
+enum { LR_PG_KEEP = 1, LR_PG_SCRIPT = 2 /* simple protocol, many statements, no parameters */ };
+
+typedef struct lr_pg_param_s {
+  const char *value; /* NULL: SQL NULL */
+  int len;
+  int binary;        /* bytes that are not text (bytea) */
+} lr_pg_param_t;
+
+lr_pg_pool_t *lr_pg_pool_new(uv_loop_t *loop, const char *conninfo, int size);
+/* Run sql on pinned (a kept connection) or on a pooled one (waiting for one,
+ * connecting as needed). Parameters are copied. Returns the op (for
+ * lr_pg_op_cancel until cb ran), or NULL with err filled (cb never called). */
+lr_pg_op_t *lr_pg_query(lr_pg_pool_t *pool, lr_pg_conn_t *pinned, const char *sql, const lr_pg_param_t *params,
+                        int nparams, int flags, lr_pg_cb cb, void *data, char *err, size_t errlen);
+/* the caller is gone: a waiting op is dropped; a running query is cancelled on
+ * the server (PQcancel on the thread pool: it blocks); cb never runs */
+void lr_pg_op_cancel(lr_pg_op_t *op);
+/* a kept connection back to the pool; one left inside a transaction is closed
+ * instead (the server rolls it back) */
+void lr_pg_conn_release(lr_pg_conn_t *c);
+/* LISTEN channel on a connection of its own; cb(data, NULL, NULL, NULL) once
+ * listening, then per notification; lost → cb with err. */
+lr_pg_conn_t *lr_pg_listen(lr_pg_pool_t *pool, const char *channel, lr_pg_notify_cb cb, void *data, char *err,
+                           size_t errlen);
+void lr_pg_listen_close(lr_pg_conn_t *c);
+void lr_pg_free_all(void); /* exit, before the workers' loops close */
+
 #endif

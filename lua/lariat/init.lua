@@ -63,6 +63,13 @@ function lariat.redis.connect(url, opts)
   return core_or_fail("lariat.redis").redis_connect(url, opts)
 end
 
+-- pg.connect(url_or_conninfo[, {pool=10, timeout=30}]) → db: a handle on this worker's pool
+--   db:query(sql, ...) ($1 parameters), db:exec(script), db:transaction(fn), db:listen(channel) → sub
+lariat.pg = {}
+function lariat.pg.connect(url, opts)
+  return core_or_fail("lariat.pg").pg_connect(url, opts)
+end
+
 -- sleep(seconds): suspends the current request's coroutine; the loop runs on.
 function lariat.sleep(seconds)
   return core_or_fail("lariat.sleep").sleep(seconds)
