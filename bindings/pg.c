@@ -168,18 +168,6 @@ static int push_rows(lua_State *L, PGresult *res) {
   return 1;
 }
 
-static int valid_utf8(const unsigned char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned c = s[i];
-    size_t k = c == 0 ? SIZE_MAX : c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : SIZE_MAX;
-    if (k == SIZE_MAX || k >= n - i) return 0;
-    for (size_t j = 1; j <= k; j++)
-      if ((s[i + j] & 0xC0) != 0x80) return 0;
-    i += k + 1;
-  }
-  return 1;
-}
-
 /* arguments first..top → params (strings anchored on the stack) */
 static lr_pg_param_t *collect_params(lua_State *L, int first, int *n) {
   int top = lua_gettop(L);
@@ -219,7 +207,7 @@ static lr_pg_param_t *collect_params(lua_State *L, int first, int *n) {
     size_t len;
     p[i].value = lua_tolstring(L, idx, &len);
     p[i].len = (int)len;
-    p[i].binary = !valid_utf8((const unsigned char *)p[i].value, len);
+    p[i].binary = !lr_utf8_valid(p[i].value, len) || memchr(p[i].value, 0, len) != NULL; /* bytea */
   }
   return p;
 }

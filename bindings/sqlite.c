@@ -44,19 +44,6 @@ static uint64_t next_txn = 1;
 
 /* ---- values ---- */
 
-/* text SQLite compares as text; anything else (NUL bytes included) is a blob */
-static int valid_utf8(const unsigned char *s, size_t n) {
-  for (size_t i = 0; i < n;) {
-    unsigned c = s[i];
-    size_t k = c == 0 ? SIZE_MAX : c < 0x80 ? 0 : (c & 0xE0) == 0xC0 ? 1 : (c & 0xF0) == 0xE0 ? 2 : (c & 0xF8) == 0xF0 ? 3 : SIZE_MAX;
-    if (k == SIZE_MAX || k >= n - i) return 0;
-    for (size_t j = 1; j <= k; j++)
-      if ((s[i + j] & 0xC0) != 0x80) return 0;
-    i += k + 1;
-  }
-  return 1;
-}
-
 /* Lua arguments first..top become the job's parameters: nil and lariat.null
  * are NULL, booleans 1/0, strings TEXT (BLOB when not UTF-8) */
 static void add_params(lua_State *L, lr_sqlite_job_t *job, int first) {
@@ -89,7 +76,7 @@ static void add_params(lua_State *L, lr_sqlite_job_t *job, int first) {
     case LUA_TSTRING: {
       size_t len;
       const char *s = lua_tolstring(L, idx, &len);
-      p->type = valid_utf8((const unsigned char *)s, len) ? LR_DV_TEXT : LR_DV_BLOB;
+      p->type = lr_utf8_valid(s, len) && !memchr(s, 0, len) ? LR_DV_TEXT : LR_DV_BLOB;
       p->v.s.off = job->bytes.len;
       p->v.s.len = len;
       if (len && lr_buf_append(&job->bytes, s, len)) {
