@@ -437,6 +437,8 @@ static int pipe_send(lua_State *L, int status, lua_KContext ctx) {
     for (int j = 1; j <= na; j++) lua_rawgeti(L, t, j);
     check_allowed(L, lua_tostring(L, t + 1), 1);
     args_collect(L, t + 1, t + na, NULL, 0, &cmds[i]);
+    if (is_blocking(&cmds[i])) /* it would hold up every command pipelined behind it */
+      return luaL_error(L, "redis: %s: blocking commands can't be pipelined; use r:call", cmds[i].v[0]);
   }
   return send_and_wait(L, cl, cl->main, 0, cmds, n, timeout_of(b, cl), pipe_k);
 }

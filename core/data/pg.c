@@ -618,7 +618,9 @@ void lr_pg_free_all(void) {
       c->op = NULL;
       c->ncb = NULL;
       op_free(op);
+      c->kept = 0; /* exit: no transaction handle is left to let go of it */
       conn_close(c);
+      if (c->free_pending) conn_destroy(c);
     }
     free(p->conninfo);
     free(p);

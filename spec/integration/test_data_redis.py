@@ -76,7 +76,8 @@ def test_concurrent_commands_share_one_connection(srv, redis):
 
 
 def test_misuse_raises(srv):
-    assert get(srv, "/misuse")[1] == {"ok1": False, "ok2": False, "ok3": False}
+    assert get(srv, "/misuse")[1] == {"ok1": False, "ok2": False, "ok3": False, "ok4": False}
+    assert get(srv, "/get")[0] == 200  # and nothing was left half-sent
 
 
 def test_blocking_command_on_a_dedicated_connection(srv):

@@ -93,7 +93,8 @@ app:get("/misuse", function()
   local ok1 = pcall(r.call, r, "SUBSCRIBE", "x")
   local ok2 = pcall(r.call, r, "MULTI")
   local ok3 = pcall(r.set, r, "k", {})
-  return { ok1 = ok1, ok2 = ok2, ok3 = ok3 }
+  local ok4 = pcall(r.pipeline, r, function(p) p:blpop("k:queue", 1) end)
+  return { ok1 = ok1, ok2 = ok2, ok3 = ok3, ok4 = ok4 }
 end)
 
 -- pub/sub: a subscriber streams what it receives (SSE-like lines)
