@@ -619,8 +619,8 @@ void lr_pg_free_all(void) {
       c->ncb = NULL;
       op_free(op);
       c->kept = 0; /* exit: no transaction handle is left to let go of it */
-      conn_close(c);
-      if (c->free_pending) conn_destroy(c);
+      c->busy = 0;
+      conn_close(c); /* and freed */
     }
     free(p->conninfo);
     free(p);

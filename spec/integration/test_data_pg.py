@@ -95,11 +95,12 @@ def test_20_concurrent_sleeps_take_one_second_and_the_worker_stays_fast(srv):
     for t in ts:
         t.start()
     time.sleep(0.3)
-    # the one worker serves another route meanwhile
-    f0 = time.monotonic()
+    # the one worker serves another route meanwhile (a blocking libpq call on
+    # its loop would hold each of these for seconds)
     for _ in range(5):
+        f0 = time.monotonic()
         assert get(srv, "/fast") == (200, "fast")
-    assert time.monotonic() - f0 < 0.3 * SLOW
+        assert time.monotonic() - f0 < 0.5 * SLOW
     for t in ts:
         t.join()
     took = time.monotonic() - t0
