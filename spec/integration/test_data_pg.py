@@ -89,6 +89,13 @@ def test_transaction_commits_or_rolls_back(srv):
 
 
 def test_20_concurrent_sleeps_take_one_second_and_the_worker_stays_fast(srv):
+    # open the pool's 20 connections first: the bound is on queries, not on
+    # PostgreSQL forking 20 backends on a loaded machine
+    warm = [threading.Thread(target=lambda: get(srv, "/sleep?s=0.2")) for _ in range(20)]
+    for t in warm:
+        t.start()
+    for t in warm:
+        t.join()
     results = []
     t0 = time.monotonic()
     ts = [threading.Thread(target=lambda: results.append(get(srv, "/sleep?s=1"))) for _ in range(20)]
@@ -106,7 +113,7 @@ def test_20_concurrent_sleeps_take_one_second_and_the_worker_stays_fast(srv):
     took = time.monotonic() - t0
     assert len(results) == 20 and all(s == 200 and r["d"] == "done" for s, r in results), results
     # 20 connections of the pool, in parallel (sequential would be 20 s)
-    assert took < 2.5 * SLOW, took
+    assert took < 2.2 * SLOW, took
 
 
 def test_timeout_cancels_the_query_on_the_server(srv, pg):
