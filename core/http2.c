@@ -30,7 +30,12 @@
 
 #include "lariat.h"
 
-#define STREAM_OUT_HIGH (128 * 1024) /* a writer waits above this many queued bytes */
+/* Output a connection buffers in user space: response bodies waiting for the
+ * peer's window (h2_conn_t.queued) plus frames waiting for the kernel. Above
+ * this, handlers writing on the connection wait and no more frames are made:
+ * the data provider defers, so a peer that never reads or keeps its window at
+ * 0 costs ~64 KiB, and the send timeout (stalled) closes it. */
+#define OUT_HIGH (64 * 1024)
 #define CONN_WINDOW (16 * 1024 * 1024)
 /* flood guards: token buckets per connection (burst, refill per second) */
 #define RST_BURST 200.0 /* CVE-2023-44487: streams reset by the client */
@@ -38,6 +43,14 @@
 #define NOISE_BURST 1000.0 /* PING, SETTINGS, PRIORITY, empty DATA/HEADERS/CONTINUATION */
 #define NOISE_RATE 500.0
 #define MAX_CONTINUATIONS 16
+/* HPACK cost: a header block decoding to more than this many times
+ * --max-header-bytes is a bomb (GOAWAY at once); the MAX_REJECTS-th 431/414
+ * on a connection ends it too */
+#define BOMB_FACTOR 4
+#define MAX_REJECTS 4
+/* WINDOW_UPDATE is free while it answers DATA we sent (a stream's and the
+ * connection's per frame); beyond that it is noise */
+#define WU_CREDIT_MAX 4096
 
 typedef struct h2_chunk_s {
   struct h2_chunk_s *next;
@@ -64,13 +77,14 @@ typedef struct h2_stream_s {
   h2_chunk_t *head, *tail; /* response body waiting for the window */
   size_t queued;
   size_t unacked; /* request body bytes handed to s->body, not yet given back to the window */
-  uint32_t head_bytes;
+  uint64_t head_bytes; /* decoded size of its header blocks (RFC 9113 §6.5.2) */
   uint16_t reject; /* status the core answers with */
   uint8_t fin;       /* the whole response body is queued */
   uint8_t deferred;  /* the data provider returned NGHTTP2_ERR_DEFERRED */
   uint8_t started;
   uint8_t closed;
   uint8_t drop;      /* a HEAD or bodiless response: data written to it is dropped */
+  uint8_t aborted;   /* the handler aborted it (RST_STREAM INTERNAL_ERROR, not the peer's doing) */
   nghttp2_nv *trailers; /* sent when the data provider reaches the end */
   size_t n_trailers;
   unsigned pend;
@@ -88,7 +102,16 @@ struct h2_conn_s {
   uint8_t send_blocked; /* h2_resume stopped at the output high-water mark */
   uint8_t maybe_drained;/* some stream's output shrank: check writers waiting */
   uint8_t calm;         /* ENHANCE_YOUR_CALM was sent */
+  uint8_t calm_due;     /* too many streams reset by us: ENHANCE_YOUR_CALM once the frames are out */
   uint8_t in_recv;
+  uint8_t stalled;      /* response data waits and none could be sent: the send timeout runs */
+  uint8_t sent_data;    /* a DATA frame went out since the last stall_check */
+  uint8_t rejects;      /* 431s and 414s answered on this connection */
+  uint32_t wu_credit;   /* WINDOW_UPDATEs our DATA frames pay for */
+  size_t queued;        /* response body bytes queued on all streams (h2_stream_t.queued) */
+  /* lr_stream_t.conn_link: streams nghttp2 closed whose handler still runs;
+   * they count against --h2-max-streams until the handler is gone */
+  lr_link_t zombies;
   double rst_tokens, noise_tokens;
   uint64_t bucket_ms;
   int32_t max_sid;      /* highest stream the client opened */
@@ -250,6 +273,7 @@ static void chunk_push(h2_stream_t *st, h2_chunk_t *k) {
     st->head = k;
   st->tail = k;
   st->queued += k->len;
+  st->h->queued += k->len;
 }
 
 static int queue_data(h2_stream_t *st, const char *data, size_t len, lr_release_cb release, void *arg) {
@@ -284,6 +308,7 @@ static void drop_queue(h2_stream_t *st) {
     k = next;
   }
   st->head = st->tail = NULL;
+  st->h->queued -= st->queued;
   st->queued = 0;
 }
 
@@ -347,6 +372,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     }
     length -= n;
     st->queued -= n;
+    h->queued -= n;
     if (n == k->len) {
       st->head = k->next;
       if (st->head == NULL) st->tail = NULL;
@@ -362,6 +388,8 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     lr_conn_write(c, zeros, pad - 1);
   }
   h->maybe_drained = 1;
+  h->sent_data = 1;
+  if (h->wu_credit < WU_CREDIT_MAX) h->wu_credit += 2;
   return 0;
 }
 
@@ -387,6 +415,25 @@ static int calm_down(h2_conn_t *h, const char *why) {
   h->calm = 1;
   nghttp2_session_terminate_session(h->ng, NGHTTP2_ENHANCE_YOUR_CALM);
   return NGHTTP2_ERR_CALLBACK_FAILURE;
+}
+
+/* the same, letting the streams already taken finish (their answers go out
+ * first); no more input is read */
+static void calm_after(h2_conn_t *h, const char *why) {
+  if (h->calm) return;
+  lr_log(LR_LOG_WARN, "h2: %s: GOAWAY ENHANCE_YOUR_CALM", why);
+  h->calm = 1;
+  h->goaway = 1;
+  nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                        NGHTTP2_ENHANCE_YOUR_CALM, NULL, 0);
+}
+
+/* handlers alive on this connection: open streams plus streams nghttp2 closed
+ * whose handler still runs (counted up to max) */
+static unsigned live_handlers(const h2_conn_t *h, unsigned max) {
+  unsigned n = h->n_streams;
+  for (const lr_link_t *l = h->zombies.next; l != &h->zombies && n < max; l = l->next) n++;
+  return n;
 }
 
 /* ---- closed streams ----
@@ -455,6 +502,9 @@ static ssize_t recv_frames(h2_conn_t *h, const uint8_t *p, size_t len) {
     const uint8_t *hd = h->rx_hd;
     h->rx_hlen = 0;
     h->rx_left = (uint32_t)hd[0] << 16 | (uint32_t)hd[1] << 8 | hd[2];
+    /* extension frames are ignored by nghttp2 without a callback: noise */
+    if (hd[3] > NGHTTP2_CONTINUATION && token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE))
+      return calm_down(h, "control frame flood");
     if (hd[3] != NGHTTP2_DATA) continue;
     if (start > fed) {
       rv = nghttp2_session_mem_recv(h->ng, p + fed, start - fed);
@@ -492,7 +542,10 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
        * nghttp2 can't tell a skipped (implicitly closed) id from a new one */
       if ((hd->stream_id & 1) && hd->stream_id <= h->max_sid && nghttp2_session_find_stream(ng, hd->stream_id) == NULL) {
         int closed = closed_find(h, hd->stream_id);
-        if (closed == CLOSED_IN_FLIGHT) return 0; /* nghttp2 ignores it, and still decodes its header block */
+        if (closed == CLOSED_IN_FLIGHT) { /* nghttp2 ignores it, and still decodes its header block */
+          noise = 1;
+          break;
+        }
         nghttp2_session_terminate_session(ng, closed ? NGHTTP2_STREAM_CLOSED : NGHTTP2_PROTOCOL_ERROR);
         h->calm = 1; /* terminated: no more input */
         return NGHTTP2_ERR_CALLBACK_FAILURE;
@@ -502,6 +555,15 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
     case NGHTTP2_CONTINUATION:
       noise = hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_HEADERS);
       break;
+    case NGHTTP2_WINDOW_UPDATE:
+      if (h->wu_credit)
+        h->wu_credit--;
+      else
+        noise = 1;
+      break;
+    case NGHTTP2_GOAWAY:
+      noise = 1;
+      break;
   }
   if (noise && token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE)) return calm_down(h, "control frame flood");
   return 0;
@@ -510,6 +572,15 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
   h2_conn_t *h = ud;
   if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  unsigned max = h->c->worker->cfg->h2_max_streams;
+  if (!lr_list_empty(&h->zombies) && live_handlers(h, max) >= max) {
+    /* nghttp2 counts open streams only: handlers of reset streams (ours or
+     * the peer's) still run. Refused, unprocessed: the client may retry; the
+     * RST_STREAM is charged to the reset guard (on_frame_send). The block is
+     * still decoded (HPACK state), nobody sees it. */
+    LR_DEBUG("h2: stream %d refused: %u handlers still run", frame->hd.stream_id, max);
+    return nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM) ? NGHTTP2_ERR_CALLBACK_FAILURE : 0;
+  }
   lr_stream_t *s = lr__stream_new(h->c);
   h2_stream_t *st = s ? calloc(1, sizeof *st) : NULL;
   if (st == NULL) {
@@ -526,7 +597,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
   s->id = (uint32_t)st->id;
   s->proto_data = st;
   nghttp2_session_set_stream_user_data(ng, st->id, st);
-  lr_conn_set_timeout(h->c, LR_TO_NONE);
+  if (!h->stalled) lr_conn_set_timeout(h->c, LR_TO_NONE);
   return 0;
 }
 
@@ -539,13 +610,18 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
   (void)flags;
   h2_conn_t *h = ud;
-  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0; /* trailers: dropped */
+  if (frame->hd.type != NGHTTP2_HEADERS) return 0;
   h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
-  if (st == NULL || st->s == NULL || st->reject) return 0;
+  if (st == NULL || st->s == NULL) return 0;
   lr_stream_t *s = st->s;
   const lr_config_t *cfg = h->c->worker->cfg;
-  /* RFC 9113 §6.5.2: the size is names + values + 32 per field */
-  st->head_bytes += (uint32_t)(nlen + vlen + 32);
+  /* RFC 9113 §6.5.2: the size is names + values + 32 per field. A few bytes
+   * of HPACK can name a big table entry again and again: past 431 we keep
+   * counting, and a block that decodes to several times the limit is an
+   * attack on our CPU, not a request (trailers included) */
+  st->head_bytes += nlen + vlen + 32;
+  if (st->head_bytes > BOMB_FACTOR * (uint64_t)cfg->max_header_bytes) return calm_down(h, "header block too large");
+  if (frame->headers.cat != NGHTTP2_HCAT_REQUEST || st->reject) return 0; /* trailers: dropped */
   if (st->head_bytes > cfg->max_header_bytes || s->n_headers >= cfg->max_headers) {
     st->reject = 431;
     return 0;
@@ -554,8 +630,13 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     lr_str_t *dst = NULL;
     if (nlen == 7 && memcmp(name, ":method", 7) == 0)
       dst = &s->method;
-    else if (nlen == 5 && memcmp(name, ":path", 5) == 0)
+    else if (nlen == 5 && memcmp(name, ":path", 5) == 0) {
+      if (vlen > cfg->max_request_line) { /* as HTTP/1.1's request line */
+        st->reject = 414;
+        return 0;
+      }
       dst = &s->target;
+    }
     else if (nlen == 10 && memcmp(name, ":authority", 10) == 0)
       dst = &s->authority;
     else if (nlen == 9 && memcmp(name, ":protocol", 9) == 0 && vlen == 9 && memcmp(value, "websocket", 9) == 0)
@@ -680,8 +761,20 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 }
 
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
-  /* §5.4.2: what the peer sent before it saw this is ignored, the stream's state whatever it was */
-  if (frame->hd.type == NGHTTP2_RST_STREAM) closed_add(ud, frame->hd.stream_id, 1);
+  h2_conn_t *h = ud;
+  if (frame->hd.type == NGHTTP2_RST_STREAM) {
+    /* §5.4.2: what the peer sent before it saw this is ignored, the stream's state whatever it was */
+    closed_add(h, frame->hd.stream_id, 1);
+    /* CVE-2025-8671 (MadeYouReset): a stream the peer made us reset (a body
+     * longer than its content-length, a window overflow, refused because
+     * too many handlers run...) frees its slot like a reset of its own: the
+     * same guard counts both. Not a response that ended early, nor a handler's abort. */
+    h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (frame->rst_stream.error_code != NGHTTP2_NO_ERROR && !(st && st->aborted) &&
+        token(h, &h->rst_tokens, RST_BURST, RST_RATE))
+      h->calm_due = 1;
+    return 0;
+  }
   if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
       !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
     return 0;
@@ -843,6 +936,7 @@ static int h2_send_trailers(lr_stream_t *s, const lr_header_t *hs, size_t n) {
 static void h2_abort(lr_stream_t *s) {
   h2_stream_t *st = s->proto_data;
   s->flags |= LR_SF_RESET;
+  st->aborted = 1;
   nghttp2_submit_rst_stream(st->h->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
   want_send(st->h);
 }
@@ -863,15 +957,22 @@ static void h2_body_wanted(lr_stream_t *s) {
   }
 }
 
-static int h2_write_blocked(lr_stream_t *s) {
-  h2_stream_t *st = s->proto_data;
-  return st->queued > STREAM_OUT_HIGH || lr_conn_queued(s->conn) > LR_OUT_HIGH;
+/* A handler may always queue one write on a stream with nothing queued (a
+ * stream the peer stopped reading, its window at 0, can't stall the others);
+ * more waits while the connection holds OUT_HIGH */
+static int stream_blocked(const h2_stream_t *st) {
+  const h2_conn_t *h = st->h;
+  return st->queued > 0 && (h->queued > OUT_HIGH || lr_conn_queued(h->c) > OUT_HIGH);
 }
+
+static int h2_write_blocked(lr_stream_t *s) { return stream_blocked(s->proto_data); }
 
 /* the core's own answer (431, 413): the handler never sees the request */
 static void reject(h2_stream_t *st) {
   lr_stream_t *s = st->s;
   int status = st->reject;
+  /* each of these cost a whole header block to decode */
+  if ((status == 431 || status == 414) && ++st->h->rejects >= MAX_REJECTS) calm_after(st->h, "repeated 431/414");
   static const lr_header_t ct = {{"content-type", 12}, {"text/plain; charset=utf-8", 25}};
   char body[64];
   int n = snprintf(body, sizeof body, "%s\n", lr_status_reason(status));
@@ -903,6 +1004,10 @@ static void stream_free(h2_stream_t *st) {
     st->s = NULL;
     s->proto_data = NULL;
     if (!(s->flags & LR_SF_FINISHED)) s->flags |= LR_SF_RESET;
+    /* its handler still runs: it keeps its place in the limit until it is
+     * gone (stream.c unlinks it); conn_gone (below) tells it to stop */
+    if (s->app_data && !(s->flags & LR_SF_APP_GONE) && !(h->c->flags & LR_CF_CLOSING))
+      lr_list_push(&h->zombies, &s->conn_link);
     lr__stream_conn_release(s);
   }
   free(st);
@@ -935,7 +1040,7 @@ static void run_pending(h2_conn_t *h) {
       app->wake(s);
     }
   }
-  if (!(c->flags & LR_CF_CLOSING)) {
+  if (!(c->flags & LR_CF_CLOSING) && !h->stalled) {
     h->trim_due = 0;
     lr_conn_set_timeout(c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
   }
@@ -945,13 +1050,12 @@ static void run_pending(h2_conn_t *h) {
 static void wake_writers(h2_conn_t *h) {
   lr_conn_t *c = h->c;
   h->maybe_drained = 0;
-  if (lr_conn_queued(c) > LR_OUT_HIGH) return;
   lr_link_t *l = h->streams.next;
   while (l != &h->streams && !(c->flags & LR_CF_CLOSING)) {
     h2_stream_t *st = LR_CONTAINER_OF(l, h2_stream_t, all);
     l = l->next;
     lr_stream_t *s = st->s;
-    if (s && s->wait == LR_WAIT_DRAIN && st->queued <= STREAM_OUT_HIGH) c->worker->app->wake(s);
+    if (s && s->wait == LR_WAIT_DRAIN && !stream_blocked(st)) c->worker->app->wake(s);
   }
 }
 
@@ -966,6 +1070,27 @@ static void fail(h2_conn_t *h, int rv) {
   want_send(h);
 }
 
+/* Response data waits (for the peer's window, or for the kernel to take
+ * what we queued) and none went out since the last look: the send timeout
+ * runs from the first such look, and restarts whenever data moves. A peer
+ * that reads nothing, or holds its window at 0, is closed when it expires
+ * and what it held is freed.
+ * The timeout is the connection's idle timeout (--idle-timeout) for now: the
+ * protocol-neutral --send-timeout of core/conn.c replaces it (send_timeout_arm). */
+static void send_timeout_arm(h2_conn_t *h) { lr_conn_set_timeout(h->c, LR_TO_IDLE); }
+
+static void stall_check(h2_conn_t *h, int sent_all) {
+  int waiting = (h->queued > 0 && sent_all) || h->send_blocked;
+  if (waiting && (!h->stalled || h->sent_data)) {
+    h->stalled = 1;
+    send_timeout_arm(h);
+  } else if (!waiting && h->stalled) {
+    h->stalled = 0;
+    lr_conn_set_timeout(h->c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
+  }
+  h->sent_data = 0;
+}
+
 /* produce frames (the deferred pass calls this once per loop phase) */
 static void h2_resume(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
@@ -975,7 +1100,7 @@ static void h2_resume(lr_conn_t *c) {
     h->send_blocked = 0;
     sent_all = 0;
     for (;;) {
-      if (lr_conn_queued(c) > LR_OUT_HIGH) {
+      if (lr_conn_queued(c) > OUT_HIGH) {
         h->send_blocked = 1; /* on_drain brings us back */
         break;
       }
@@ -992,6 +1117,10 @@ static void h2_resume(lr_conn_t *c) {
       }
       lr_conn_write(c, d, (size_t)n);
     }
+    if (h->calm_due && !h->calm) {
+      calm_down(h, "streams reset by the server (rapid reset)");
+      continue; /* the GOAWAY goes out in the next round */
+    }
     if (h->maybe_drained) wake_writers(h);
     if (lr_list_empty(&h->pending)) break;
     run_pending(h);
@@ -1001,6 +1130,7 @@ static void h2_resume(lr_conn_t *c) {
     /* a handler woken above queued more: come back in this same deferred pass */
     return;
   }
+  stall_check(h, sent_all);
   if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
     lr_conn_close_after_write(c);
   else if (h->goaway && h->n_streams == 0 && !nghttp2_session_want_write(h->ng))
@@ -1037,6 +1167,11 @@ static void h2_on_drain(lr_conn_t *c) {
 
 static void h2_on_timeout(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
+  if (h->stalled) {
+    LR_DEBUG("h2: the peer took no data for the send timeout: closing");
+    lr_conn_close(c);
+    return;
+  }
   if (h->n_streams) return;
   if (h->trim_due) { /* idle since idle_now: the idle timeout runs from here */
     h->trim_due = 0;
@@ -1066,6 +1201,7 @@ static void h2_on_close(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
   if (h == NULL) return;
   while (!lr_list_empty(&h->streams)) stream_free(LR_CONTAINER_OF(h->streams.next, h2_stream_t, all));
+  while (!lr_list_empty(&h->zombies)) lr_link_unlink(h->zombies.next); /* their handlers outlive us */
   nghttp2_session_del(h->ng);
   free(h);
   c->proto_state = NULL;
@@ -1122,6 +1258,7 @@ static h2_conn_t *h2_new(lr_conn_t *c) {
   h->c = c;
   lr_list_init(&h->pending);
   lr_list_init(&h->streams);
+  lr_list_init(&h->zombies);
   h->rst_tokens = RST_BURST;
   h->noise_tokens = NOISE_BURST;
   h->bucket_ms = uv_now(&c->worker->loop);

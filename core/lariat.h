@@ -215,6 +215,9 @@ struct lr_stream_s {
   struct lr_ws_s *ws; /* h2: the WebSocket this CONNECT stream carries (RFC 8441), set by websocket.c */
   int wait;         /* enum lr_wait, set by the app before it yields */
   void *proto_data; /* protocol-private per-stream state (h2), NULL once the conn lets go */
+  /* the protocol's list of streams it let go of while their handler still runs
+   * (h2 counts them against --h2-max-streams); unlinked when the stream is freed */
+  lr_link_t conn_link;
 };
 
 /* the application layer, set once per worker */

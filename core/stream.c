@@ -42,6 +42,7 @@ lr_stream_t *lr__stream_new(lr_conn_t *c) {
 
 static void stream_free(lr_stream_t *s) {
   lr_worker_t *w = s->worker;
+  lr_link_unlink(&s->conn_link);
   lr_pool_clear(w, &s->pool);
   static const unsigned max_free = LR_MAX_FREE_STREAMS;
   if (w->n_free_streams < max_free && s->body.cap <= 16384) {
