@@ -85,6 +85,8 @@ typedef struct h2_stream_s {
   uint8_t closed;
   uint8_t drop;      /* a HEAD or bodiless response: data written to it is dropped */
   uint8_t aborted;   /* the handler aborted it (RST_STREAM INTERNAL_ERROR, not the peer's doing) */
+  uint8_t got_data;  /* request DATA arrived */
+  uint8_t rst_on_data; /* response complete, request not: RST_STREAM(NO_ERROR) if DATA comes (lingering) */
   nghttp2_nv *trailers; /* sent when the data provider reaches the end */
   size_t n_trailers;
   unsigned pend;
@@ -107,6 +109,7 @@ struct h2_conn_s {
   uint8_t stalled;      /* response data waits and none could be sent: the send timeout runs */
   uint8_t sent_data;    /* a DATA frame went out since the last stall_check */
   uint8_t rejects;      /* 431s and 414s answered on this connection */
+  unsigned n_lingering; /* streams with rst_on_data: only the peer's end of the request is missing */
   uint32_t wu_credit;   /* WINDOW_UPDATEs our DATA frames pay for */
   size_t queued;        /* response body bytes queued on all streams (h2_stream_t.queued) */
   /* lr_stream_t.conn_link: streams nghttp2 closed whose handler still runs;
@@ -458,6 +461,11 @@ static int closed_find(const h2_conn_t *h, int32_t id) {
   return CLOSED_UNKNOWN;
 }
 
+static void closed_peer_reset(h2_conn_t *h, int32_t id) {
+  for (unsigned i = 0; i < CLOSED_N; i++)
+    if (h->closed[i] == ((uint32_t)id | CLOSED_IGNORE)) h->closed[i] = (uint32_t)id;
+}
+
 static void closed_add(h2_conn_t *h, int32_t id, int in_flight) {
   if (!(id & 1) || closed_find(h, id) != CLOSED_UNKNOWN) return;
   h->closed[h->n_closed++ % CLOSED_N] = (uint32_t)id | (in_flight ? CLOSED_IGNORE : 0);
@@ -526,6 +534,9 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
   switch (hd->type) {
     case NGHTTP2_RST_STREAM:
       if (token(h, &h->rst_tokens, RST_BURST, RST_RATE)) return calm_down(h, "rapid reset");
+      /* a stream we reset, and now the peer did too: what it sends on it
+       * from here on can't be in flight any more (§5.1 closed) */
+      closed_peer_reset(h, hd->stream_id);
       break;
     case NGHTTP2_PING:
     case NGHTTP2_SETTINGS:
@@ -728,6 +739,14 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
   /* the connection window is given back at once: memory is bounded per stream */
   nghttp2_session_consume_connection(ng, len);
   h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
+  if (st) {
+    st->got_data = 1;
+    if (st->rst_on_data) { /* a body after all: stop it */
+      st->rst_on_data = 0;
+      h->n_lingering--;
+      pend(st, PEND_RST);
+    }
+  }
   lr_stream_t *s = st ? st->s : NULL;
   if (s == NULL || (s->flags & (LR_SF_FINISHED | LR_SF_RESET)) || st->reject) {
     nghttp2_session_consume_stream(ng, id, len); /* nobody reads it: drop, keep the window open */
@@ -779,8 +798,21 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
       !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
     return 0;
   h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
-  /* RFC 9113 §8.1: a complete response may end a request still being sent */
-  if (st && !st->closed && !nghttp2_session_get_stream_remote_close(ng, st->id)) pend(st, PEND_RST);
+  /* RFC 9113 §8.1: a complete response may end a request still being sent,
+   * by RST_STREAM(NO_ERROR). Only once a body is being sent, though: until
+   * then the stream stays half-closed (local) and what the peer sends on it
+   * gets the handling RFC 9113 §5.1 asks for (a WINDOW_UPDATE overflow, a
+   * second HEADERS... are errors), not the silence due to frames in flight
+   * after our RST_STREAM. Such a stream doesn't keep the connection from
+   * its idle timeout (n_lingering). */
+  if (st && !st->closed && !nghttp2_session_get_stream_remote_close(ng, st->id)) {
+    if (st->got_data) {
+      pend(st, PEND_RST);
+    } else if (!st->rst_on_data) {
+      st->rst_on_data = 1;
+      h->n_lingering++;
+    }
+  }
   return 0;
 }
 
@@ -997,6 +1029,7 @@ static void stream_free(h2_stream_t *st) {
   lr_link_unlink(&st->pend_link);
   lr_link_unlink(&st->all);
   h->n_streams--;
+  if (st->rst_on_data) h->n_lingering--;
   drop_queue(st);
   free_trailers(st);
   if (st->s) {
@@ -1042,7 +1075,7 @@ static void run_pending(h2_conn_t *h) {
   }
   if (!(c->flags & LR_CF_CLOSING) && !h->stalled) {
     h->trim_due = 0;
-    lr_conn_set_timeout(c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
+    lr_conn_set_timeout(c, h->n_streams > h->n_lingering ? LR_TO_NONE : LR_TO_IDLE);
   }
 }
 
@@ -1086,7 +1119,7 @@ static void stall_check(h2_conn_t *h, int sent_all) {
     send_timeout_arm(h);
   } else if (!waiting && h->stalled) {
     h->stalled = 0;
-    lr_conn_set_timeout(h->c, h->n_streams ? LR_TO_NONE : LR_TO_IDLE);
+    lr_conn_set_timeout(h->c, h->n_streams > h->n_lingering ? LR_TO_NONE : LR_TO_IDLE);
   }
   h->sent_data = 0;
 }
@@ -1172,7 +1205,7 @@ static void h2_on_timeout(lr_conn_t *c) {
     lr_conn_close(c);
     return;
   }
-  if (h->n_streams) return;
+  if (h->n_streams > h->n_lingering) return;
   if (h->trim_due) { /* idle since idle_now: the idle timeout runs from here */
     h->trim_due = 0;
     trim_idle(h);

@@ -99,9 +99,11 @@ def test_5_4_2_frames_in_flight_after_our_rst_stream_are_ignored(conn):
     streams after it has sent a RST_STREAM frame." The server answers a POST
     to a GET-only path before its body, resets the rest (§8.1), then the body
     and trailers the client had already sent arrive: no error, and the
-    trailers' header block still counts for HPACK (§4.3)."""
+    trailers' header block still counts for HPACK (§4.3). (The reset comes
+    with the body's first DATA: until then the stream stays half-closed.)"""
     conn.request(1, "/", method="POST", end_stream=False)
     assert conn.response(1)[0] != 200
+    conn.data(1, b"x" * 100)
     assert conn.expect_rst(1).error_code == NO_ERROR
     conn.data(1, b"x" * 100)
     trailer = [("x-trailer", "indexed")]  # the encoder indexes it, the next request refers to it
