@@ -341,5 +341,6 @@ def test_zero_window_peer_costs_little_and_is_closed(start_server):
     growth = srv.rss_kib() - rss0
     print("RSS growth: %d KiB while held (100 zero-window streams), %d KiB after 3 rounds"
           % (peak_growth, growth))
-    assert peak_growth < 8 * 1024 * (2 if SLOW > 1 else 1)
-    assert growth < 8 * 1024 * (2 if SLOW > 1 else 1)
+    bound = 8 * 1024 * (4 if SLOW > 1 else 1)  # ASan's redzones and quarantine
+    assert peak_growth < bound
+    assert growth < bound
