@@ -1113,7 +1113,7 @@ static void fail(h2_conn_t *h, int rv) {
 static void send_timeout_arm(h2_conn_t *h) { lr_conn_set_timeout(h->c, LR_TO_IDLE); }
 
 static void stall_check(h2_conn_t *h, int sent_all) {
-  int waiting = (h->queued > 0 && sent_all) || h->send_blocked;
+  int waiting = h->queued > 0 && (sent_all || h->send_blocked);
   if (waiting && (!h->stalled || h->sent_data)) {
     h->stalled = 1;
     send_timeout_arm(h);
