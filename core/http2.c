@@ -109,6 +109,8 @@ struct h2_conn_s {
   uint8_t stalled;      /* response data waits and none could be sent: the send timeout runs */
   uint8_t sent_data;    /* a DATA frame went out since the last stall_check */
   uint8_t rejects;      /* 431s and 414s answered on this connection */
+  uint8_t lingering;    /* closing: output goes out, then FIN, then input is discarded (linger) */
+  uint8_t shut;         /* the write side is shut down */
   unsigned n_lingering; /* streams with rst_on_data: only the peer's end of the request is missing */
   uint32_t wu_credit;   /* WINDOW_UPDATEs our DATA frames pay for */
   size_t queued;        /* response body bytes queued on all streams (h2_stream_t.queued) */
@@ -1073,7 +1075,7 @@ static void run_pending(h2_conn_t *h) {
       app->wake(s);
     }
   }
-  if (!(c->flags & LR_CF_CLOSING) && !h->stalled) {
+  if (!(c->flags & LR_CF_CLOSING) && !h->stalled && !h->lingering) {
     h->trim_due = 0;
     lr_conn_set_timeout(c, h->n_streams > h->n_lingering ? LR_TO_NONE : LR_TO_IDLE);
   }
@@ -1124,6 +1126,48 @@ static void stall_check(h2_conn_t *h, int sent_all) {
   h->sent_data = 0;
 }
 
+/* ---- closing ----
+ *
+ * Closing a socket with unread input makes the kernel answer with RST, and
+ * the peer may lose what we sent last: the GOAWAY (h2spec, generic/3.8: a
+ * PING right after the client's GOAWAY). So a connection that ends after a
+ * GOAWAY lingers, as nginx's lingering close: its output goes out, then the
+ * write side is shut down (FIN), then input is read and dropped until the
+ * peer closes or the header timeout passes. A stopping worker closes at once. */
+static void on_shut(uv_shutdown_t *req, int status) {
+  lr_conn_t *c = req->data;
+  free(req);
+  if (status < 0 && !(c->flags & LR_CF_CLOSING)) lr_conn_close(c);
+}
+
+static void shut_write(h2_conn_t *h) {
+  lr_conn_t *c = h->c;
+  uv_shutdown_t *req = malloc(sizeof *req);
+  h->shut = 1;
+  if (req == NULL) {
+    lr_conn_close(c);
+    return;
+  }
+  req->data = c;
+  if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shut)) {
+    free(req);
+    lr_conn_close(c);
+  }
+}
+
+static void linger(h2_conn_t *h) {
+  lr_conn_t *c = h->c;
+  if (c->worker->stopping || (c->flags & LR_CF_EOF)) {
+    lr_conn_close_after_write(c);
+    return;
+  }
+  if (h->lingering) return;
+  h->lingering = 1;
+  h->stalled = 0;
+  lr_conn_set_timeout(c, LR_TO_HEADER);
+  lr_conn_defer(c); /* the flush ends in on_drain, which shuts the write side */
+}
+
 /* produce frames (the deferred pass calls this once per loop phase) */
 static void h2_resume(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
@@ -1163,11 +1207,12 @@ static void h2_resume(lr_conn_t *c) {
     /* a handler woken above queued more: come back in this same deferred pass */
     return;
   }
+  if (h->lingering) return;
   stall_check(h, sent_all);
   if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
-    lr_conn_close_after_write(c);
+    linger(h);
   else if (h->goaway && h->n_streams == 0 && !nghttp2_session_want_write(h->ng))
-    lr_conn_close_after_write(c);
+    linger(h);
   else if (sent_all && h->n_streams == 0 && lr_list_empty(&h->pending) && !nghttp2_session_want_write(h->ng))
     idle_now(h);
 }
@@ -1176,7 +1221,7 @@ static void h2_resume(lr_conn_t *c) {
 
 static void h2_on_read(lr_conn_t *c, const char *data, size_t len) {
   h2_conn_t *h = H2(c);
-  if (h->calm || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
+  if (h->calm || h->lingering || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
   h->trimmed = 0;
   h->in_recv = 1;
   ssize_t rv = recv_frames(h, (const uint8_t *)data, len);
@@ -1194,12 +1239,20 @@ static void h2_on_eof(lr_conn_t *c) { lr_conn_close(c); }
 
 static void h2_on_drain(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
+  if (h->lingering) {
+    if (!h->shut && !(c->flags & LR_CF_NEED_RESUME) && !nghttp2_session_want_write(h->ng)) shut_write(h);
+    return;
+  }
   if (h->send_blocked) want_send(h);
   wake_writers(h);
 }
 
 static void h2_on_timeout(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
+  if (h->lingering) {
+    lr_conn_close(c);
+    return;
+  }
   if (h->stalled) {
     LR_DEBUG("h2: the peer took no data for the send timeout: closing");
     lr_conn_close(c);
@@ -1214,8 +1267,7 @@ static void h2_on_timeout(lr_conn_t *c) {
     return;
   }
   nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
-  want_send(h);
-  lr_conn_close_after_write(c);
+  want_send(h); /* h2_resume: the GOAWAY, then linger */
 }
 
 static void h2_on_shutdown(lr_conn_t *c) {

@@ -113,3 +113,43 @@ def test_a_body_after_the_response_is_stopped_with_no_error(port):
         conn.send_frame(DataFrame(1, data=b"x" * 100))  # in flight: ignored
         assert conn.ping_ok()
 
+
+
+def test_6_8_goaway_then_close_reads_as_a_clean_close(server):
+    """After a GOAWAY the server ends the connection; the client, still
+    sending (h2spec generic/3.8: a PING right after its own GOAWAY), must see
+    the GOAWAY and a clean end (FIN), not a reset: closing with unread input
+    sends RST, so the server shuts its write side and drops input for a while
+    (a lingering close)."""
+    import threading
+    import time
+    from hyperframe.frame import PingFrame
+    for _ in range(3):
+        conn = H2Raw(server.port)
+        try:
+            conn.handshake()
+            conn.send_frame(GoAwayFrame(0, last_stream_id=0, error_code=0))
+            stop = threading.Event()
+            ping = PingFrame(0, opaque_data=b"h2spec\0\0").serialize() * 64
+
+            def flood():
+                deadline = time.monotonic() + 1.0
+                while not stop.is_set() and time.monotonic() < deadline:
+                    try:
+                        conn.sock.sendall(ping)
+                    except OSError:
+                        return
+
+            t = threading.Thread(target=flood)
+            t.start()
+            try:
+                conn.sock.settimeout(5)
+                while True:
+                    d = conn.sock.recv(1 << 16)  # ConnectionResetError: the close was a reset
+                    if not d:
+                        break
+            finally:
+                stop.set()
+                t.join()
+        finally:
+            conn.close()
