@@ -23,6 +23,13 @@ end
 app:get("/sleep/:ms", sleeper)
 app:post("/sleep/:ms", sleeper)
 
+-- answers at once, then works on for ms (its stream ends normally meanwhile)
+app:get("/after/:ms", function(req)
+  local guard <close> = enter()
+  req:reply(200, { ["content-type"] = "text/plain" }, "done")
+  lariat.sleep(tonumber(req.bindings.ms) / 1000)
+end)
+
 app:get("/live", function(req) return { live = live, peak = peak } end)
 app:post("/live/reset", function(req)
   peak = live
