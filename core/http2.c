@@ -35,7 +35,7 @@
  * this, handlers writing on the connection wait and no more frames are made:
  * the data provider defers, so a peer that never reads or keeps its window at
  * 0 costs ~64 KiB, and the send timeout (stalled) closes it. */
-#define OUT_HIGH (64 * 1024)
+#define OUT_HIGH LR_OUT_HIGH /* --output-buffer, 64 KiB by default */
 #define CONN_WINDOW (16 * 1024 * 1024)
 /* flood guards: token buckets per connection (burst, refill per second) */
 #define RST_BURST 200.0 /* CVE-2023-44487: streams reset by the client */
@@ -109,8 +109,6 @@ struct h2_conn_s {
   uint8_t stalled;      /* response data waits and none could be sent: the send timeout runs */
   uint8_t sent_data;    /* a DATA frame went out since the last stall_check */
   uint8_t rejects;      /* 431s and 414s answered on this connection */
-  uint8_t lingering;    /* closing: output goes out, then FIN, then input is discarded (linger) */
-  uint8_t shut;         /* the write side is shut down */
   unsigned n_lingering; /* streams with rst_on_data: only the peer's end of the request is missing */
   uint32_t wu_credit;   /* WINDOW_UPDATEs our DATA frames pay for */
   size_t queued;        /* response body bytes queued on all streams (h2_stream_t.queued) */
@@ -610,7 +608,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
   s->id = (uint32_t)st->id;
   s->proto_data = st;
   nghttp2_session_set_stream_user_data(ng, st->id, st);
-  if (!h->stalled) lr_conn_set_timeout(h->c, LR_TO_NONE);
+  lr_conn_set_timeout(h->c, LR_TO_NONE);
   return 0;
 }
 
@@ -1075,7 +1073,7 @@ static void run_pending(h2_conn_t *h) {
       app->wake(s);
     }
   }
-  if (!(c->flags & LR_CF_CLOSING) && !h->stalled && !h->lingering) {
+  if (!(c->flags & LR_CF_CLOSING)) {
     h->trim_due = 0;
     lr_conn_set_timeout(c, h->n_streams > h->n_lingering ? LR_TO_NONE : LR_TO_IDLE);
   }
@@ -1105,67 +1103,33 @@ static void fail(h2_conn_t *h, int rv) {
   want_send(h);
 }
 
-/* Response data waits (for the peer's window, or for the kernel to take
- * what we queued) and none went out since the last look: the send timeout
- * runs from the first such look, and restarts whenever data moves. A peer
- * that reads nothing, or holds its window at 0, is closed when it expires
- * and what it held is freed.
- * The timeout is the connection's idle timeout (--idle-timeout) for now: the
- * protocol-neutral --send-timeout of core/conn.c replaces it (send_timeout_arm). */
-static void send_timeout_arm(h2_conn_t *h) { lr_conn_set_timeout(h->c, LR_TO_IDLE); }
-
+/* Response data waits for the peer's window and none went out since the
+ * last look: conn.c's send timeout (--send-timeout) runs, and restarts
+ * whenever data moves; a peer holding its window at 0 is closed when it
+ * expires and what it held is freed. (A peer that doesn't read at all is
+ * conn.c's own case: its write stays pending.) */
 static void stall_check(h2_conn_t *h, int sent_all) {
-  int waiting = h->queued > 0 && (sent_all || h->send_blocked);
+  int waiting = h->queued > 0 && sent_all;
   if (waiting && (!h->stalled || h->sent_data)) {
+    if (h->stalled) lr_conn_send_stalled(h->c, 0); /* data moved: a fresh period */
     h->stalled = 1;
-    send_timeout_arm(h);
+    lr_conn_send_stalled(h->c, 1);
   } else if (!waiting && h->stalled) {
     h->stalled = 0;
-    lr_conn_set_timeout(h->c, h->n_streams > h->n_lingering ? LR_TO_NONE : LR_TO_IDLE);
+    lr_conn_send_stalled(h->c, 0);
   }
   h->sent_data = 0;
 }
 
-/* ---- closing ----
- *
- * Closing a socket with unread input makes the kernel answer with RST, and
- * the peer may lose what we sent last: the GOAWAY (h2spec, generic/3.8: a
- * PING right after the client's GOAWAY). So a connection that ends after a
- * GOAWAY lingers, as nginx's lingering close: its output goes out, then the
- * write side is shut down (FIN), then input is read and dropped until the
- * peer closes or the header timeout passes. A stopping worker closes at once. */
-static void on_shut(uv_shutdown_t *req, int status) {
-  lr_conn_t *c = req->data;
-  free(req);
-  if (status < 0 && !(c->flags & LR_CF_CLOSING)) lr_conn_close(c);
-}
-
-static void shut_write(h2_conn_t *h) {
-  lr_conn_t *c = h->c;
-  uv_shutdown_t *req = malloc(sizeof *req);
-  h->shut = 1;
-  if (req == NULL) {
-    lr_conn_close(c);
-    return;
-  }
-  req->data = c;
-  if (uv_shutdown(req, (uv_stream_t *)&c->tcp, on_shut)) {
-    free(req);
-    lr_conn_close(c);
-  }
-}
-
+/* A connection that ends after a GOAWAY may still receive (h2spec generic/3.8:
+ * a PING right after the client's GOAWAY): closing with unread input makes
+ * the kernel send RST and the peer may lose the GOAWAY, so it ends with a
+ * lingering close (conn.c: output out, FIN, input dropped for a while). */
 static void linger(h2_conn_t *h) {
-  lr_conn_t *c = h->c;
-  if (c->worker->stopping || (c->flags & LR_CF_EOF)) {
-    lr_conn_close_after_write(c);
-    return;
-  }
-  if (h->lingering) return;
-  h->lingering = 1;
-  h->stalled = 0;
-  lr_conn_set_timeout(c, LR_TO_HEADER);
-  lr_conn_defer(c); /* the flush ends in on_drain, which shuts the write side */
+  if (h->c->worker->stopping) /* a stopping worker doesn't wait for peers */
+    lr_conn_close_after_write(h->c);
+  else
+    lr_conn_close_linger(h->c);
 }
 
 /* produce frames (the deferred pass calls this once per loop phase) */
@@ -1207,7 +1171,7 @@ static void h2_resume(lr_conn_t *c) {
     /* a handler woken above queued more: come back in this same deferred pass */
     return;
   }
-  if (h->lingering) return;
+  if (c->flags & LR_CF_CLOSE_AFTER_WRITE) return;
   stall_check(h, sent_all);
   if (!nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
     linger(h);
@@ -1221,7 +1185,7 @@ static void h2_resume(lr_conn_t *c) {
 
 static void h2_on_read(lr_conn_t *c, const char *data, size_t len) {
   h2_conn_t *h = H2(c);
-  if (h->calm || h->lingering || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
+  if (h->calm || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
   h->trimmed = 0;
   h->in_recv = 1;
   ssize_t rv = recv_frames(h, (const uint8_t *)data, len);
@@ -1239,25 +1203,12 @@ static void h2_on_eof(lr_conn_t *c) { lr_conn_close(c); }
 
 static void h2_on_drain(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
-  if (h->lingering) {
-    if (!h->shut && !(c->flags & LR_CF_NEED_RESUME) && !nghttp2_session_want_write(h->ng)) shut_write(h);
-    return;
-  }
   if (h->send_blocked) want_send(h);
   wake_writers(h);
 }
 
 static void h2_on_timeout(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
-  if (h->lingering) {
-    lr_conn_close(c);
-    return;
-  }
-  if (h->stalled) {
-    LR_DEBUG("h2: the peer took no data for the send timeout: closing");
-    lr_conn_close(c);
-    return;
-  }
   if (h->n_streams > h->n_lingering) return;
   if (h->trim_due) { /* idle since idle_now: the idle timeout runs from here */
     h->trim_due = 0;

@@ -333,8 +333,8 @@ def test_zero_window_peer_costs_little_and_is_closed(start_server):
     """A client with a 0 window on 100 streams of 1 MiB downloads: the server
     used to buffer ~165 KiB per stream (16.5 MiB per connection) for ever.
     Now handlers wait once the connection holds 64 KiB, and the send timeout
-    (here the 1 s idle timeout) closes the connection and frees it all."""
-    srv = start_server("attacks_h2.lua", "-w", "1", "--idle-timeout", "1")
+    (--send-timeout 1) closes the connection and frees it all."""
+    srv = start_server("attacks_h2.lua", "-w", "1", "--send-timeout", "1")
     base_fds = fds(srv)
     rss0 = srv.rss_kib()
     peak_growth = 0
