@@ -13,6 +13,7 @@ void lr_config_defaults(lr_config_t *cfg) {
   cfg->workers = n > 0 ? (int)n : 1;
   cfg->max_body = 8 * 1024 * 1024;
   cfg->max_keepalive = 1000;
+  cfg->max_outbound = 1024;
   cfg->max_request_line = 8192;
   cfg->max_header_bytes = 64 * 1024;
   cfg->max_headers = 100;
@@ -64,6 +65,8 @@ static const char usage[] =
     "      --log-level LEVEL      debug, info, warn or error (default info)\n"
     "      --log-format FORMAT    text or json (one object per line) (default text)\n"
     "      --max-connections N    connections per worker; more wait in the backlog (default: no cap)\n"
+    "      --max-outbound N       outbound connections per worker, idle pooled ones included;\n"
+    "                             at the cap an idle one is closed, else connect fails (default 1024)\n"
     "      --pid-file FILE        write the process id there while running\n"
     "      --user NAME            drop to this user after binding the listeners\n"
     "      --watch                reload the app when files in its directory change\n"
@@ -268,6 +271,14 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
         return -1;
       }
       cfg->max_connections = (unsigned)n;
+    } else if (IS("--max-outbound", "--max-outbound")) {
+      NEEDVAL();
+      uint64_t n;
+      if (parse_u64(val, &n) || n > 10000000) {
+        snprintf(err, errlen, "bad --max-outbound value '%s'", val);
+        return -1;
+      }
+      cfg->max_outbound = (unsigned)n;
     } else if (IS("--pid-file", "--pid-file")) {
       NEEDVAL();
       cfg->pid_file = val;

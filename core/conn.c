@@ -136,7 +136,8 @@ void lr_conn_close(lr_conn_t *c) {
   lr_link_unlink(&c->deferred);
   c->flags &= ~LR_CF_DEFERRED;
   lr_link_unlink(&c->all);
-  __atomic_fetch_sub(&c->worker->n_conns, 1, __ATOMIC_RELAXED); /* main reads it for the drain log */
+  if (c->listener) /* accepted, not outbound (client.c counts its own) */
+    __atomic_fetch_sub(&c->worker->n_conns, 1, __ATOMIC_RELAXED); /* main reads it for the drain log */
   lr__worker_conn_closed(c->worker); /* accepting may have paused for a descriptor */
   if (c->proto && c->proto->on_close) c->proto->on_close(c);
   /* queued external segments belong to their owners: release them now; an

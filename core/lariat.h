@@ -95,6 +95,7 @@ typedef struct lr_config_s {
   size_t output_buffer;          /* user-space output per connection before writers wait */
   size_t lua_memory; /* cap per Lua state in bytes, 0 = none */
   unsigned max_connections; /* per worker; more wait in the listen backlog (0 = no cap) */
+  unsigned max_outbound;    /* outbound connections per worker, idle pooled ones included (0 = no cap) */
   const char *pid_file;
   const char *user;         /* drop to this user after binding */
   int log_json;             /* log lines as JSON objects */
@@ -442,6 +443,9 @@ typedef struct lr_worker_s {
   /* scratch header array for building responses */
   lr_header_t *scratch;
   size_t scratch_cap;
+  /* outbound side (core/client.c): DNS cache, keep-alive pool, TLS client contexts;
+   * created on first use, freed by lr_worker_destroy */
+  struct lr_outbound_s *outbound;
 } lr_worker_t;
 
 int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data);
@@ -535,6 +539,77 @@ void lr_ws_app_release(lr_ws_t *ws);
 /* h2 (RFC 8441): the stream carrying ws has news; the app's wake/conn_gone hooks call this */
 void lr_ws_stream_event(lr_ws_t *ws);
 void lr_ws_going_away(lr_ws_t *ws); /* the server stops: close with 1001 */
+
+/* ---- outbound connections (core/client.c, dns.c, pool.c, tls.c client mode) ----
+ *
+ * A client connection is an lr_conn_t (same out-queue, back-pressure and TLS
+ * filter as an accepted one) whose protocol buffers what it reads in `in`
+ * and tells its owner through notify. lr_client_open resolves, connects and
+ * handshakes (or takes a live connection from this worker's keep-alive pool),
+ * then notifies LR_CEV_OPEN or LR_CEV_CLOSED. */
+typedef struct lr_client_s lr_client_t;
+
+enum { LR_CEV_OPEN = 1, LR_CEV_READ = 2, LR_CEV_DRAIN = 4, LR_CEV_CLOSED = 8 };
+enum { LR_CL_CONNECTING, LR_CL_OPEN, LR_CL_CLOSED };
+
+typedef struct lr_client_opts_s {
+  const char *host; /* name or IP literal */
+  int port;
+  int tls;
+  const char *sni;  /* NULL: host (not sent for an IP literal) */
+  int verify;       /* check the chain and the name (default on) */
+  const char *ca;   /* PEM file of trusted CAs; NULL: the system store */
+  const char *alpn; /* ALPN list in wire format; NULL: none */
+} lr_client_opts_t;
+
+struct lr_client_s {
+  lr_conn_t conn;         /* first: a client connection is a conn */
+  uv_connect_t connect_req; /* lives as long as the handle: its callback may run during close */
+  /* owner: set by lr_client_open, cleared by lr_client_close/keepalive. notify(cl, 0)
+   * says the connection moved to another object (a retry on the next address):
+   * the owner keeps cl from there on */
+  void (*notify)(lr_client_t *cl, int events);
+  void *owner;
+  /* written by client.c */
+  int state;              /* LR_CL_* */
+  int eof;                /* the peer finished sending (FIN or close_notify) */
+  int h2;                 /* ALPN picked h2 */
+  int reused;             /* taken from the keep-alive pool */
+  lr_buf_t in;            /* plaintext received, not yet consumed */
+  char err[160];          /* why it failed: "connection refused", "timeout", "certificate verify failed: ..." */
+  char *key;              /* pool key: host, port, tls, sni, verify, ca */
+  struct lr_client_priv_s *priv; /* connect-time state (client.c) */
+  lr_link_t pool;         /* in the pool's idle list (pool.c) */
+  uint64_t idle_deadline;
+};
+
+/* 0: cl will be notified (or *out is already open when reused); <0 and err filled: failed now */
+int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*notify)(lr_client_t *, int), void *owner,
+                   lr_client_t **out, char *err, size_t errlen);
+int lr_client_write(lr_client_t *cl, const void *p, size_t n); /* queues; LR_ECLOSED once closed */
+int lr_client_write_blocked(const lr_client_t *cl);
+void lr_client_consume(lr_client_t *cl, size_t n);           /* the owner used n bytes of in */
+void lr_client_close(lr_client_t *cl);                         /* no more notifications */
+/* back to the pool (0) if the connection is clean (nothing unread, not at EOF), else closed (-1) */
+int lr_client_keepalive(lr_client_t *cl, uint64_t idle_ms, unsigned size);
+unsigned lr_client_count(lr_worker_t *w); /* outbound connections of this worker */
+void lr__outbound_free(lr_worker_t *w);   /* worker exit: close pooled connections, free caches */
+void lr__outbound_stop(lr_worker_t *w);   /* worker drains: pooled connections close now */
+
+/* DNS (core/dns.c): getaddrinfo on libuv's thread pool, answers cached per worker */
+#define LR_DNS_MAX 8
+typedef struct lr_dns_query_s lr_dns_query_t;
+typedef void (*lr_dns_cb)(void *arg, int status, const struct sockaddr_storage *addrs, int n);
+/* n > 0: answered (a literal or cached); 0: ask lr_dns_query */
+int lr_dns_cached(lr_worker_t *w, const char *name, struct sockaddr_storage *out, int max);
+lr_dns_query_t *lr_dns_query(lr_worker_t *w, const char *name, lr_dns_cb cb, void *arg);
+void lr_dns_cancel(lr_dns_query_t *q); /* cb will not run */
+
+/* TLS client mode (core/tls.c) */
+/* start a client handshake on a connected c; origin keys session resumption.
+ * client.c is told the outcome by lr__client_tls_done (err NULL: verified and ready) */
+int lr__tls_connect(lr_conn_t *c, const lr_client_opts_t *o, const char *origin, char *err, size_t errlen);
+void lr__client_tls_done(lr_conn_t *c, const char *err, int h2);
 
 /* HTTP/1.1 Upgrade (RFC 9110 §7.8): write 101 with h, hand the connection to
  * proto/state; bytes that came after the request are moved into *rest */

@@ -24,6 +24,8 @@ typedef struct lr_tls_s {
   SSL *ssl;
   BIO *rbio, *wbio; /* owned by ssl */
   int ready;        /* handshake complete */
+  int client;       /* an outbound connection (lr__tls_connect) */
+  char *origin;     /* client: key of the session kept for resumption */
 } lr_tls_t;
 
 static SSL_CTX *ctxs[LR_MAX_CERTS];
@@ -108,16 +110,112 @@ int lr_tls_global_init(const lr_config_t *cfg, char *err, size_t errlen) {
   return 0;
 }
 
+/* ---- client mode: contexts per (verify, ca) and sessions per origin, shared by
+ * every worker behind one mutex (taken once per new outbound connection) ---- */
+
+#define MAX_CLIENT_CTXS 16
+#define MAX_SESSIONS 256
+
+static struct client_ctx {
+  SSL_CTX *ctx;
+  int verify;
+  char *ca;
+} client_ctxs[MAX_CLIENT_CTXS];
+static int n_client_ctxs;
+
+static struct saved_session {
+  char *origin;
+  SSL_SESSION *sess;
+} sessions[MAX_SESSIONS];
+static unsigned n_sessions, next_evict;
+static uv_mutex_t client_mu;
+static uv_once_t client_once = UV_ONCE_INIT;
+
+static void client_mu_init(void) { uv_mutex_init(&client_mu); }
+
+/* a ticket arrived (TLS 1.3: after the handshake): keep it for the next connection to that origin */
+static int on_new_session(SSL *ssl, SSL_SESSION *sess) {
+  lr_conn_t *c = SSL_get_app_data(ssl);
+  lr_tls_t *t = c ? c->tls : NULL;
+  if (t == NULL || t->origin == NULL) return 0;
+  uv_mutex_lock(&client_mu);
+  struct saved_session *slot = NULL;
+  for (unsigned i = 0; i < n_sessions; i++)
+    if (strcmp(sessions[i].origin, t->origin) == 0) slot = &sessions[i];
+  if (slot == NULL) {
+    if (n_sessions < MAX_SESSIONS) {
+      slot = &sessions[n_sessions++];
+    } else {
+      slot = &sessions[next_evict++ % MAX_SESSIONS];
+      free(slot->origin);
+    }
+    slot->origin = strdup(t->origin);
+  } else {
+    SSL_SESSION_free(slot->sess);
+  }
+  slot->sess = sess;
+  uv_mutex_unlock(&client_mu);
+  return 1; /* we keep the reference */
+}
+
+static SSL_CTX *client_ctx(int verify, const char *ca, char *err, size_t errlen) {
+  SSL_CTX *ctx = NULL;
+  for (int i = 0; i < n_client_ctxs; i++)
+    if (client_ctxs[i].verify == verify && ((ca == NULL && client_ctxs[i].ca == NULL) ||
+                                            (ca && client_ctxs[i].ca && strcmp(ca, client_ctxs[i].ca) == 0)))
+      return client_ctxs[i].ctx;
+  if (n_client_ctxs == MAX_CLIENT_CTXS) {
+    snprintf(err, errlen, "too many distinct ca= files");
+    return NULL;
+  }
+  ctx = SSL_CTX_new(TLS_client_method());
+  if (ctx == NULL) {
+    snprintf(err, errlen, "tls: %s", ssl_error());
+    return NULL;
+  }
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_verify(ctx, verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
+  int ok = ca ? SSL_CTX_load_verify_locations(ctx, ca, NULL) : SSL_CTX_set_default_verify_paths(ctx);
+  if (ok != 1) {
+    snprintf(err, errlen, "ca %s: %s", ca ? ca : "(system)", ssl_error());
+    SSL_CTX_free(ctx);
+    return NULL;
+  }
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+  SSL_CTX_sess_set_new_cb(ctx, on_new_session);
+  client_ctxs[n_client_ctxs].ctx = ctx;
+  client_ctxs[n_client_ctxs].verify = verify;
+  client_ctxs[n_client_ctxs].ca = ca ? strdup(ca) : NULL;
+  n_client_ctxs++;
+  return ctx;
+}
+
 void lr_tls_global_free(void) {
   for (int i = 0; i < n_ctxs; i++) SSL_CTX_free(ctxs[i]);
   n_ctxs = 0;
+  for (int i = 0; i < n_client_ctxs; i++) {
+    SSL_CTX_free(client_ctxs[i].ctx);
+    free(client_ctxs[i].ca);
+  }
+  n_client_ctxs = 0;
+  for (unsigned i = 0; i < n_sessions; i++) {
+    SSL_SESSION_free(sessions[i].sess);
+    free(sessions[i].origin);
+  }
+  n_sessions = 0;
 }
 
-int lr__tls_accept(lr_conn_t *c) {
-  if (n_ctxs == 0) return -1;
+static int is_ip_literal(const char *h) {
+  unsigned char buf[16];
+  return uv_inet_pton(AF_INET, h, buf) == 0 || uv_inet_pton(AF_INET6, h, buf) == 0;
+}
+
+static lr_tls_t *tls_new(SSL_CTX *ctx) {
   lr_tls_t *t = calloc(1, sizeof *t);
-  if (t == NULL) return UV_ENOMEM;
-  t->ssl = SSL_new(ctxs[0]);
+  if (t == NULL) return NULL;
+  t->ssl = SSL_new(ctx);
   t->rbio = BIO_new(BIO_s_mem());
   t->wbio = BIO_new(BIO_s_mem());
   if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
@@ -125,11 +223,73 @@ int lr__tls_accept(lr_conn_t *c) {
     BIO_free(t->rbio);
     BIO_free(t->wbio);
     free(t);
-    return UV_ENOMEM;
+    return NULL;
   }
   /* an empty read BIO says "retry", not "EOF" */
   BIO_set_mem_eof_return(t->rbio, -1);
   SSL_set_bio(t->ssl, t->rbio, t->wbio);
+  return t;
+}
+
+int lr__tls_connect(lr_conn_t *c, const lr_client_opts_t *o, const char *origin, char *err, size_t errlen) {
+  uv_once(&client_once, client_mu_init);
+  uv_mutex_lock(&client_mu);
+  SSL_CTX *ctx = client_ctx(o->verify, o->ca, err, errlen);
+  uv_mutex_unlock(&client_mu);
+  if (ctx == NULL) return -1;
+  lr_tls_t *t = tls_new(ctx);
+  if (t == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return UV_ENOMEM;
+  }
+  t->client = 1;
+  t->origin = strdup(origin);
+  c->tls = t;
+  SSL_set_app_data(t->ssl, c);
+  const char *name = o->sni ? o->sni : o->host;
+  int literal = is_ip_literal(o->host);
+  /* SNI carries names only (RFC 6066 §3) */
+  if (!(o->sni == NULL && literal)) SSL_set_tlsext_host_name(t->ssl, name);
+  if (o->verify) {
+    /* the name checked is the one the caller connects to; an IP literal matches an IP SAN */
+    X509_VERIFY_PARAM *vp = SSL_get0_param(t->ssl);
+    X509_VERIFY_PARAM_set_hostflags(vp, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    int ok = literal ? X509_VERIFY_PARAM_set1_ip_asc(vp, o->host) : X509_VERIFY_PARAM_set1_host(vp, o->host, 0);
+    if (ok != 1) {
+      snprintf(err, errlen, "tls: bad host name");
+      return -1;
+    }
+  }
+  if (o->alpn) SSL_set_alpn_protos(t->ssl, (const unsigned char *)o->alpn, (unsigned)strlen(o->alpn));
+  uv_mutex_lock(&client_mu);
+  for (unsigned i = 0; i < n_sessions; i++)
+    if (strcmp(sessions[i].origin, origin) == 0) {
+      if (SSL_SESSION_is_resumable(sessions[i].sess)) SSL_set_session(t->ssl, sessions[i].sess);
+      break;
+    }
+  uv_mutex_unlock(&client_mu);
+  SSL_set_connect_state(t->ssl);
+  int r = SSL_do_handshake(t->ssl); /* the ClientHello, into the write BIO */
+  (void)r;
+  ERR_clear_error();
+  lr_conn_defer(c);
+  return 0;
+}
+
+/* why a client handshake failed, for the caller: the verification result if there is one */
+static void client_failure(lr_tls_t *t, char *buf, size_t len) {
+  long v = SSL_get_verify_result(t->ssl);
+  if (v != X509_V_OK)
+    snprintf(buf, len, "certificate verify failed: %s", X509_verify_cert_error_string(v));
+  else
+    snprintf(buf, len, "tls handshake failed: %.120s", ssl_error());
+  ERR_clear_error();
+}
+
+int lr__tls_accept(lr_conn_t *c) {
+  if (n_ctxs == 0) return -1;
+  lr_tls_t *t = tls_new(ctxs[0]);
+  if (t == NULL) return UV_ENOMEM;
   SSL_set_accept_state(t->ssl);
   c->tls = t;
   return 0;
@@ -139,6 +299,7 @@ void lr__tls_free(lr_conn_t *c) {
   lr_tls_t *t = c->tls;
   if (t == NULL) return;
   SSL_free(t->ssl);
+  free(t->origin);
   free(t);
   c->tls = NULL;
 }
@@ -203,14 +364,24 @@ void lr__tls_on_read(lr_conn_t *c, const char *data, size_t len) {
     if (BIO_ctrl_pending(t->wbio)) lr_conn_defer(c);
     if (r != 1) {
       int e = SSL_get_error(t->ssl, r);
-      if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) handshake_failed(c, ssl_error());
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) return;
+      if (t->client) {
+        char why[160];
+        client_failure(t, why, sizeof why);
+        lr__client_tls_done(c, why, 0);
+      } else {
+        handshake_failed(c, ssl_error());
+      }
       return;
     }
     t->ready = 1;
     const unsigned char *proto;
     unsigned plen;
     SSL_get0_alpn_selected(t->ssl, &proto, &plen);
-    if (plen == 2 && memcmp(proto, "h2", 2) == 0) {
+    if (t->client) {
+      lr__client_tls_done(c, NULL, plen == 2 && memcmp(proto, "h2", 2) == 0);
+      if (c->flags & LR_CF_CLOSING) return;
+    } else if (plen == 2 && memcmp(proto, "h2", 2) == 0) {
       lr_http2_start(c, NULL, 0);
       if (c->flags & LR_CF_CLOSING) return;
     }

@@ -403,6 +403,7 @@ void lr_worker_run(lr_worker_t *w) {
 
 /* after lr_worker_run returned: every connection is gone */
 void lr_worker_destroy(lr_worker_t *w) {
+  lr__outbound_free(w); /* pooled connections are unreferenced: they outlive the loop */
   uv_walk(&w->loop, close_walk, NULL);
   uv_run(&w->loop, UV_RUN_DEFAULT);
   uv_loop_close(&w->loop);
