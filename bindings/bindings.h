@@ -171,6 +171,8 @@ void lr_redis_lua_open(lua_State *L);
 void lr_redis_lua_free_all(void); /* exit: every worker's connections, before the loops close */
 void lr_pg_lua_open(lua_State *L);
 void lr_pg_lua_free_all(void);    /* same */
+/* tcp.c: lariat.tcp (sockets) and lariat.dns; http.c: lariat.http client */
+void lr_tcp_open(lua_State *L);
 
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);

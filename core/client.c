@@ -185,7 +185,7 @@ static void cl_on_read(lr_conn_t *c, const char *data, size_t len) {
     fail(cl, "out of memory");
     return;
   }
-  if (cl->in.len >= IN_MAX) lr_conn_read_stop(c);
+  if (cl->in.len >= (cl->in_max ? cl->in_max : IN_MAX)) lr_conn_read_stop(c);
   notify(cl, LR_CEV_READ);
 }
 
@@ -311,7 +311,12 @@ int lr_client_write_blocked(const lr_client_t *cl) { return lr_conn_queued(&cl->
 
 void lr_client_consume(lr_client_t *cl, size_t n) {
   lr_buf_consume(&cl->in, n);
-  if (cl->in.len < IN_MAX / 2 && !cl->eof) lr_conn_read_start(&cl->conn);
+  if (cl->in.len < (cl->in_max ? cl->in_max : IN_MAX) / 2 && !cl->eof) lr_conn_read_start(&cl->conn);
+}
+
+void lr_client_want(lr_client_t *cl, size_t n) {
+  cl->in_max = n > IN_MAX ? n : 0;
+  if (cl->in.len < (cl->in_max ? cl->in_max : IN_MAX) && !cl->eof) lr_conn_read_start(&cl->conn);
 }
 
 void lr_client_close(lr_client_t *cl) {

@@ -576,6 +576,7 @@ struct lr_client_s {
   int h2;                 /* ALPN picked h2 */
   int reused;             /* taken from the keep-alive pool */
   lr_buf_t in;            /* plaintext received, not yet consumed */
+  size_t in_max;          /* reading pauses at this much unconsumed (0: 256 KiB); lr_client_want */
   char err[160];          /* why it failed: "connection refused", "timeout", "certificate verify failed: ..." */
   char *key;              /* pool key: host, port, tls, sni, verify, ca */
   struct lr_client_priv_s *priv; /* connect-time state (client.c) */
@@ -589,6 +590,7 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*notify)(lr_
 int lr_client_write(lr_client_t *cl, const void *p, size_t n); /* queues; LR_ECLOSED once closed */
 int lr_client_write_blocked(const lr_client_t *cl);
 void lr_client_consume(lr_client_t *cl, size_t n);           /* the owner used n bytes of in */
+void lr_client_want(lr_client_t *cl, size_t n); /* the owner needs n bytes in `in` at once (0: default) */
 void lr_client_close(lr_client_t *cl);                         /* no more notifications */
 /* back to the pool (0) if the connection is clean (nothing unread, not at EOF), else closed (-1) */
 int lr_client_keepalive(lr_client_t *cl, uint64_t idle_ms, unsigned size);

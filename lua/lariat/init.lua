@@ -92,6 +92,19 @@ function lariat.spawn(fn, ...)
   return core_or_fail("lariat.spawn").spawn(fn, ...)
 end
 
+-- tcp.connect(host, port[, {tls=, sni=, verify=true, ca=, timeout=}]) → sock | nil, err
+--   sock:send(data) → bytes; sock:receive(n | "*l" | "*a") → data | nil, err, partial;
+--   sock:settimeout(s); sock:setkeepalive([idle_s[, size]]); sock:close()
+-- dns.resolve(name) → { "addr", ... } | nil, err   (cached per worker)
+lariat.tcp = {}
+function lariat.tcp.connect(host, port, opts)
+  return core_or_fail("lariat.tcp.connect").tcp_connect(host, port, opts)
+end
+lariat.dns = {}
+function lariat.dns.resolve(name)
+  return core_or_fail("lariat.dns.resolve").dns_resolve(name)
+end
+
 -- channel(name): publish/subscribe between coroutines, across every worker
 -- (a message published in one worker reaches the subscribers of all).
 --   ch:publish(msg)          msg is a string; returns the subscribers reached

@@ -1,0 +1,189 @@
+"""Peers for the outbound tests (test_net_*.py): small TCP servers on
+127.0.0.1 run in threads of the test process, a test CA made with openssl,
+and Debian's nginx started on a generated config (stopped by PID)."""
+
+import os
+import signal
+import socket
+import ssl
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+
+
+class Peer:
+    """A TCP server on a free loopback port. mode:
+      echo   every line comes back
+      raw    every byte comes back as it arrives
+      silent accepts, reads, never answers
+      slow   every line comes back after `delay` seconds
+      close  answers one line, then closes
+      reset  reads one line, then resets (SO_LINGER 0)
+      burst  sends `payload` then closes
+    ssl_ctx: a server SSLContext to speak TLS."""
+
+    def __init__(self, mode="echo", delay=1.0, payload=b"", ssl_ctx=None, backlog=128):
+        self.mode, self.delay, self.payload, self.ssl_ctx = mode, delay, payload, ssl_ctx
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(backlog)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.conns = []
+        self.accepted = 0
+        self.closed_by_peer = 0  # connections the other side (lariat) closed
+        self.stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        try:
+            if self.ssl_ctx:
+                c = self.ssl_ctx.wrap_socket(c, server_side=True)
+            if self.mode == "burst":
+                c.sendall(self.payload)
+                c.close()
+                return
+            buf = b""
+            while True:
+                data = c.recv(65536)
+                if data and self.mode == "raw":
+                    c.sendall(data)
+                    continue
+                if not data:
+                    with self.lock:
+                        self.closed_by_peer += 1
+                    break
+                buf += data
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    if self.mode == "silent":
+                        continue
+                    if self.mode == "reset":
+                        c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        c.close()
+                        return
+                    if self.mode == "slow":
+                        time.sleep(self.delay)
+                    c.sendall(line + b"\n")
+                    if self.mode == "close":
+                        c.close()
+                        return
+        except (OSError, ssl.SSLError):
+            with self.lock:
+                self.closed_by_peer += 1
+        finally:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def close_all(self):
+        """Close every accepted connection (as a server timing out keep-alives)."""
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+        self.close_all()
+
+
+def wait_for(cond, timeout, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
+class CA:
+    """A CA and leaf certificates made with the openssl command line."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="lariat-ca-")
+        self.ca_key = self._p("ca.key")
+        self.ca = self._p("ca.pem")
+        self._run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                  "-nodes", "-keyout", self.ca_key, "-out", self.ca, "-days", "2",
+                  "-subj", "/CN=lariat test CA")
+
+    def _p(self, name):
+        return os.path.join(self.dir, name)
+
+    def _run(self, *args):
+        subprocess.run(["openssl"] + list(args), check=True, capture_output=True)
+
+    def leaf(self, name, sans, expired=False):
+        """(cert, key) for sans like "DNS:localhost,IP:127.0.0.1"."""
+        key, csr, cert, ext = (self._p(name + s) for s in (".key", ".csr", ".pem", ".ext"))
+        with open(ext, "w") as f:
+            f.write("subjectAltName=%s\nbasicConstraints=CA:FALSE\n" % sans)
+        self._run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                  "-keyout", key, "-out", csr, "-subj", "/CN=" + name)
+        args = ["x509", "-req", "-in", csr, "-CA", self.ca, "-CAkey", self.ca_key,
+                "-CAcreateserial", "-out", cert, "-extfile", ext]
+        if expired:
+            # valid yesterday only: -not_before/-not_after need OpenSSL 3.4; use a past window via -days on a faked start
+            args += ["-days", "1", "-not_before", "20200101000000Z", "-not_after", "20200102000000Z"]
+        else:
+            args += ["-days", "2"]
+        try:
+            self._run(*args)
+        except subprocess.CalledProcessError:
+            if not expired:
+                raise
+            # older openssl: sign with the ca command and explicit dates
+            self._expired_with_ca(csr, cert, ext)
+        return cert, key
+
+    def _expired_with_ca(self, csr, cert, ext):
+        d = self.dir
+        open(os.path.join(d, "index.txt"), "w").close()
+        with open(os.path.join(d, "serial"), "w") as f:
+            f.write("1000\n")
+        conf = os.path.join(d, "ca.cnf")
+        with open(conf, "w") as f:
+            f.write("""[ca]
+default_ca = d
+[d]
+dir = %s
+database = $dir/index.txt
+serial = $dir/serial
+new_certs_dir = $dir
+default_md = sha256
+policy = p
+copy_extensions = copy
+[p]
+commonName = supplied
+""" % d)
+        self._run("ca", "-batch", "-config", conf, "-cert", self.ca, "-keyfile", self.ca_key,
+                  "-in", csr, "-out", cert, "-startdate", "20200101000000Z",
+                  "-enddate", "20200102000000Z", "-extfile", ext, "-notext")
+
+    def server_ctx(self, cert, key, alpn=None):
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        return ctx
