@@ -97,6 +97,7 @@ int luaopen_lariat_core(lua_State *L) {
   lr_redis_lua_open(L);  /* lariat.redis */
   lr_pg_lua_open(L);     /* lariat.pg */
   lr_tcp_open(L);    /* lariat.tcp, lariat.dns */
+  lr_http_open(L);   /* lariat.http */
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table behind __index */

@@ -252,7 +252,7 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
     snprintf(err, errlen, ob ? "host name too long" : "out of memory");
     return UV_ENOMEM;
   }
-  lr_client_t *cl = lr__pool_take(ob, key);
+  lr_client_t *cl = o->fresh ? NULL : lr__pool_take(ob, key);
   if (cl) {
     free(key);
     cl->notify = cb;

@@ -15,6 +15,8 @@
 #include <sys/uio.h>
 #include <uv.h>
 
+#include "llhttp.h"
+
 #define LR_VERSION "0.1.0"
 
 /* ---- errors: 0 or a negative code (libuv codes where they fit) ---- */
@@ -560,6 +562,7 @@ typedef struct lr_client_opts_s {
   int verify;       /* check the chain and the name (default on) */
   const char *ca;   /* PEM file of trusted CAs; NULL: the system store */
   const char *alpn; /* ALPN list in wire format; NULL: none */
+  int fresh;        /* never from the pool (a retry after a pooled connection failed) */
 } lr_client_opts_t;
 
 struct lr_client_s {
@@ -606,6 +609,38 @@ typedef void (*lr_dns_cb)(void *arg, int status, const struct sockaddr_storage *
 int lr_dns_cached(lr_worker_t *w, const char *name, struct sockaddr_storage *out, int max);
 lr_dns_query_t *lr_dns_query(lr_worker_t *w, const char *name, lr_dns_cb cb, void *arg);
 void lr_dns_cancel(lr_dns_query_t *q); /* cb will not run */
+
+/* HTTP/1.1 client exchange (core/http1_client.c): llhttp in response mode */
+#define LR_H1C_MAX_HEADERS 100
+#define LR_H1C_HEAD_MAX (64 * 1024)
+typedef struct lr_h1c_header_s {
+  size_t name_off, name_len, value_off, value_len; /* into head */
+} lr_h1c_header_t;
+
+typedef struct lr_h1c_s {
+  llhttp_t parser;
+  lr_buf_t head; /* header names and values */
+  lr_h1c_header_t hdr[LR_H1C_MAX_HEADERS];
+  unsigned n_headers;
+  int in_value;
+  int status, version; /* version: 10 or 11 */
+  int head_req;        /* the request was HEAD: no body */
+  int stream;          /* parse at most 256 KiB of body ahead of the owner (else all of it) */
+  int headers_done, done, keep_alive, failed, too_big;
+  lr_buf_t body;       /* body bytes the owner has not taken yet (at most 256 KiB parsed ahead) */
+  uint64_t body_total, max_body; /* max_body 0 = none */
+} lr_h1c_t;
+
+void lr_h1c_init(lr_h1c_t *h, int head_req, int stream, uint64_t max_body); /* keeps the buffers of a previous use */
+void lr_h1c_free(lr_h1c_t *h);
+/* parse from data; *used bytes were taken (the rest waits for body room). <0: bad response or too big */
+int lr_h1c_feed(lr_h1c_t *h, const char *data, size_t len, size_t *used);
+int lr_h1c_eof(lr_h1c_t *h); /* the server closed: 0 if that ends the response */
+lr_str_t lr_h1c_header_name(const lr_h1c_t *h, unsigned i);
+lr_str_t lr_h1c_header_value(const lr_h1c_t *h, unsigned i);
+int lr_h1c_write_head(lr_client_t *cl, const char *method, const char *target, const char *host,
+                      const lr_header_t *hd, size_t n, int64_t body_len); /* body_len < 0: chunked */
+int lr_h1c_write_chunk(lr_client_t *cl, const char *p, size_t n); /* n == 0: the last chunk */
 
 /* TLS client mode (core/tls.c) */
 /* start a client handshake on a connected c; origin keys session resumption.

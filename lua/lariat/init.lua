@@ -105,6 +105,14 @@ function lariat.dns.resolve(name)
   return core_or_fail("lariat.dns.resolve").dns_resolve(name)
 end
 
+-- http.request{url=, method="GET", headers=, body=, timeout=10, connect_timeout=,
+--               read_timeout=, verify=true, ca=, max_body=8 MiB, stream=false}
+--   → res { status=, headers=, body=, version= } | nil, err
+--   stream = true: no res.body; res:read() → chunk | nil (end) | nil, err
+--   body: a string, or a function returning the next chunk (nil or "" ends it)
+-- http.get(url[, opts]), http.post(url, body[, opts])
+lariat.http = require("lariat.http_client")(core_or_fail)
+
 -- channel(name): publish/subscribe between coroutines, across every worker
 -- (a message published in one worker reaches the subscribers of all).
 --   ch:publish(msg)          msg is a string; returns the subscribers reached

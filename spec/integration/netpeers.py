@@ -187,3 +187,93 @@ commonName = supplied
         if alpn:
             ctx.set_alpn_protocols(alpn)
         return ctx
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Nginx:
+    """Debian's nginx on a generated config in a temp dir: `port` speaks
+    HTTP/1.1, `tls_port` TLS (ALPN h2 and http/1.1) with a certificate from
+    `ca` for localhost and 127.0.0.1. Files under /files/: 0, 1, 2m (random).
+    /short/ closes idle keep-alive connections after 1 s."""
+
+    def __init__(self, ca):
+        self.dir = tempfile.mkdtemp(prefix="lariat-nginx-")
+        www = os.path.join(self.dir, "www", "files")
+        os.makedirs(www)
+        os.makedirs(os.path.join(self.dir, "www", "short"))
+        self.files = {"0": b"", "1": b"z", "2m": os.urandom(2 * 1024 * 1024)}
+        for name, data in self.files.items():
+            with open(os.path.join(www, name), "wb") as f:
+                f.write(data)
+            with open(os.path.join(self.dir, "www", "short", name), "wb") as f:
+                f.write(data)
+        cert, key = ca.leaf("nginx", "DNS:localhost,IP:127.0.0.1")
+        self.port, self.tls_port = free_port(), free_port()
+        d = self.dir
+        conf = os.path.join(d, "nginx.conf")
+        with open(conf, "w") as f:
+            f.write("""
+daemon off;
+%(user)s
+worker_processes 1;
+error_log %(d)s/error.log;
+pid %(d)s/nginx.pid;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path %(d)s/body;
+  proxy_temp_path %(d)s/proxy;
+  fastcgi_temp_path %(d)s/fastcgi;
+  uwsgi_temp_path %(d)s/uwsgi;
+  scgi_temp_path %(d)s/scgi;
+  default_type application/octet-stream;
+  keepalive_requests 100000;
+  server {
+    listen 127.0.0.1:%(port)d;
+    listen 127.0.0.1:%(tls_port)d ssl http2;
+    ssl_certificate %(cert)s;
+    ssl_certificate_key %(key)s;
+    root %(d)s/www;
+    location /short/ { keepalive_timeout 1s; }
+  }
+}
+""" % {"d": d, "port": self.port, "tls_port": self.tls_port, "cert": cert, "key": key,
+       "user": "user root;" if os.geteuid() == 0 else ""})
+        self.proc = subprocess.Popen(["nginx", "-p", d, "-c", conf], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if not wait_for(lambda: self._up(), 10):
+            self.stop()
+            raise RuntimeError("nginx did not start: %s" % self.error_log())
+
+    def _up(self):
+        if self.proc.poll() is not None:
+            return False
+        for p in (self.port, self.tls_port):
+            try:
+                socket.create_connection(("127.0.0.1", p), timeout=0.2).close()
+            except OSError:
+                return False
+        return True
+
+    def error_log(self):
+        try:
+            with open(os.path.join(self.dir, "error.log")) as f:
+                return f.read()[-2000:]
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)

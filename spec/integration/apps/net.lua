@@ -102,6 +102,83 @@ app:get("/dns", function(req)
   return { addrs = addrs }
 end)
 
+-- the HTTP client: the upstream's answer relayed as is, with what we learnt in x- headers
+local function hopts(q)
+  return {
+    timeout = tonumber(q.timeout), connect_timeout = tonumber(q.ct), read_timeout = tonumber(q.rt),
+    ca = q.ca, verify = q.verify ~= "0", max_body = tonumber(q.max_body),
+    redirects = tonumber(q.redirects), version = q.version,
+  }
+end
+
+local function relay(res, err)
+  if not res then return 502, { ["x-err"] = err }, err end
+  return res.status, {
+    ["x-version"] = res.version, ["x-upstream-type"] = res.headers["content-type"],
+    ["content-type"] = "application/octet-stream",
+  }, res.body
+end
+
+app:get("/http/get", function(req)
+  local q = req:query()
+  return relay(lariat.http.get(q.url, hopts(q)))
+end)
+
+app:post("/http/post", function(req)
+  local q = req:query()
+  return relay(lariat.http.post(q.url, req:body(), hopts(q)))
+end)
+
+-- request body from a function: n chunks of `size` bytes ('a', 'b', ...)
+app:get("/http/upload", function(req)
+  local q = req:query()
+  local n, size, i = tonumber(q.n), tonumber(q.size), 0
+  local o = hopts(q)
+  o.url, o.method = q.url, "POST"
+  o.body = function()
+    i = i + 1
+    if i > n then return nil end
+    if i % 4 == 0 then lariat.sleep(0.001) end -- the body function may wait
+    return string.rep(string.char(96 + (i - 1) % 26 + 1), size)
+  end
+  return relay(lariat.http.request(o))
+end)
+
+-- stream = true: relayed chunk by chunk
+app:get("/http/stream", function(req)
+  local q = req:query()
+  local o = hopts(q)
+  o.url, o.stream = q.url, true
+  local res, err = lariat.http.request(o)
+  if not res then return 502, { ["x-err"] = err }, err end
+  req:stream_reply(res.status, { ["x-version"] = res.version })
+  while true do
+    local chunk, rerr = res:read()
+    if not chunk then
+      if rerr then req:write("\nERROR " .. rerr) end
+      break
+    end
+    req:write(chunk)
+  end
+end)
+
+-- two upstream calls at once (lariat.spawn), joined through a channel
+app:get("/http/both", function(req)
+  local q = req:query()
+  local ch = lariat.channel("both" .. tostring(req))
+  local sub = ch:subscribe()
+  local out = {}
+  for i, u in ipairs({ q.a, q.b }) do
+    lariat.spawn(function()
+      local res, err = lariat.http.get(u)
+      out[i] = res and res.body or err
+      ch:publish("done")
+    end)
+  end
+  sub:recv(10); sub:recv(10)
+  return out
+end)
+
 app:get("/stats", function() return lariat.stats() end)
 app:get("/fast", function() return "fast" end)
 

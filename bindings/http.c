@@ -1,0 +1,578 @@
+/* lariat.http.request: the HTTP client. One exchange = one userdata that
+ * holds the connection (core/client.c) and the response parser
+ * (core/http1_client.c). The response is parsed in the connection's
+ * callback, in C; the coroutine is woken only when it has something to
+ * take: the head, body bytes (stream = true), the end, or an error.
+ * Every wait goes through lr_co_wait: a cancelled request closes its
+ * connection (mid-exchange: never pooled). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "bindings.h"
+
+#define EXCH_MT "lariat.http.exchange"
+#define DEFAULT_TIMEOUT_MS 10000
+#define DEFAULT_MAX_BODY (8u << 20)
+#define POOL_IDLE_MS 60000
+#define POOL_SIZE 64
+
+enum { PH_CONNECT, PH_SEND, PH_HEAD, PH_BODY, PH_DONE };
+
+typedef struct exch_s {
+  lr_client_t *cl;
+  lr_co_t *co;
+  lr_worker_t *w;
+  lr_h1c_t h;
+  int phase;
+  int closed;         /* the connection ended (cl is NULL) */
+  int got_bytes;      /* some of the response arrived */
+  int retried;        /* a pooled connection failed: tried once more on a fresh one */
+  int reused;
+  int stream;
+  int body_fn;        /* the request body comes from a function (not replayable) */
+  int body_sent;      /* the last chunk of a function's body is queued */
+  uint64_t deadline;  /* the whole exchange */
+  uint64_t read_ms;   /* each wait for response bytes; 0 = only the deadline */
+  uint64_t connect_ms;
+  char err[160];
+  /* the URL, split */
+  char *host, *target, *hosthdr, *method;
+  int port, tls;
+  int verify;
+  char *ca;
+} exch_t;
+
+/* ---- the connection's side: parse, and wake the coroutine when it can proceed ---- */
+
+static void pump(exch_t *ex) {
+  lr_client_t *cl = ex->cl;
+  while (cl && cl->in.len && !ex->h.done && !ex->h.failed) {
+    size_t used;
+    ex->got_bytes = 1;
+    int r = lr_h1c_feed(&ex->h, cl->in.base, cl->in.len, &used);
+    lr_client_consume(cl, used);
+    if (r < 0 || used == 0) break;
+  }
+}
+
+static int worth_waking(exch_t *ex) {
+  if (ex->closed || ex->h.failed || ex->h.done) return 1;
+  switch (ex->phase) {
+  case PH_CONNECT: return ex->cl && ex->cl->state == LR_CL_OPEN;
+  case PH_SEND: return ex->cl && !lr_client_write_blocked(ex->cl);
+  case PH_HEAD: return ex->h.headers_done;
+  case PH_BODY: return ex->stream && ex->h.body.len > 0;
+  }
+  return 0;
+}
+
+static void exch_notify(lr_client_t *cl, int ev) {
+  exch_t *ex = cl->owner;
+  ex->cl = cl;
+  if (ev == 0) return;
+  if (ex->phase >= PH_SEND) pump(ex);
+  if (ev & LR_CEV_CLOSED) {
+    ex->cl = NULL;
+    ex->closed = 1;
+    if (ex->phase >= PH_SEND && !ex->h.done && lr_h1c_eof(&ex->h) < 0) snprintf(ex->err, sizeof ex->err, "closed");
+    else if (ex->phase < PH_SEND) memcpy(ex->err, cl->err, sizeof ex->err);
+  }
+  if (ex->co && worth_waking(ex)) lr_co_wake(ex->co);
+}
+
+static void exch_release(exch_t *ex, int reuse) {
+  lr_client_t *cl = ex->cl;
+  ex->cl = NULL;
+  if (cl == NULL) return;
+  if (reuse && ex->h.done && ex->h.keep_alive)
+    lr_client_keepalive(cl, POOL_IDLE_MS, POOL_SIZE);
+  else
+    lr_client_close(cl);
+}
+
+static void exch_cancel(lr_co_t *co, void *arg) {
+  (void)co;
+  exch_t *ex = arg;
+  ex->co = NULL;
+  exch_release(ex, 0);
+  ex->closed = 1;
+  snprintf(ex->err, sizeof ex->err, "closed");
+}
+
+static int exch_gc(lua_State *L) {
+  exch_t *ex = luaL_checkudata(L, 1, EXCH_MT);
+  exch_release(ex, 1); /* a finished response read to its end is pooled; else closed */
+  lr_h1c_free(&ex->h);
+  free(ex->host);
+  free(ex->target);
+  free(ex->hosthdr);
+  free(ex->method);
+  free(ex->ca);
+  ex->host = ex->target = ex->hosthdr = ex->method = ex->ca = NULL;
+  return 0;
+}
+
+/* ---- waiting ---- */
+
+static int fail(lua_State *L, const char *msg) {
+  luaL_pushfail(L);
+  lua_pushstring(L, msg);
+  return 2;
+}
+
+static uint64_t now_ms(exch_t *ex) { return uv_now(&ex->w->loop); }
+
+/* wait for the connection with the tighter of the deadline and the phase's own timeout */
+static int exch_wait(lua_State *L, exch_t *ex, uint64_t phase_ms, lua_KFunction k) {
+  uint64_t now = now_ms(ex);
+  uint64_t left = ex->deadline > now ? ex->deadline - now : 1;
+  if (phase_ms && phase_ms < left) left = phase_ms;
+  ex->co = lr_co_current(L);
+  return lr_co_wait(L, ex->co, left, exch_cancel, ex, k);
+}
+
+static exch_t *woken(lua_State *L, int *late) {
+  exch_t *ex = lua_touserdata(L, 2);
+  lr_co_t *co = lr_co_current(L);
+  ex->co = NULL;
+  *late = co->timed_out || now_ms(ex) >= ex->deadline;
+  return ex;
+}
+
+static int timed_out(lua_State *L, exch_t *ex) {
+  exch_release(ex, 0);
+  ex->closed = 1;
+  snprintf(ex->err, sizeof ex->err, "timeout");
+  return fail(L, "timeout");
+}
+
+/* ---- the response ---- */
+
+static void push_headers(lua_State *L, exch_t *ex) {
+  lua_createtable(L, 0, (int)ex->h.n_headers);
+  for (unsigned i = 0; i < ex->h.n_headers; i++) {
+    lr_str_t n = lr_h1c_header_name(&ex->h, i), v = lr_h1c_header_value(&ex->h, i);
+    char name[256];
+    size_t nl = n.len < sizeof name ? n.len : sizeof name - 1;
+    for (size_t j = 0; j < nl; j++) name[j] = (char)((n.base[j] >= 'A' && n.base[j] <= 'Z') ? n.base[j] + 32 : n.base[j]);
+    lua_pushlstring(L, name, nl);
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: one value, comma-joined (RFC 9110 §5.3) */
+      lua_pushlstring(L, ", ", 2);
+      lua_pushlstring(L, v.base, v.len);
+      lua_concat(L, 3);
+    } else {
+      lua_pop(L, 1);
+      lua_pushlstring(L, v.base, v.len);
+    }
+    lua_rawset(L, -3);
+  }
+}
+
+static int res_read(lua_State *L);
+static int retry_or_fail(lua_State *L, exch_t *ex);
+
+/* res = { status=, headers=, version=, body= | read= } */
+static void push_response(lua_State *L, exch_t *ex) {
+  lua_createtable(L, 0, 5);
+  lua_pushinteger(L, ex->h.status);
+  lua_setfield(L, -2, "status");
+  push_headers(L, ex);
+  lua_setfield(L, -2, "headers");
+  lua_pushstring(L, ex->h.version == 10 ? "HTTP/1.0" : "HTTP/1.1");
+  lua_setfield(L, -2, "version");
+  if (ex->stream) {
+    lua_pushvalue(L, 2);
+    lua_pushcclosure(L, res_read, 1);
+    lua_setfield(L, -2, "read");
+  }
+}
+
+static int body_error(lua_State *L, exch_t *ex) {
+  const char *e = ex->h.too_big ? "body too big" : ex->h.failed ? "bad response" : ex->err[0] ? ex->err : "closed";
+  exch_release(ex, 0);
+  return fail(L, e);
+}
+
+static int whole_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int late;
+  exch_t *ex = woken(L, &late);
+  if (ex->h.done) {
+    ex->phase = PH_DONE;
+    lua_pushlstring(L, ex->h.body.base ? ex->h.body.base : "", ex->h.body.len);
+    lua_setfield(L, -2, "body");
+    ex->h.body.len = 0;
+    exch_release(ex, 1);
+    return 1;
+  }
+  if (ex->h.failed || ex->closed) return body_error(L, ex);
+  if (late) return timed_out(L, ex);
+  return exch_wait(L, ex, ex->read_ms, whole_k);
+}
+
+static int head_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int late;
+  exch_t *ex = woken(L, &late);
+  if (ex->h.headers_done) {
+    ex->phase = PH_BODY;
+    lua_settop(L, 2);
+    push_response(L, ex);
+    if (ex->stream) return 1;
+    lr_co_current(L)->timed_out = 0;
+    return whole_k(L, LUA_OK, 0);
+  }
+  if (ex->h.failed) return body_error(L, ex);
+  if (ex->closed) return retry_or_fail(L, ex);
+  if (late) return timed_out(L, ex);
+  return exch_wait(L, ex, ex->read_ms, head_k);
+}
+
+/* ---- sending ---- */
+
+static int start_exchange(lua_State *L, exch_t *ex);
+static int send_body_fn(lua_State *L, exch_t *ex);
+static int retry_or_fail(lua_State *L, exch_t *ex);
+
+static int after_send(lua_State *L, exch_t *ex) {
+  ex->phase = PH_HEAD;
+  pump(ex);
+  lua_settop(L, 2);
+  if (worth_waking(ex)) { /* already there: no event would come */
+    lr_co_current(L)->timed_out = 0;
+    return head_k(L, LUA_OK, 0);
+  }
+  return exch_wait(L, ex, ex->read_ms, head_k);
+}
+
+/* a pooled connection may have been closed by the server just as we sent:
+ * one more try on a fresh connection, when the request can be sent again */
+static int retry_or_fail(lua_State *L, exch_t *ex) {
+  if (ex->reused && !ex->got_bytes && !ex->retried && !ex->body_fn) {
+    ex->retried = 1;
+    exch_release(ex, 0);
+    lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, ex->h.max_body);
+    return start_exchange(L, ex);
+  }
+  exch_release(ex, 0);
+  return fail(L, ex->err[0] ? ex->err : "closed");
+}
+
+static int drain_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int late;
+  exch_t *ex = woken(L, &late);
+  if (ex->closed) return retry_or_fail(L, ex);
+  if (ex->cl && lr_client_write_blocked(ex->cl)) {
+    if (late) return timed_out(L, ex);
+    return exch_wait(L, ex, 0, drain_k);
+  }
+  if (ex->body_fn && !ex->body_sent) return send_body_fn(L, ex);
+  return after_send(L, ex);
+}
+
+static int body_fn_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  exch_t *ex = lua_touserdata(L, 2);
+  size_t n = 0;
+  const char *p = lua_tolstring(L, -1, &n);
+  if (!lua_isnil(L, -1) && p == NULL) return luaL_error(L, "lariat.http.request: body function must return strings");
+  if (ex->cl == NULL) return retry_or_fail(L, ex);
+  lr_h1c_write_chunk(ex->cl, p, p ? n : 0);
+  int last = p == NULL || n == 0;
+  lua_settop(L, 2);
+  if (last) ex->body_sent = 1;
+  if (lr_client_write_blocked(ex->cl)) return exch_wait(L, ex, 0, drain_k);
+  if (last) return after_send(L, ex);
+  return send_body_fn(L, ex);
+}
+
+/* body = function() → chunk | nil: called until it returns nil or "" (it may wait) */
+static int send_body_fn(lua_State *L, exch_t *ex) {
+  (void)ex;
+  lua_settop(L, 2);
+  lua_getfield(L, 1, "body");
+  lua_callk(L, 0, 1, 0, body_fn_k);
+  return body_fn_k(L, LUA_OK, 0);
+}
+
+/* the caller's headers, copied out of Lua (a value converted from a number
+ * would otherwise be a string only the stack holds) */
+static size_t collect_headers(lua_State *L, lr_buf_t *text, lr_header_t *hd, size_t max) {
+  size_t off[64][4], n = 0;
+  text->len = 0;
+  lua_getfield(L, 1, "headers");
+  if (lua_istable(L, -1)) {
+    lua_pushnil(L);
+    while (lua_next(L, -2) && n < max && n < 64) {
+      int vt = lua_type(L, -1);
+      if (lua_type(L, -2) == LUA_TSTRING && (vt == LUA_TSTRING || vt == LUA_TNUMBER)) {
+        size_t kl, vl;
+        const char *k = lua_tolstring(L, -2, &kl);
+        lua_pushvalue(L, -1);
+        const char *v = lua_tolstring(L, -1, &vl);
+        lr_header_t probe = {{k, kl}, {v, vl}};
+        if (lr_header_valid(&probe)) {
+          off[n][0] = text->len;
+          off[n][1] = kl;
+          lr_buf_append(text, k, kl);
+          off[n][2] = text->len;
+          off[n][3] = vl;
+          lr_buf_append(text, v, vl);
+          n++;
+        }
+        lua_pop(L, 1);
+      }
+      lua_pop(L, 1);
+    }
+  }
+  lua_pop(L, 1);
+  for (size_t i = 0; i < n; i++) {
+    hd[i].name = (lr_str_t){text->base + off[i][0], off[i][1]};
+    hd[i].value = (lr_str_t){text->base + off[i][2], off[i][3]};
+  }
+  return n;
+}
+
+static int send_request(lua_State *L, exch_t *ex) {
+  ex->phase = PH_SEND;
+  ex->body_sent = 0;
+  lr_header_t hd[64];
+  lr_buf_t text = {0};
+  size_t n = collect_headers(L, &text, hd, 64);
+  lua_getfield(L, 1, "body");
+  size_t blen = 0;
+  const char *body = NULL;
+  if (lua_isstring(L, -1)) body = lua_tolstring(L, -1, &blen);
+  int r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, hd, n,
+                            ex->body_fn ? -1 : (int64_t)blen);
+  lr_buf_free(&text);
+  if (r == 0 && blen) r = lr_client_write(ex->cl, body, blen);
+  lua_settop(L, 2);
+  if (r < 0) return retry_or_fail(L, ex);
+  if (ex->body_fn) return send_body_fn(L, ex);
+  if (lr_client_write_blocked(ex->cl)) return exch_wait(L, ex, 0, drain_k);
+  return after_send(L, ex);
+}
+
+static int open_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int late;
+  exch_t *ex = woken(L, &late);
+  if (ex->cl && ex->cl->state == LR_CL_OPEN) return send_request(L, ex);
+  if (ex->closed) {
+    exch_release(ex, 0);
+    return fail(L, ex->err[0] ? ex->err : "closed");
+  }
+  if (late) return timed_out(L, ex);
+  return exch_wait(L, ex, ex->connect_ms, open_k);
+}
+
+static int start_exchange(lua_State *L, exch_t *ex) {
+  lr_client_opts_t o = {0};
+  o.host = ex->host;
+  o.port = ex->port;
+  o.tls = ex->tls;
+  o.verify = ex->verify;
+  o.ca = ex->ca;
+  o.alpn = ex->tls ? "\x08http/1.1" : NULL;
+  o.fresh = ex->retried;
+  ex->closed = 0;
+  ex->err[0] = 0;
+  ex->phase = PH_CONNECT;
+  char err[160];
+  if (lr_client_open(ex->w, &o, exch_notify, ex, &ex->cl, err, sizeof err) < 0) return fail(L, err);
+  if (ex->cl == NULL) return fail(L, ex->err[0] ? ex->err : "closed");
+  ex->reused = ex->cl->reused;
+  if (ex->cl->state == LR_CL_OPEN) return send_request(L, ex);
+  lua_settop(L, 2);
+  /* the connect timeout bounds this wait only; the deadline bounds all */
+  uint64_t now = now_ms(ex);
+  uint64_t left = ex->deadline > now ? ex->deadline - now : 1;
+  if (ex->connect_ms && ex->connect_ms < left) left = ex->connect_ms;
+  ex->co = lr_co_current(L);
+  return lr_co_wait(L, ex->co, left, exch_cancel, ex, open_k);
+}
+
+/* ---- res:read() for stream = true ---- */
+
+static int read_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  exch_t *ex = lua_touserdata(L, lua_upvalueindex(1));
+  lr_co_t *co = lr_co_current(L);
+  ex->co = NULL;
+  int late = co->timed_out || now_ms(ex) >= ex->deadline;
+  if (ex->h.body.len) {
+    lua_pushlstring(L, ex->h.body.base, ex->h.body.len);
+    ex->h.body.len = 0;
+    pump(ex); /* room again: parse what waits in the connection */
+    if (ex->h.done) exch_release(ex, 1);
+    return 1;
+  }
+  if (ex->h.done) {
+    ex->phase = PH_DONE;
+    exch_release(ex, 1);
+    lua_pushnil(L);
+    return 1;
+  }
+  if (ex->h.failed || ex->closed) return body_error(L, ex);
+  if (late) return timed_out(L, ex);
+  uint64_t now = now_ms(ex);
+  uint64_t left = ex->deadline > now ? ex->deadline - now : 1;
+  if (ex->read_ms && ex->read_ms < left) left = ex->read_ms;
+  ex->co = co;
+  return lr_co_wait(L, co, left, exch_cancel, ex, read_k);
+}
+
+static int res_read(lua_State *L) {
+  exch_t *ex = lua_touserdata(L, lua_upvalueindex(1));
+  lr_co_t *co = lr_co_current(L);
+  if (co == NULL) return luaL_error(L, "res:read: only inside a handler's coroutine (or one from lariat.spawn)");
+  co->timed_out = 0;
+  if (ex->phase == PH_DONE && !ex->h.body.len) {
+    lua_pushnil(L);
+    return 1;
+  }
+  if (ex->h.body.len || ex->h.done || ex->h.failed || ex->closed) return read_k(L, LUA_OK, 0);
+  uint64_t now = now_ms(ex);
+  uint64_t left = ex->deadline > now ? ex->deadline - now : 1;
+  if (ex->read_ms && ex->read_ms < left) left = ex->read_ms;
+  ex->co = co;
+  return lr_co_wait(L, co, left, exch_cancel, ex, read_k);
+}
+
+/* ---- lariat.http.request{...} ---- */
+
+/* http[s]://host[:port][/path?query] */
+static int parse_url(exch_t *ex, const char *url, char *err, size_t errlen) {
+  const char *p;
+  if (strncasecmp(url, "http://", 7) == 0) {
+    p = url + 7;
+    ex->tls = 0;
+    ex->port = 80;
+  } else if (strncasecmp(url, "https://", 8) == 0) {
+    p = url + 8;
+    ex->tls = 1;
+    ex->port = 443;
+  } else {
+    snprintf(err, errlen, "bad url (want http:// or https://)");
+    return -1;
+  }
+  const char *end = p + strcspn(p, "/?#");
+  const char *hs = p, *he;
+  const char *portp = NULL;
+  if (*p == '[') {
+    hs = p + 1;
+    he = memchr(hs, ']', (size_t)(end - hs));
+    if (he == NULL) goto bad;
+    if (he + 1 < end && he[1] == ':') portp = he + 2;
+  } else {
+    he = memchr(p, ':', (size_t)(end - p));
+    if (he) portp = he + 1;
+    else he = end;
+  }
+  if (he == hs) goto bad;
+  if (portp) {
+    char *pe;
+    long v = strtol(portp, &pe, 10);
+    if (pe != end || v <= 0 || v > 65535) goto bad;
+    ex->port = (int)v;
+  }
+  ex->host = strndup(hs, (size_t)(he - hs));
+  ex->hosthdr = strndup(p, (size_t)(end - p));
+  const char *path = end;
+  size_t plen = strcspn(path, "#");
+  if (plen == 0 || path[0] != '/') {
+    ex->target = malloc(plen + 2);
+    if (ex->target) {
+      ex->target[0] = '/';
+      memcpy(ex->target + 1, path, plen);
+      ex->target[plen + 1] = 0;
+    }
+  } else {
+    ex->target = strndup(path, plen);
+  }
+  if (!ex->host || !ex->hosthdr || !ex->target) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  return 0;
+bad:
+  snprintf(err, errlen, "bad url");
+  return -1;
+}
+
+static uint64_t opt_ms(lua_State *L, const char *k, uint64_t def) {
+  lua_getfield(L, 1, k);
+  uint64_t v = def;
+  if (!lua_isnil(L, -1)) {
+    lua_Number t = luaL_checknumber(L, -1);
+    v = t > 0 ? (uint64_t)(t * 1000 + 0.5) : 0;
+    if (t > 0 && v == 0) v = 1;
+  }
+  lua_pop(L, 1);
+  return v;
+}
+
+int lr_l_http_request(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lr_co_t *co = lr_co_current(L);
+  if (co == NULL) return luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
+  lua_settop(L, 1);
+  exch_t *ex = lua_newuserdatauv(L, sizeof *ex, 0);
+  memset(ex, 0, sizeof *ex);
+  luaL_setmetatable(L, EXCH_MT);
+  ex->w = co->app->lw->w;
+  lua_getfield(L, 1, "url");
+  const char *url = luaL_checkstring(L, -1);
+  char err[160];
+  if (parse_url(ex, url, err, sizeof err)) return luaL_error(L, "lariat.http.request: %s: %s", err, url);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "method");
+  ex->method = strdup(lua_isnil(L, -1) ? "GET" : luaL_checkstring(L, -1));
+  lua_pop(L, 1);
+  for (char *m = ex->method; *m; m++)
+    if (*m >= 'a' && *m <= 'z') *m = (char)(*m - 32);
+  lua_getfield(L, 1, "body");
+  int bt = lua_type(L, -1);
+  if (bt != LUA_TNIL && bt != LUA_TSTRING && bt != LUA_TFUNCTION)
+    return luaL_error(L, "lariat.http.request: body must be a string or a function");
+  ex->body_fn = bt == LUA_TFUNCTION;
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "verify");
+  ex->verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "ca");
+  if (!lua_isnil(L, -1)) ex->ca = strdup(luaL_checkstring(L, -1));
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "stream");
+  ex->stream = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "max_body");
+  uint64_t max_body = lua_isnil(L, -1) ? DEFAULT_MAX_BODY : (uint64_t)luaL_checkinteger(L, -1);
+  lua_pop(L, 1);
+  ex->deadline = uv_now(&ex->w->loop) + opt_ms(L, "timeout", DEFAULT_TIMEOUT_MS);
+  ex->connect_ms = opt_ms(L, "connect_timeout", 0);
+  ex->read_ms = opt_ms(L, "read_timeout", 0);
+  lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, max_body);
+  return start_exchange(L, ex);
+}
+
+void lr_http_open(lua_State *L) {
+  if (luaL_newmetatable(L, EXCH_MT)) {
+    lua_pushcfunction(L, exch_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pop(L, 1);
+  lua_pushcfunction(L, lr_l_http_request);
+  lua_setfield(L, -2, "http_request");
+}

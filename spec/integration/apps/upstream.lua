@@ -1,0 +1,24 @@
+-- lariat as an upstream for the outbound tests (test_net_http.py).
+local lariat = require "lariat"
+local app = lariat.app()
+
+app:post("/echo", function(req)
+  return 200, { ["content-type"] = "application/octet-stream", ["x-method"] = req.method }, req:body()
+end)
+app:get("/slow", function(req)
+  lariat.sleep(tonumber(req:query().s or "1"))
+  return "slow " .. (req:query().tag or "")
+end)
+app:get("/chunked", function(req)
+  local n = tonumber(req:query().n or "3")
+  req:stream_reply(200, { ["content-type"] = "text/plain" })
+  for i = 1, n do
+    req:write("chunk" .. i .. "\n")
+    lariat.sleep(tonumber(req:query().gap or "0.05"))
+  end
+end)
+app:get("/headers", function(req) return req.headers end)
+app:get("/redirect", function(req) return 302, { location = req:query().to or "/target" }, "" end)
+app:get("/target", function() return "arrived" end)
+app:get("/hello", function() return "hello" end)
+return app

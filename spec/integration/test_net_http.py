@@ -1,0 +1,219 @@
+"""lariat.http.request/get/post against real upstreams: Debian nginx
+(HTTP/1.1, TLS), lariat itself, a silent peer (DESIGN §4b "Network")."""
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import socket
+import struct
+import time
+import urllib.parse
+import urllib.request
+
+import pytest
+
+from conftest import LariatServer, app_path
+from netpeers import CA, Nginx, Peer, wait_for
+
+SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
+
+
+@pytest.fixture(scope="module")
+def ca():
+    return CA()
+
+
+@pytest.fixture(scope="module")
+def nginx(ca):
+    n = Nginx(ca)
+    yield n
+    n.stop()
+
+
+@pytest.fixture(scope="module")
+def up():
+    s = LariatServer(app_path("upstream.lua"), "--workers", "1").start()
+    yield s
+    s.check_healthy()
+
+
+@pytest.fixture(scope="module")
+def srv():
+    s = LariatServer(app_path("net.lua"), "--workers", "1").start()
+    yield s
+    s.check_healthy()
+
+
+def call(srv, path, data=None, wait=20, **q):
+    url = srv.url(path) + "?" + urllib.parse.urlencode(q)
+    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=wait) as r:
+            return r.status, dict((k.lower(), v) for k, v in r.headers.items()), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read()
+
+
+def sha(b):
+    return hashlib.sha256(b).hexdigest()
+
+
+@pytest.mark.parametrize("name", ["0", "1", "2m"])
+def test_get_from_nginx(srv, nginx, name):
+    for _ in range(2):  # the second time over the pooled connection
+        st, h, body = call(srv, "/http/get", url="http://127.0.0.1:%d/files/%s" % (nginx.port, name))
+        assert st == 200 and h["x-version"] == "HTTP/1.1", (st, h)
+        assert sha(body) == sha(nginx.files[name])
+
+
+@pytest.mark.parametrize("name", ["0", "1", "2m"])
+def test_get_from_nginx_over_tls(srv, nginx, ca, name):
+    for host in ("localhost", "127.0.0.1"):
+        st, h, body = call(srv, "/http/get", url="https://%s:%d/files/%s" % (host, nginx.tls_port, name),
+                           ca=ca.ca)
+        assert st == 200, (st, h, body[:200])
+        assert sha(body) == sha(nginx.files[name])
+
+
+def test_tls_verification_failure(srv, nginx):
+    st, h, body = call(srv, "/http/get", url="https://localhost:%d/files/1" % nginx.tls_port)
+    assert st == 502 and h["x-err"].startswith("certificate verify failed"), h
+
+
+@pytest.mark.parametrize("size", [0, 1, 2 * 1024 * 1024])
+def test_post_to_lariat(srv, up, size):
+    data = os.urandom(size)
+    for _ in range(2):
+        st, h, body = call(srv, "/http/post", data=data, url=up.url("/echo"))
+        assert st == 200 and sha(body) == sha(data), (st, h, len(body))
+
+
+def test_streamed_request_body(srv, up):
+    n, size = 40, 65536
+    st, h, body = call(srv, "/http/upload", url=up.url("/echo"), n=n, size=size)
+    want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
+    assert st == 200 and sha(body) == sha(want), (st, len(body))
+
+
+def test_streamed_response(srv, up, nginx):
+    st, h, body = call(srv, "/http/stream", url=up.url("/chunked?n=5&gap=0.02"))
+    assert body == b"".join(b"chunk%d\n" % i for i in range(1, 6))
+    st, h, body = call(srv, "/http/stream", url="http://127.0.0.1:%d/files/2m" % nginx.port)
+    assert sha(body) == sha(nginx.files["2m"])
+
+
+def test_stream_arrives_before_the_upstream_finishes(srv, up):
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    q = urllib.parse.urlencode({"url": up.url("/chunked?n=3&gap=0.5")})
+    c.sendall(("GET /http/stream?%s HTTP/1.1\r\nhost: x\r\n\r\n" % q).encode())
+    t0 = time.monotonic()
+    got = b""
+    while b"chunk1" not in got:
+        got += c.recv(4096)
+    assert time.monotonic() - t0 < 0.9, "first chunk held back until the end"
+    c.close()
+
+
+def test_max_body(srv, nginx):
+    for _ in range(2):
+        st, h, _ = call(srv, "/http/get", url="http://127.0.0.1:%d/files/2m" % nginx.port, max_body=1000)
+        assert st == 502 and h["x-err"] == "body too big", h
+    st, _, body = call(srv, "/http/get", url="http://127.0.0.1:%d/files/1" % nginx.port, max_body=1000)
+    assert st == 200 and body == b"z"
+
+
+def test_refused(srv):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    for _ in range(2):
+        st, h, _ = call(srv, "/http/get", url="http://127.0.0.1:%d/" % port)
+        assert st == 502 and "connection refused" in h["x-err"], h
+
+
+def test_total_and_read_timeouts(srv, up):
+    for opt in ("timeout", "rt"):
+        for _ in range(2):
+            t0 = time.monotonic()
+            st, h, _ = call(srv, "/http/get", url=up.url("/slow?s=3"), **{opt: 0.3})
+            took = time.monotonic() - t0
+            assert st == 502 and h["x-err"] == "timeout", h
+            assert 0.25 < took < 0.3 + SLOW, took
+    st, _, body = call(srv, "/http/get", url=up.url("/hello"))
+    assert body == b"hello"
+
+
+def test_connect_timeout(srv):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(s.getsockname())
+            fillers.append(c)
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        st, h, _ = call(srv, "/http/get", url="http://127.0.0.1:%d/" % s.getsockname()[1], ct=0.3)
+        assert st == 502 and h["x-err"] == "timeout", h
+        assert time.monotonic() - t0 < 0.3 + SLOW
+    finally:
+        for c in fillers:
+            c.close()
+        s.close()
+
+
+def test_pooled_connection_closed_by_upstream(srv, nginx):
+    url = "http://127.0.0.1:%d/short/1" % nginx.port
+    for _ in range(2):  # each time the pooled connection was closed by nginx meanwhile
+        st, h, body = call(srv, "/http/get", url=url)
+        assert st == 200 and body == b"z", (st, h)
+        time.sleep(1.3)
+
+
+def test_redirects_off_by_default(srv, up):
+    st, h, _ = call(srv, "/http/get", url=up.url("/redirect"))
+    assert st == 302
+    st, h, body = call(srv, "/http/get", url=up.url("/redirect"), redirects=2)
+    assert st == 200 and body == b"arrived"
+
+
+def test_cancellation_closes_upstream_connection(srv):
+    p = Peer("silent")
+    try:
+        for n in (1, 2):
+            c = socket.create_connection(("127.0.0.1", srv.port))
+            q = urllib.parse.urlencode({"url": "http://127.0.0.1:%d/" % p.port})
+            c.sendall(("GET /http/get?%s HTTP/1.1\r\nhost: x\r\n\r\n" % q).encode())
+            assert wait_for(lambda: p.accepted == n, 5)
+            time.sleep(0.05)
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            c.close()
+            assert wait_for(lambda: p.closed_by_peer == n, 1.0 * SLOW), "upstream never saw the close"
+    finally:
+        p.stop()
+
+
+def test_fifty_concurrent_slow_calls_and_a_fast_route(srv, up):
+    with concurrent.futures.ThreadPoolExecutor(50) as ex:
+        t0 = time.monotonic()
+        futs = [ex.submit(call, srv, "/http/get", url=up.url("/slow?s=1&tag=%d" % i)) for i in range(50)]
+        time.sleep(0.3)
+        f0 = time.monotonic()
+        st, _, body = call(srv, "/fast")
+        assert body == b"fast" and time.monotonic() - f0 < 0.3 * SLOW
+        res = [f.result() for f in futs]
+        took = time.monotonic() - t0
+    assert [r[2] for r in res] == [b"slow %d" % i for i in range(50)]
+    assert took < 1.0 + 1.5 * SLOW, took
+
+
+def test_two_calls_concurrently_with_spawn(srv, up):
+    t0 = time.monotonic()
+    st, _, body = call(srv, "/http/both", a=up.url("/slow?s=0.5&tag=a"), b=up.url("/slow?s=0.5&tag=b"))
+    assert json.loads(body) == ["slow a", "slow b"]
+    assert time.monotonic() - t0 < 0.95 * SLOW
