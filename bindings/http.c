@@ -42,6 +42,10 @@ typedef struct exch_s {
   int port, tls;
   int verify;
   char *ca;
+  /* reverse proxy (lariat.proxy): the request whose stream is forwarded */
+  lr_req_t *req;      /* kept alive by the exchange's user value */
+  int proxy, chunked_up;
+  lr_buf_t scratch;   /* request body bytes on their way up */
 } exch_t;
 
 /* ---- the connection's side: parse, and wake the coroutine when it can proceed ---- */
@@ -110,6 +114,7 @@ static int exch_gc(lua_State *L) {
   free(ex->hosthdr);
   free(ex->method);
   free(ex->ca);
+  lr_buf_free(&ex->scratch);
   ex->host = ex->target = ex->hosthdr = ex->method = ex->ca = NULL;
   return 0;
 }
@@ -123,6 +128,15 @@ static int fail(lua_State *L, const char *msg) {
 }
 
 static uint64_t now_ms(exch_t *ex) { return uv_now(&ex->w->loop); }
+
+static int px_error(lua_State *L, exch_t *ex, const char *err);
+
+/* the exchange failed: nil, err to the caller, or for the proxy, 502/504 to the client */
+static int fail_ex(lua_State *L, exch_t *ex, const char *msg) {
+  if (ex->proxy) return px_error(L, ex, msg);
+  exch_release(ex, 0);
+  return fail(L, msg);
+}
 
 /* wait for the connection with the tighter of the deadline and the phase's own timeout */
 static int exch_wait(lua_State *L, exch_t *ex, uint64_t phase_ms, lua_KFunction k) {
@@ -145,7 +159,7 @@ static int timed_out(lua_State *L, exch_t *ex) {
   exch_release(ex, 0);
   ex->closed = 1;
   snprintf(ex->err, sizeof ex->err, "timeout");
-  return fail(L, "timeout");
+  return fail_ex(L, ex, "timeout");
 }
 
 /* ---- the response ---- */
@@ -173,6 +187,8 @@ static void push_headers(lua_State *L, exch_t *ex) {
 
 static int res_read(lua_State *L);
 static int retry_or_fail(lua_State *L, exch_t *ex);
+static int px_head(lua_State *L, exch_t *ex);
+static int px_send(lua_State *L, exch_t *ex);
 
 /* res = { status=, headers=, version=, body= | read= } */
 static void push_response(lua_State *L, exch_t *ex) {
@@ -192,8 +208,7 @@ static void push_response(lua_State *L, exch_t *ex) {
 
 static int body_error(lua_State *L, exch_t *ex) {
   const char *e = ex->h.too_big ? "body too big" : ex->h.failed ? "bad response" : ex->err[0] ? ex->err : "closed";
-  exch_release(ex, 0);
-  return fail(L, e);
+  return fail_ex(L, ex, e);
 }
 
 static int whole_k(lua_State *L, int status, lua_KContext ctx) {
@@ -222,6 +237,7 @@ static int head_k(lua_State *L, int status, lua_KContext ctx) {
   if (ex->h.headers_done) {
     ex->phase = PH_BODY;
     lua_settop(L, 2);
+    if (ex->proxy) return px_head(L, ex);
     push_response(L, ex);
     if (ex->stream) return 1;
     lr_co_current(L)->timed_out = 0;
@@ -259,8 +275,7 @@ static int retry_or_fail(lua_State *L, exch_t *ex) {
     lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, ex->h.max_body);
     return start_exchange(L, ex);
   }
-  exch_release(ex, 0);
-  return fail(L, ex->err[0] ? ex->err : "closed");
+  return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
 }
 
 static int drain_k(lua_State *L, int status, lua_KContext ctx) {
@@ -344,6 +359,7 @@ static size_t collect_headers(lua_State *L, lr_buf_t *text, lr_header_t *hd, siz
 static int send_request(lua_State *L, exch_t *ex) {
   ex->phase = PH_SEND;
   ex->body_sent = 0;
+  if (ex->proxy) return px_send(L, ex);
   lr_header_t hd[64];
   lr_buf_t text = {0};
   size_t n = collect_headers(L, &text, hd, 64);
@@ -368,10 +384,7 @@ static int open_k(lua_State *L, int status, lua_KContext ctx) {
   int late;
   exch_t *ex = woken(L, &late);
   if (ex->cl && ex->cl->state == LR_CL_OPEN) return send_request(L, ex);
-  if (ex->closed) {
-    exch_release(ex, 0);
-    return fail(L, ex->err[0] ? ex->err : "closed");
-  }
+  if (ex->closed) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
   if (late) return timed_out(L, ex);
   return exch_wait(L, ex, ex->connect_ms, open_k);
 }
@@ -389,8 +402,8 @@ static int start_exchange(lua_State *L, exch_t *ex) {
   ex->err[0] = 0;
   ex->phase = PH_CONNECT;
   char err[160];
-  if (lr_client_open(ex->w, &o, exch_notify, ex, &ex->cl, err, sizeof err) < 0) return fail(L, err);
-  if (ex->cl == NULL) return fail(L, ex->err[0] ? ex->err : "closed");
+  if (lr_client_open(ex->w, &o, exch_notify, ex, &ex->cl, err, sizeof err) < 0) return fail_ex(L, ex, err);
+  if (ex->cl == NULL) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
   ex->reused = ex->cl->reused;
   if (ex->cl->state == LR_CL_OPEN) return send_request(L, ex);
   lua_settop(L, 2);
@@ -448,6 +461,205 @@ static int res_read(lua_State *L) {
   if (ex->read_ms && ex->read_ms < left) left = ex->read_ms;
   ex->co = co;
   return lr_co_wait(L, co, left, exch_cancel, ex, read_k);
+}
+
+/* ---- reverse proxy: the request's stream up, the response down, in C ---- */
+
+static lr_stream_t *px_stream(exch_t *ex) { return ex->req ? ex->req->s : NULL; }
+
+static int px_error(lua_State *L, exch_t *ex, const char *err) {
+  exch_release(ex, 0);
+  lr_stream_t *s = px_stream(ex);
+  lua_settop(L, 2);
+  if (s == NULL || (s->flags & LR_SF_RESET)) return 0; /* the client left: nobody to tell */
+  int status = strcmp(err, "timeout") == 0 ? 504 : 502;
+  lr_log(LR_LOG_WARN, "proxy: upstream %s:%d%s: %s (%d)", ex->host, ex->port, ex->target, err, status);
+  if (!(s->flags & LR_SF_REPLIED)) {
+    static const lr_header_t ct = {{"content-type", 12}, {"text/plain; charset=utf-8", 25}};
+    const char *body = status == 504 ? "Gateway Timeout\n" : "Bad Gateway\n";
+    lr_stream_send_head(s, status, &ct, 1, body, strlen(body), NULL, NULL, LR_FIN);
+  } else if (!(s->flags & LR_SF_FINISHED)) {
+    lr_stream_abort(s); /* a truncated response, never a fake complete one */
+  }
+  return 0;
+}
+
+static int eq_ci(lr_str_t a, const char *b) {
+  size_t n = strlen(b);
+  return a.len == n && strncasecmp(a.base, b, n) == 0;
+}
+
+/* hop-by-hop (RFC 9110 §7.6.1): the fixed ones and those the Connection header names */
+static int px_hop(lr_str_t name, const lr_str_t *conn) {
+  if (lr_header_is_hop_by_hop(name.base, name.len) || eq_ci(name, "te") || eq_ci(name, "trailer") ||
+      eq_ci(name, "proxy-authenticate") || eq_ci(name, "proxy-authorization"))
+    return 1;
+  return conn && lr_token_in_list(conn->base, conn->len, name.base, name.len, 1);
+}
+
+#define PX_MAX_HEADERS 128
+
+static int px_body(lua_State *L, exch_t *ex);
+
+static int px_body_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int late;
+  exch_t *ex = woken(L, &late);
+  if (ex->closed) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
+  if (late) return timed_out(L, ex);
+  return px_body(L, ex);
+}
+
+/* the request body, as it arrives, up to the upstream */
+static int px_body(lua_State *L, exch_t *ex) {
+  for (;;) {
+    lr_stream_t *s = px_stream(ex);
+    if (s == NULL) {
+      exch_release(ex, 0);
+      return 0;
+    }
+    if (ex->cl == NULL) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
+    if (lr_client_write_blocked(ex->cl)) return exch_wait(L, ex, 0, px_body_k);
+    int fin;
+    ex->scratch.len = 0;
+    int n = lr_stream_read_body(s, &ex->scratch, 64 * 1024, &fin);
+    if (n < 0) { /* the client left, or its body passed --max-body (the core answered 413) */
+      exch_release(ex, 0);
+      return 0;
+    }
+    if (n > 0) {
+      if (ex->chunked_up)
+        lr_h1c_write_chunk(ex->cl, ex->scratch.base, ex->scratch.len);
+      else
+        lr_client_write(ex->cl, ex->scratch.base, ex->scratch.len);
+    }
+    if (fin) {
+      if (ex->chunked_up) lr_h1c_write_chunk(ex->cl, NULL, 0);
+      ex->body_sent = 1;
+      return after_send(L, ex);
+    }
+    if (n == 0) {
+      s->wait = LR_WAIT_BODY;
+      return exch_wait(L, ex, 0, px_body_k);
+    }
+  }
+}
+
+/* the request head: the client's headers minus hop-by-hop ones, plus x-forwarded-*
+ * and the caller's overrides (opts.headers) */
+static int px_send(lua_State *L, exch_t *ex) {
+  lr_stream_t *s = px_stream(ex);
+  if (s == NULL) {
+    exch_release(ex, 0);
+    return 0;
+  }
+  lr_header_t hd[PX_MAX_HEADERS];
+  lr_header_t over[64];
+  lr_buf_t text = {0};
+  size_t n_over = collect_headers(L, &text, over, 64);
+  const lr_str_t *conn = lr_stream_header(s, "connection", 10);
+  const lr_str_t *xff = lr_stream_header(s, "x-forwarded-for", 15);
+  size_t n = 0;
+  for (unsigned i = 0; i < s->n_headers && n < PX_MAX_HEADERS - 8; i++) {
+    lr_str_t name = s->headers[i].name;
+    if ((name.len && name.base[0] == ':') || px_hop(name, conn) || eq_ci(name, "host") || eq_ci(name, "x-forwarded-for") ||
+        eq_ci(name, "x-forwarded-proto") || eq_ci(name, "x-forwarded-host"))
+      continue;
+    int overridden = 0;
+    for (size_t j = 0; j < n_over; j++)
+      if (name.len == over[j].name.len && strncasecmp(name.base, over[j].name.base, name.len) == 0) overridden = 1;
+    if (!overridden) hd[n++] = s->headers[i];
+  }
+  /* x-forwarded-for: what the client sent, then the client */
+  char peer[64], fwd[1024];
+  int port;
+  if (lr_stream_peer(s, peer, sizeof peer, &port) != 0) snprintf(peer, sizeof peer, "unknown");
+  int fl = xff ? snprintf(fwd, sizeof fwd, "%.*s, %s", (int)xff->len, xff->base, peer)
+               : snprintf(fwd, sizeof fwd, "%s", peer);
+  if (fl >= (int)sizeof fwd) fl = (int)sizeof fwd - 1;
+  hd[n++] = (lr_header_t){{"x-forwarded-for", 15}, {fwd, (size_t)fl}};
+  const char *scheme = lr_stream_scheme(s);
+  hd[n++] = (lr_header_t){{"x-forwarded-proto", 17}, {scheme, strlen(scheme)}};
+  if (s->authority.len) hd[n++] = (lr_header_t){{"x-forwarded-host", 16}, s->authority};
+  for (size_t j = 0; j < n_over && n < PX_MAX_HEADERS; j++) hd[n++] = over[j];
+  int64_t blen = s->content_length;
+  if (blen < 0 && (s->flags & LR_SF_BODY_DONE) && s->body.len == 0) blen = 0;
+  ex->chunked_up = blen < 0;
+  int r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, hd, n, blen);
+  lr_buf_free(&text);
+  lua_settop(L, 2);
+  if (r < 0) return retry_or_fail(L, ex);
+  if (blen == 0) return after_send(L, ex);
+  ex->body_fn = 1; /* the body is read once from the client: no retry after this */
+  return px_body(L, ex);
+}
+
+static int px_resp(lua_State *L, exch_t *ex);
+
+static int px_resp_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  exch_t *ex = lua_touserdata(L, 2);
+  lr_co_t *co = lr_co_current(L);
+  ex->co = NULL;
+  if (co->timed_out && !ex->h.body.len && !ex->h.done && !ex->closed && !ex->h.failed) return timed_out(L, ex);
+  return px_resp(L, ex);
+}
+
+/* the response body down to the client, as fast as the client takes it */
+static int px_resp(lua_State *L, exch_t *ex) {
+  for (;;) {
+    lr_stream_t *s = px_stream(ex);
+    if (s == NULL || (s->flags & LR_SF_RESET)) {
+      exch_release(ex, 0);
+      return 0;
+    }
+    if (ex->h.body.len) {
+      if (lr_stream_write_blocked(s)) {
+        s->wait = LR_WAIT_DRAIN;
+        ex->co = lr_co_current(L);
+        return lr_co_wait(L, ex->co, 0, exch_cancel, ex, px_resp_k);
+      }
+      lr_stream_send_data(s, ex->h.body.base, ex->h.body.len, NULL, NULL);
+      ex->h.body.len = 0;
+      pump(ex);
+      continue;
+    }
+    if (ex->h.done) {
+      lr_stream_finish(s);
+      exch_release(ex, 1);
+      return 0;
+    }
+    if (ex->h.failed || ex->closed) return body_error(L, ex);
+    return exch_wait(L, ex, ex->read_ms, px_resp_k);
+  }
+}
+
+static int px_head(lua_State *L, exch_t *ex) {
+  lr_stream_t *s = px_stream(ex);
+  if (s == NULL || (s->flags & LR_SF_RESET)) {
+    exch_release(ex, 0);
+    return 0;
+  }
+  lr_header_t hd[LR_H1C_MAX_HEADERS];
+  size_t n = 0;
+  lr_str_t conn = {0};
+  for (unsigned i = 0; i < ex->h.n_headers; i++)
+    if (eq_ci(lr_h1c_header_name(&ex->h, i), "connection")) conn = lr_h1c_header_value(&ex->h, i);
+  for (unsigned i = 0; i < ex->h.n_headers; i++) {
+    lr_str_t name = lr_h1c_header_name(&ex->h, i);
+    if (px_hop(name, conn.len ? &conn : NULL) || eq_ci(name, "date")) continue;
+    hd[n++] = (lr_header_t){name, lr_h1c_header_value(&ex->h, i)};
+  }
+  if (ex->h.done) { /* all of it is here: one write, with content-length */
+    lr_stream_send_head(s, ex->h.status, hd, n, ex->h.body.base, ex->h.body.len, NULL, NULL, LR_FIN);
+    ex->h.body.len = 0;
+    exch_release(ex, 1);
+    return 0;
+  }
+  lr_stream_send_head(s, ex->h.status, hd, n, NULL, 0, NULL, NULL, 0);
+  return px_resp(L, ex);
 }
 
 /* ---- lariat.http.request{...} ---- */
@@ -523,19 +735,23 @@ static uint64_t opt_ms(lua_State *L, const char *k, uint64_t def) {
   return v;
 }
 
-int lr_l_http_request(lua_State *L) {
+/* the exchange from the options table at 1, pushed at 2 */
+static exch_t *exch_new(lua_State *L, int proxy) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lr_co_t *co = lr_co_current(L);
-  if (co == NULL) return luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
+  if (co == NULL) luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
   lua_settop(L, 1);
-  exch_t *ex = lua_newuserdatauv(L, sizeof *ex, 0);
+  exch_t *ex = lua_newuserdatauv(L, sizeof *ex, 1);
   memset(ex, 0, sizeof *ex);
   luaL_setmetatable(L, EXCH_MT);
   ex->w = co->app->lw->w;
   lua_getfield(L, 1, "url");
   const char *url = luaL_checkstring(L, -1);
   char err[160];
-  if (parse_url(ex, url, err, sizeof err)) return luaL_error(L, "lariat.http.request: %s: %s", err, url);
+  if (parse_url(ex, url, err, sizeof err)) {
+    luaL_error(L, "lariat.http.request: %s: %s", err, url);
+    return NULL;
+  }
   lua_pop(L, 1);
   lua_getfield(L, 1, "method");
   ex->method = strdup(lua_isnil(L, -1) ? "GET" : luaL_checkstring(L, -1));
@@ -544,8 +760,10 @@ int lr_l_http_request(lua_State *L) {
     if (*m >= 'a' && *m <= 'z') *m = (char)(*m - 32);
   lua_getfield(L, 1, "body");
   int bt = lua_type(L, -1);
-  if (bt != LUA_TNIL && bt != LUA_TSTRING && bt != LUA_TFUNCTION)
-    return luaL_error(L, "lariat.http.request: body must be a string or a function");
+  if (bt != LUA_TNIL && bt != LUA_TSTRING && bt != LUA_TFUNCTION) {
+    luaL_error(L, "lariat.http.request: body must be a string or a function");
+    return NULL;
+  }
   ex->body_fn = bt == LUA_TFUNCTION;
   lua_pop(L, 1);
   lua_getfield(L, 1, "verify");
@@ -560,10 +778,48 @@ int lr_l_http_request(lua_State *L) {
   lua_getfield(L, 1, "max_body");
   uint64_t max_body = lua_isnil(L, -1) ? DEFAULT_MAX_BODY : (uint64_t)luaL_checkinteger(L, -1);
   lua_pop(L, 1);
-  ex->deadline = uv_now(&ex->w->loop) + opt_ms(L, "timeout", DEFAULT_TIMEOUT_MS);
-  ex->connect_ms = opt_ms(L, "connect_timeout", 0);
-  ex->read_ms = opt_ms(L, "read_timeout", 0);
+  /* a proxy has no deadline for the whole exchange (bodies may be long) but
+   * bounds each wait for the upstream, as nginx's proxy_*_timeout do */
+  ex->deadline = uv_now(&ex->w->loop) + opt_ms(L, "timeout", proxy ? 24 * 3600 * 1000 : DEFAULT_TIMEOUT_MS);
+  ex->connect_ms = opt_ms(L, "connect_timeout", proxy ? 60000 : 0);
+  ex->read_ms = opt_ms(L, "read_timeout", proxy ? 60000 : 0);
   lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, max_body);
+  return ex;
+}
+
+int lr_l_http_request(lua_State *L) {
+  exch_t *ex = exch_new(L, 0);
+  return start_exchange(L, ex);
+}
+
+/* core.http_proxy{req=, url=, headers=, same_target=, timeout=, ...}: the handler lariat.proxy builds */
+int lr_l_http_proxy(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TTABLE);
+  lua_getfield(L, 1, "req");
+  lr_req_t *r = luaL_checkudata(L, -1, LR_REQ_MT);
+  lr_stream_t *st = r->s;
+  if (st == NULL) return 0; /* the client is gone already */
+  lua_pop(L, 1);
+  /* method and body come from the request */
+  lua_pushlstring(L, st->method.base, st->method.len);
+  lua_setfield(L, 1, "method");
+  lua_pushboolean(L, 1);
+  lua_setfield(L, 1, "stream");
+  exch_t *ex = exch_new(L, 1);
+  ex->proxy = 1;
+  ex->h.max_body = 0; /* --max-body bounds what clients send, not what upstreams answer */
+  lua_getfield(L, 1, "req");
+  ex->req = lua_touserdata(L, -1);
+  lua_setiuservalue(L, 2, 1);
+  lua_getfield(L, 1, "same_target");
+  if (lua_toboolean(L, -1)) {
+    char *t = strndup(st->target.base, st->target.len);
+    if (t) {
+      free(ex->target);
+      ex->target = t;
+    }
+  }
+  lua_settop(L, 2);
   return start_exchange(L, ex);
 }
 
@@ -575,4 +831,6 @@ void lr_http_open(lua_State *L) {
   lua_pop(L, 1);
   lua_pushcfunction(L, lr_l_http_request);
   lua_setfield(L, -2, "http_request");
+  lua_pushcfunction(L, lr_l_http_proxy);
+  lua_setfield(L, -2, "http_proxy");
 }

@@ -183,6 +183,7 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   if (s->body.len) memcpy(raw, s->body.base, s->body.len);
   s->target.base = raw + UNOFF(s->target.base);
   unsigned kept = 0, ws = 0;
+  lr_str_t connv = {NULL, 0};
   for (unsigned i = 0; i < s->n_headers; i++) {
     lr_header_t hd = s->headers[i];
     hd.name.base = raw + UNOFF(hd.name.base);
@@ -195,12 +196,22 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
       if (eq(&hd.name, "upgrade", 7)) {
         h->is_upgrade = 1;
         if (has_token(hd.value.base, hd.value.len, "websocket")) ws |= 1;
-      } else if (eq(&hd.name, "connection", 10) && has_token(hd.value.base, hd.value.len, "upgrade")) {
-        ws |= 2;
+      } else if (eq(&hd.name, "connection", 10)) {
+        if (has_token(hd.value.base, hd.value.len, "upgrade")) ws |= 2;
+        connv = hd.value;
       }
       continue;
     }
     s->headers[kept++] = hd;
+  }
+  /* headers the Connection header names are hop-by-hop too (RFC 9110 §7.6.1):
+   * hidden like it, so a handler (or lariat.proxy) never forwards them */
+  if (connv.len) {
+    unsigned k2 = 0;
+    for (unsigned i = 0; i < kept; i++)
+      if (!lr_token_in_list(connv.base, connv.len, s->headers[i].name.base, s->headers[i].name.len, 1))
+        s->headers[k2++] = s->headers[i];
+    kept = k2;
   }
   s->n_headers = kept;
   if (ws == 3) s->flags |= LR_SF_WS_UPGRADE; /* RFC 6455 §4.2.1 items 3 and 4 */

@@ -112,6 +112,8 @@ end
 --   body: a string, or a function returning the next chunk (nil or "" ends it)
 -- http.get(url[, opts]), http.post(url, body[, opts])
 lariat.http = require("lariat.http_client")(core_or_fail)
+-- proxy(upstream_url[, opts]) → handler: reverse proxy (lua/lariat/proxy.lua)
+lariat.proxy = require("lariat.proxy")(core_or_fail)
 
 -- channel(name): publish/subscribe between coroutines, across every worker
 -- (a message published in one worker reaches the subscribers of all).

@@ -20,5 +20,8 @@ end)
 app:get("/headers", function(req) return req.headers end)
 app:get("/redirect", function(req) return 302, { location = req:query().to or "/target" }, "" end)
 app:get("/target", function() return "arrived" end)
+app:all("/path/*", function(req)
+  return 200, { ["content-type"] = "text/plain" }, req.method .. " " .. req.path .. "?" .. req.qs
+end)
 app:get("/hello", function() return "hello" end)
 return app
