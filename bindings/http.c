@@ -583,6 +583,10 @@ static int px_send(lua_State *L, exch_t *ex) {
   hd[n++] = (lr_header_t){{"x-forwarded-proto", 17}, {scheme, strlen(scheme)}};
   if (s->authority.len) hd[n++] = (lr_header_t){{"x-forwarded-host", 16}, s->authority};
   for (size_t j = 0; j < n_over && n < PX_MAX_HEADERS; j++) hd[n++] = over[j];
+  if (s->flags & LR_SF_WS_UPGRADE) { /* the core hid these: a WebSocket is tunnelled */
+    hd[n++] = (lr_header_t){{"connection", 10}, {"upgrade", 7}};
+    hd[n++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
+  }
   int64_t blen = s->content_length;
   if (blen < 0 && (s->flags & LR_SF_BODY_DONE) && s->body.len == 0) blen = 0;
   ex->chunked_up = blen < 0;
@@ -647,10 +651,21 @@ static int px_head(lua_State *L, exch_t *ex) {
   lr_str_t conn = {0};
   for (unsigned i = 0; i < ex->h.n_headers; i++)
     if (eq_ci(lr_h1c_header_name(&ex->h, i), "connection")) conn = lr_h1c_header_value(&ex->h, i);
-  for (unsigned i = 0; i < ex->h.n_headers; i++) {
+  for (unsigned i = 0; i < ex->h.n_headers && n < LR_H1C_MAX_HEADERS - 2; i++) {
     lr_str_t name = lr_h1c_header_name(&ex->h, i);
     if (px_hop(name, conn.len ? &conn : NULL) || eq_ci(name, "date")) continue;
     hd[n++] = (lr_header_t){name, lr_h1c_header_value(&ex->h, i)};
+  }
+  if (ex->h.status == 101) {
+    lr_client_t *cl = ex->cl;
+    if ((s->flags & LR_SF_WS_UPGRADE) && cl && !ex->h.failed) {
+      hd[n++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
+      hd[n++] = (lr_header_t){{"connection", 10}, {"Upgrade", 7}};
+      ex->cl = NULL; /* the tunnel owns it now */
+      if (lr_tunnel_start(s, cl, hd, n) == 0) return 0;
+      ex->cl = cl;
+    }
+    return fail_ex(L, ex, "bad upgrade");
   }
   if (ex->h.done) { /* all of it is here: one write, with content-length */
     lr_stream_send_head(s, ex->h.status, hd, n, ex->h.body.base, ex->h.body.len, NULL, NULL, LR_FIN);

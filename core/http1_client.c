@@ -120,7 +120,7 @@ int lr_h1c_feed(lr_h1c_t *h, const char *data, size_t len, size_t *used) {
     *used = len;
     return 0;
   }
-  if (e == HPE_PAUSED && h->done) {
+  if ((e == HPE_PAUSED || e == HPE_PAUSED_UPGRADE) && h->done) {
     *used = (size_t)(llhttp_get_error_pos(&h->parser) - data);
     return 0;
   }

@@ -610,6 +610,10 @@ int lr_dns_cached(lr_worker_t *w, const char *name, struct sockaddr_storage *out
 lr_dns_query_t *lr_dns_query(lr_worker_t *w, const char *name, lr_dns_cb cb, void *arg);
 void lr_dns_cancel(lr_dns_query_t *q); /* cb will not run */
 
+/* core/tunnel.c: answer the HTTP/1.1 request s with 101 and headers h, then
+ * splice its connection to up (which it takes over) both ways */
+int lr_tunnel_start(lr_stream_t *s, lr_client_t *up, const lr_header_t *h, size_t n);
+
 /* HTTP/1.1 client exchange (core/http1_client.c): llhttp in response mode */
 #define LR_H1C_MAX_HEADERS 100
 #define LR_H1C_HEAD_MAX (64 * 1024)

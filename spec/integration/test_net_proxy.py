@@ -200,3 +200,17 @@ def test_client_leaving_closes_the_upstream(env):
         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         c.close()
         assert wait_for(lambda: p.closed_by_peer == base_closed + n, 1.0 * SLOW)
+
+
+def test_websocket_is_tunnelled(env):
+    from wsclient import WS, frame
+    for _ in range(2):
+        with WS(env["px"].port, "/wsup/echo") as ws:
+            assert ws.status == 101 and "sec-websocket-accept" in ws.headers
+            for m in (b"one", b"x" * 100000):
+                ws.send(frame(2, m))
+                assert ws.read_message() == (2, m)
+            ws.send(frame(8, struct.pack("!H", 1000)))
+            assert ws.read_close()[0] == 1000
+    st, _, body = call(env["px"], "/up/hello")
+    assert body == b"hello"

@@ -10,6 +10,7 @@ app:all("/up/*", lariat.proxy(up .. "/"))
 app:all("/path/*", lariat.proxy(up))                     -- path and query unchanged
 app:all("/m/*", lariat.proxy(up .. "/path/base/"))       -- /m/x → /path/base/x
 app:get("/files/*", lariat.proxy(ng))
+app:get("/wsup/*", lariat.proxy(up .. "/ws/"))
 app:get("/dead/*", lariat.proxy("http://127.0.0.1:1/"))
 app:get("/t/*", lariat.proxy(up .. "/", { read_timeout = 0.3 }))
 app:get("/edit/*", lariat.proxy(up .. "/", {

@@ -23,5 +23,8 @@ app:get("/target", function() return "arrived" end)
 app:all("/path/*", function(req)
   return 200, { ["content-type"] = "text/plain" }, req.method .. " " .. req.path .. "?" .. req.qs
 end)
+app:ws("/ws/echo", function(ws)
+  for msg, kind in ws:each() do ws:send(msg, kind) end
+end)
 app:get("/hello", function() return "hello" end)
 return app
