@@ -42,6 +42,8 @@ typedef struct exch_s {
   int port, tls;
   int verify;
   char *ca;
+  lr_h2c_stream_t *h2s; /* the exchange runs on an HTTP/2 session */
+  int version;          /* opts.version: 11, 20 or 0 (h2 if ALPN picks it) */
   /* reverse proxy (lariat.proxy): the request whose stream is forwarded */
   lr_req_t *req;      /* kept alive by the exchange's user value */
   int proxy, chunked_up;
@@ -87,6 +89,10 @@ static void exch_notify(lr_client_t *cl, int ev) {
 }
 
 static void exch_release(exch_t *ex, int reuse) {
+  if (ex->h2s) {
+    lr_h2c_release(ex->h2s);
+    ex->h2s = NULL;
+  }
   lr_client_t *cl = ex->cl;
   ex->cl = NULL;
   if (cl == NULL) return;
@@ -94,6 +100,16 @@ static void exch_release(exch_t *ex, int reuse) {
     lr_client_keepalive(cl, POOL_IDLE_MS, POOL_SIZE);
   else
     lr_client_close(cl);
+}
+
+static void exch_h2_notify(void *owner) {
+  exch_t *ex = owner;
+  if (ex->h.headers_done) ex->got_bytes = 1;
+  if (ex->h.failed && !ex->h.done && !ex->closed) {
+    ex->closed = 1;
+    snprintf(ex->err, sizeof ex->err, "closed");
+  }
+  if (ex->co && worth_waking(ex)) lr_co_wake(ex->co);
 }
 
 static void exch_cancel(lr_co_t *co, void *arg) {
@@ -197,7 +213,7 @@ static void push_response(lua_State *L, exch_t *ex) {
   lua_setfield(L, -2, "status");
   push_headers(L, ex);
   lua_setfield(L, -2, "headers");
-  lua_pushstring(L, ex->h.version == 10 ? "HTTP/1.0" : "HTTP/1.1");
+  lua_pushstring(L, ex->h.version == 20 ? "HTTP/2" : ex->h.version == 10 ? "HTTP/1.0" : "HTTP/1.1");
   lua_setfield(L, -2, "version");
   if (ex->stream) {
     lua_pushvalue(L, 2);
@@ -356,9 +372,40 @@ static size_t collect_headers(lua_State *L, lr_buf_t *text, lr_header_t *hd, siz
   return n;
 }
 
+/* the request as an HTTP/2 stream on session hs */
+static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
+  lr_header_t hd[64];
+  lr_buf_t text = {0};
+  size_t n = collect_headers(L, &text, hd, 64);
+  lua_getfield(L, 1, "body");
+  size_t blen = 0;
+  const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &blen) : NULL;
+  ex->h2s = lr_h2c_request(hs, ex->method, "https", ex->hosthdr, ex->target, hd, n, body, blen, &ex->h,
+                           exch_h2_notify, ex);
+  lr_buf_free(&text);
+  lua_settop(L, 2);
+  if (ex->h2s == NULL) return fail_ex(L, ex, "closed");
+  ex->phase = PH_HEAD;
+  if (worth_waking(ex)) {
+    lr_co_current(L)->timed_out = 0;
+    return head_k(L, LUA_OK, 0);
+  }
+  return exch_wait(L, ex, ex->read_ms, head_k);
+}
+
 static int send_request(lua_State *L, exch_t *ex) {
   ex->phase = PH_SEND;
   ex->body_sent = 0;
+  if (ex->cl->h2) { /* ALPN picked h2: the connection becomes this origin's session */
+    lr_client_t *cl = ex->cl;
+    ex->cl = NULL;
+    lr_h2c_t *hs = lr_h2c_start(cl);
+    if (hs == NULL) {
+      lr_client_close(cl);
+      return fail_ex(L, ex, "out of memory");
+    }
+    return h2_submit(L, ex, hs);
+  }
   if (ex->proxy) return px_send(L, ex);
   lr_header_t hd[64];
   lr_buf_t text = {0};
@@ -396,8 +443,20 @@ static int start_exchange(lua_State *L, exch_t *ex) {
   o.tls = ex->tls;
   o.verify = ex->verify;
   o.ca = ex->ca;
-  o.alpn = ex->tls ? "\x08http/1.1" : NULL;
+  int want_h2 = ex->tls && !ex->proxy && !ex->body_fn && ex->version != 11;
+  o.alpn = ex->tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : NULL;
   o.fresh = ex->retried;
+  if (want_h2 && !ex->retried) { /* a session to this origin already: one more stream on it */
+    char *key = lr_client_key(&o);
+    lr_h2c_t *hs = key ? lr_h2c_find(ex->w, key) : NULL;
+    free(key);
+    if (hs) {
+      ex->reused = 1;
+      ex->closed = 0;
+      ex->err[0] = 0;
+      return h2_submit(L, ex, hs);
+    }
+  }
   ex->closed = 0;
   ex->err[0] = 0;
   ex->phase = PH_CONNECT;
@@ -426,6 +485,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
   int late = co->timed_out || now_ms(ex) >= ex->deadline;
   if (ex->h.body.len) {
     lua_pushlstring(L, ex->h.body.base, ex->h.body.len);
+    if (ex->h2s) lr_h2c_consume(ex->h2s, ex->h.body.len);
     ex->h.body.len = 0;
     pump(ex); /* room again: parse what waits in the connection */
     if (ex->h.done) exch_release(ex, 1);
@@ -789,6 +849,12 @@ static exch_t *exch_new(lua_State *L, int proxy) {
   lua_pop(L, 1);
   lua_getfield(L, 1, "stream");
   ex->stream = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  lua_getfield(L, 1, "version");
+  if (!lua_isnil(L, -1)) {
+    const char *v = luaL_checkstring(L, -1);
+    ex->version = strcmp(v, "2") == 0 || strcmp(v, "2.0") == 0 ? 20 : strcmp(v, "1.1") == 0 ? 11 : 0;
+  }
   lua_pop(L, 1);
   lua_getfield(L, 1, "max_body");
   uint64_t max_body = lua_isnil(L, -1) ? DEFAULT_MAX_BODY : (uint64_t)luaL_checkinteger(L, -1);

@@ -33,6 +33,7 @@ lr_outbound_t *lr__outbound(lr_worker_t *w) {
   if (ob == NULL) return NULL;
   ob->w = w;
   lr_list_init(&ob->idle);
+  lr_list_init(&ob->h2);
   uv_timer_init(&w->loop, &ob->sweep);
   ob->sweep.data = ob;
   uv_unref((uv_handle_t *)&ob->sweep);
@@ -233,7 +234,7 @@ const lr_proto_t lr_client_proto = {
 
 /* ---- API ---- */
 
-static char *make_key(const lr_client_opts_t *o) {
+char *lr_client_key(const lr_client_opts_t *o) {
   char buf[1024];
   int n = snprintf(buf, sizeof buf, "%s|%d|%d|%s|%d|%s|%s", o->host, o->port, o->tls, o->sni ? o->sni : "",
                    o->verify, o->ca ? o->ca : "", o->alpn ? o->alpn : "");
@@ -247,7 +248,7 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
                    lr_client_t **out, char *err, size_t errlen) {
   *out = NULL;
   lr_outbound_t *ob = lr__outbound(w);
-  char *key = ob ? make_key(o) : NULL;
+  char *key = ob ? lr_client_key(o) : NULL;
   if (key == NULL) {
     snprintf(err, errlen, ob ? "host name too long" : "out of memory");
     return UV_ENOMEM;
@@ -345,6 +346,7 @@ void lr__outbound_stop(lr_worker_t *w) {
 void lr__outbound_free(lr_worker_t *w) {
   lr_outbound_t *ob = w->outbound;
   if (ob == NULL) return;
+  lr__h2c_free_all(ob);
   lr__pool_close_all(ob);
   lr__dns_free(w, ob->dns);
   ob->dns = NULL;

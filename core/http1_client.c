@@ -139,6 +139,19 @@ int lr_h1c_eof(lr_h1c_t *h) {
   return -1;
 }
 
+int lr_h1c_add_header(lr_h1c_t *h, const char *name, size_t nlen, const char *value, size_t vlen) {
+  if (h->n_headers == LR_H1C_MAX_HEADERS || h->head.len + nlen + vlen > LR_H1C_HEAD_MAX) return -1;
+  lr_h1c_header_t *x = &h->hdr[h->n_headers];
+  x->name_off = h->head.len;
+  x->name_len = nlen;
+  if (lr_buf_append(&h->head, name, nlen)) return -1;
+  x->value_off = h->head.len;
+  x->value_len = vlen;
+  if (lr_buf_append(&h->head, value, vlen)) return -1;
+  h->n_headers++;
+  return 0;
+}
+
 lr_str_t lr_h1c_header_name(const lr_h1c_t *h, unsigned i) {
   return (lr_str_t){h->head.base + h->hdr[i].name_off, h->hdr[i].name_len};
 }

@@ -640,11 +640,25 @@ void lr_h1c_free(lr_h1c_t *h);
 /* parse from data; *used bytes were taken (the rest waits for body room). <0: bad response or too big */
 int lr_h1c_feed(lr_h1c_t *h, const char *data, size_t len, size_t *used);
 int lr_h1c_eof(lr_h1c_t *h); /* the server closed: 0 if that ends the response */
+int lr_h1c_add_header(lr_h1c_t *h, const char *name, size_t nlen, const char *value, size_t vlen);
 lr_str_t lr_h1c_header_name(const lr_h1c_t *h, unsigned i);
 lr_str_t lr_h1c_header_value(const lr_h1c_t *h, unsigned i);
 int lr_h1c_write_head(lr_client_t *cl, const char *method, const char *target, const char *host,
                       const lr_header_t *hd, size_t n, int64_t body_len); /* body_len < 0: chunked */
 int lr_h1c_write_chunk(lr_client_t *cl, const char *p, size_t n); /* n == 0: the last chunk */
+
+/* HTTP/2 client (core/http2_client.c): one session per origin per worker on a
+ * connection whose ALPN picked h2; responses fill the owner's lr_h1c_t (version 20) */
+typedef struct lr_h2c_s lr_h2c_t;
+typedef struct lr_h2c_stream_s lr_h2c_stream_t;
+lr_h2c_t *lr_h2c_start(lr_client_t *cl);                 /* takes cl over */
+lr_h2c_t *lr_h2c_find(lr_worker_t *w, const char *key);  /* a live session for this origin with room */
+lr_h2c_stream_t *lr_h2c_request(lr_h2c_t *h, const char *method, const char *scheme, const char *authority,
+                                const char *path, const lr_header_t *hd, size_t n, const char *body, size_t blen,
+                                lr_h1c_t *res, void (*notify)(void *owner), void *owner);
+void lr_h2c_consume(lr_h2c_stream_t *st, size_t n); /* the owner took n body bytes: reopen the window */
+void lr_h2c_release(lr_h2c_stream_t *st);           /* done with it (reset if still open) */
+char *lr_client_key(const lr_client_opts_t *o);     /* the pool key of o, malloc'd */
 
 /* TLS client mode (core/tls.c) */
 /* start a client handshake on a connected c; origin keys session resumption.

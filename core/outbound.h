@@ -11,12 +11,14 @@ typedef struct lr_outbound_s {
   lr_link_t idle;        /* pool.c: pooled connections, oldest first */
   unsigned n_idle;
   unsigned n_conns;      /* outbound connections open, pooled ones included */
+  lr_link_t h2;          /* http2_client.c: sessions, one per origin */
   uv_timer_t sweep;      /* pool.c: closes pooled connections past their idle deadline */
   int sweep_on;
 } lr_outbound_t;
 
 lr_outbound_t *lr__outbound(lr_worker_t *w); /* created on first use; NULL when out of memory */
 void lr__dns_free(lr_worker_t *w, struct lr_dns_s *d);
+void lr__h2c_free_all(lr_outbound_t *ob);
 
 lr_client_t *lr__pool_take(lr_outbound_t *ob, const char *key);
 void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned size);

@@ -227,7 +227,8 @@ error_log %(d)s/error.log;
 pid %(d)s/nginx.pid;
 events { worker_connections 1024; }
 http {
-  access_log off;
+  log_format conn '$connection $server_protocol $request_uri';
+  access_log %(d)s/access.log conn;
   client_body_temp_path %(d)s/body;
   proxy_temp_path %(d)s/proxy;
   fastcgi_temp_path %(d)s/fastcgi;
@@ -261,6 +262,14 @@ http {
             except OSError:
                 return False
         return True
+
+    def access(self):
+        """[(connection serial, protocol, uri)] of the requests so far."""
+        try:
+            with open(os.path.join(self.dir, "access.log")) as f:
+                return [tuple(l.split(" ", 2)) for l in f.read().splitlines()]
+        except OSError:
+            return []
 
     def error_log(self):
         try:

@@ -76,6 +76,39 @@ def test_get_from_nginx_over_tls(srv, nginx, ca, name):
         assert sha(body) == sha(nginx.files[name])
 
 
+def test_h2_by_alpn_and_version_pin(srv, nginx, ca):
+    url = "https://localhost:%d/files/1" % nginx.tls_port
+    st, h, body = call(srv, "/http/get", url=url, ca=ca.ca)
+    assert st == 200 and h["x-version"] == "HTTP/2" and body == b"z"
+    st, h, body = call(srv, "/http/get", url=url, ca=ca.ca, version="1.1")
+    assert st == 200 and h["x-version"] == "HTTP/1.1" and body == b"z"
+
+
+def test_h2_post_and_stream(srv, nginx, ca, up):
+    url = "https://localhost:%d/files/2m" % nginx.tls_port
+    st, h, body = call(srv, "/http/stream", url=url, ca=ca.ca)
+    assert h["x-version"] == "HTTP/2" and sha(body) == sha(nginx.files["2m"])
+    st, h, body = call(srv, "/http/get", url=url, ca=ca.ca, max_body=1000)
+    assert st == 502 and h["x-err"] == "body too big"
+    # POST: nginx answers 405 to a POST on a static file, after reading the body
+    st, h, body = call(srv, "/http/post", data=os.urandom(100000), url=url, ca=ca.ca)
+    assert st == 405 and h["x-version"] == "HTTP/2", (st, h)
+
+
+def test_h2_requests_share_one_connection(srv, nginx, ca):
+    """Many concurrent requests to one origin: one connection, multiplexed."""
+    tag = "mux%d" % time.monotonic_ns()
+    url = "https://localhost:%d/files/2m?%s" % (nginx.tls_port, tag)
+    assert call(srv, "/http/get", url=url, ca=ca.ca)[0] == 200  # the session exists
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        res = list(ex.map(lambda i: call(srv, "/http/get", url=url + "-%d" % i, ca=ca.ca), range(20)))
+    assert all(r[0] == 200 and sha(r[2]) == sha(nginx.files["2m"]) for r in res)
+    assert wait_for(lambda: len([a for a in nginx.access() if tag in a[2]]) == 21, 5)
+    conns = set(a[0] for a in nginx.access() if tag in a[2])
+    protos = set(a[1] for a in nginx.access() if tag in a[2])
+    assert protos == {"HTTP/2.0"} and len(conns) == 1, (conns, protos)
+
+
 def test_tls_verification_failure(srv, nginx):
     st, h, body = call(srv, "/http/get", url="https://localhost:%d/files/1" % nginx.tls_port)
     assert st == 502 and h["x-err"].startswith("certificate verify failed"), h
