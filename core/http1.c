@@ -209,7 +209,8 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   if (connv.len) {
     unsigned k2 = 0;
     for (unsigned i = 0; i < kept; i++)
-      if (!lr_token_in_list(connv.base, connv.len, s->headers[i].name.base, s->headers[i].name.len, 1))
+      if (eq(&s->headers[i].name, "http2-settings", 14) || /* the core reads it (h2c upgrade) */
+          !lr_token_in_list(connv.base, connv.len, s->headers[i].name.base, s->headers[i].name.len, 1))
         s->headers[k2++] = s->headers[i];
     kept = k2;
   }
