@@ -108,6 +108,44 @@ class Peer:
         self.close_all()
 
 
+class Unanswered:
+    """A port whose SYNs go unanswered (a listener with a full backlog that never
+    accepts): connects to it time out. `with Unanswered() as port: ...`"""
+
+    def __enter__(self):
+        self.s = socket.socket()
+        self.s.bind(("127.0.0.1", 0))
+        self.s.listen(0)
+        self.fillers = []
+        for _ in range(4):
+            c = socket.socket()
+            c.setblocking(False)
+            c.connect_ex(self.s.getsockname())
+            self.fillers.append(c)
+        time.sleep(0.1)
+        return self.s.getsockname()[1]
+
+    def __exit__(self, *exc):
+        for c in self.fillers:
+            c.close()
+        self.s.close()
+
+
+def http_call(srv, path, data=None, headers=None, wait=20, method=None, **query):
+    """(status, lowercase headers, body) of one request to lariat; query becomes the query string."""
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    url = srv.url(path) + ("?" + urllib.parse.urlencode(query) if query else "")
+    req = urllib.request.Request(url, data=data, headers=headers or {},
+                                 method=method or ("POST" if data is not None else "GET"))
+    try:
+        with urllib.request.urlopen(req, timeout=wait) as r:
+            return r.status, dict((k.lower(), v) for k, v in r.headers.items()), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read()
+
+
 def wait_for(cond, timeout, step=0.02):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

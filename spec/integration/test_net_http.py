@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from conftest import LariatServer, app_path
-from netpeers import CA, Nginx, Peer, wait_for
+from netpeers import CA, Nginx, Peer, Unanswered, http_call, wait_for
 
 SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
 
@@ -45,14 +45,7 @@ def srv():
     s.check_healthy()
 
 
-def call(srv, path, data=None, wait=20, **q):
-    url = srv.url(path) + "?" + urllib.parse.urlencode(q)
-    req = urllib.request.Request(url, data=data, method="POST" if data is not None else "GET")
-    try:
-        with urllib.request.urlopen(req, timeout=wait) as r:
-            return r.status, dict((k.lower(), v) for k, v in r.headers.items()), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read()
+call = http_call
 
 
 def sha(b):
@@ -179,25 +172,11 @@ def test_total_and_read_timeouts(srv, up):
 
 
 def test_connect_timeout(srv):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(0)
-    fillers = []
-    try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex(s.getsockname())
-            fillers.append(c)
-        time.sleep(0.1)
+    with Unanswered() as port:
         t0 = time.monotonic()
-        st, h, _ = call(srv, "/http/get", url="http://127.0.0.1:%d/" % s.getsockname()[1], ct=0.3)
+        st, h, _ = call(srv, "/http/get", url="http://127.0.0.1:%d/" % port, ct=0.3)
         assert st == 502 and h["x-err"] == "timeout", h
         assert time.monotonic() - t0 < 0.3 + SLOW
-    finally:
-        for c in fillers:
-            c.close()
-        s.close()
 
 
 def test_pooled_connection_closed_by_upstream(srv, nginx):

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import LariatServer, app_path
-from netpeers import CA, Nginx, Peer, wait_for
+from netpeers import CA, Nginx, Peer, http_call, wait_for
 
 SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
 
@@ -35,14 +35,7 @@ def env():
     silent.stop()
 
 
-def call(srv, path, data=None, headers=None, wait=20, method=None):
-    req = urllib.request.Request(srv.url(path), data=data, headers=headers or {},
-                                 method=method or ("POST" if data is not None else "GET"))
-    try:
-        with urllib.request.urlopen(req, timeout=wait) as r:
-            return r.status, dict((k.lower(), v) for k, v in r.headers.items()), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict((k.lower(), v) for k, v in e.headers.items()), e.read()
+call = http_call
 
 
 def sha(b):

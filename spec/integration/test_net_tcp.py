@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from conftest import LariatServer, app_path
-from netpeers import Peer, CA, wait_for
+from netpeers import CA, Peer, Unanswered, wait_for
 
 SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
 
@@ -78,26 +78,11 @@ def test_refused():
 
 
 def test_connect_timeout(srv):
-    # a listener whose backlog is full and never accepts: SYNs go unanswered
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    s.listen(0)
-    fillers = []
-    try:
-        for _ in range(4):
-            c = socket.socket()
-            c.setblocking(False)
-            c.connect_ex(s.getsockname())
-            fillers.append(c)
-        time.sleep(0.1)
+    with Unanswered() as port:
         for _ in range(2):
-            r = get(srv, "/tcp/connect?port=%d&ct=0.3" % s.getsockname()[1])
+            r = get(srv, "/tcp/connect?port=%d&ct=0.3" % port)
             assert r.get("err") == "timeout", r
             assert 0.25 <= r["took"] < 0.3 + SLOW, r
-    finally:
-        for c in fillers:
-            c.close()
-        s.close()
 
 
 def test_read_timeout_keeps_serving(srv, peers):
