@@ -50,6 +50,14 @@ typedef struct exch_s {
   lr_buf_t scratch;   /* request body bytes on their way up */
 } exch_t;
 
+/* The Lua userdata is a box around a pointer: the exchange itself (3.5 KiB
+ * with its header table) lives in C memory and is reused, so a request
+ * costs the Lua collector a few bytes, not kilobytes. */
+#define EXCH(L, i) (*(exch_t **)lua_touserdata(L, i))
+#define MAX_FREE_EXCH 64
+static __thread exch_t *free_exch[MAX_FREE_EXCH];
+static __thread unsigned n_free_exch;
+
 /* ---- the connection's side: parse, and wake the coroutine when it can proceed ---- */
 
 static void pump(exch_t *ex) {
@@ -122,16 +130,24 @@ static void exch_cancel(lr_co_t *co, void *arg) {
 }
 
 static int exch_gc(lua_State *L) {
-  exch_t *ex = luaL_checkudata(L, 1, EXCH_MT);
+  exch_t **box = luaL_checkudata(L, 1, EXCH_MT);
+  exch_t *ex = *box;
+  if (ex == NULL) return 0;
+  *box = NULL;
   exch_release(ex, 1); /* a finished response read to its end is pooled; else closed */
-  lr_h1c_free(&ex->h);
   free(ex->host);
   free(ex->target);
   free(ex->hosthdr);
   free(ex->method);
   free(ex->ca);
-  lr_buf_free(&ex->scratch);
   ex->host = ex->target = ex->hosthdr = ex->method = ex->ca = NULL;
+  if (n_free_exch < MAX_FREE_EXCH && ex->h.head.cap <= 16384 && ex->h.body.cap <= 65536 && ex->scratch.cap <= 65536) {
+    free_exch[n_free_exch++] = ex; /* its buffers go with it */
+    return 0;
+  }
+  lr_h1c_free(&ex->h);
+  lr_buf_free(&ex->scratch);
+  free(ex);
   return 0;
 }
 
@@ -164,7 +180,7 @@ static int exch_wait(lua_State *L, exch_t *ex, uint64_t phase_ms, lua_KFunction 
 }
 
 static exch_t *woken(lua_State *L, int *late) {
-  exch_t *ex = lua_touserdata(L, 2);
+  exch_t *ex = EXCH(L, 2);
   lr_co_t *co = lr_co_current(L);
   ex->co = NULL;
   *late = co->timed_out || now_ms(ex) >= ex->deadline;
@@ -311,7 +327,7 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
 static int body_fn_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  exch_t *ex = lua_touserdata(L, 2);
+  exch_t *ex = EXCH(L, 2);
   size_t n = 0;
   const char *p = lua_tolstring(L, -1, &n);
   if (!lua_isnil(L, -1) && p == NULL) return luaL_error(L, "lariat.http.request: body function must return strings");
@@ -479,7 +495,7 @@ static int start_exchange(lua_State *L, exch_t *ex) {
 static int read_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  exch_t *ex = lua_touserdata(L, lua_upvalueindex(1));
+  exch_t *ex = EXCH(L, lua_upvalueindex(1));
   lr_co_t *co = lr_co_current(L);
   ex->co = NULL;
   int late = co->timed_out || now_ms(ex) >= ex->deadline;
@@ -507,7 +523,7 @@ static int read_k(lua_State *L, int status, lua_KContext ctx) {
 }
 
 static int res_read(lua_State *L) {
-  exch_t *ex = lua_touserdata(L, lua_upvalueindex(1));
+  exch_t *ex = EXCH(L, lua_upvalueindex(1));
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) return luaL_error(L, "res:read: only inside a handler's coroutine (or one from lariat.spawn)");
   co->timed_out = 0;
@@ -664,7 +680,7 @@ static int px_resp(lua_State *L, exch_t *ex);
 static int px_resp_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  exch_t *ex = lua_touserdata(L, 2);
+  exch_t *ex = EXCH(L, 2);
   lr_co_t *co = lr_co_current(L);
   ex->co = NULL;
   if (co->timed_out && !ex->h.body.len && !ex->h.done && !ex->closed && !ex->h.failed) return timed_out(L, ex);
@@ -816,9 +832,21 @@ static exch_t *exch_new(lua_State *L, int proxy) {
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
   lua_settop(L, 1);
-  exch_t *ex = lua_newuserdatauv(L, sizeof *ex, 1);
-  memset(ex, 0, sizeof *ex);
+  exch_t **box = lua_newuserdatauv(L, sizeof *box, 1);
+  *box = NULL;
   luaL_setmetatable(L, EXCH_MT);
+  exch_t *ex = n_free_exch ? free_exch[--n_free_exch] : calloc(1, sizeof *ex);
+  if (ex == NULL) {
+    luaL_error(L, "out of memory");
+    return NULL;
+  }
+  lr_buf_t head = ex->h.head, body = ex->h.body, scratch = ex->scratch;
+  memset(ex, 0, sizeof *ex);
+  ex->h.head = head; /* lr_h1c_init below keeps them, emptied */
+  ex->h.body = body;
+  ex->scratch = scratch;
+  ex->scratch.len = 0;
+  *box = ex;
   ex->w = co->app->lw->w;
   lua_getfield(L, 1, "url");
   const char *url = luaL_checkstring(L, -1);
