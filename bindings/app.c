@@ -133,6 +133,8 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
     return NULL;
   }
   app->L = L;
+  app->start_ref = LUA_NOREF;
+  lr_list_init(&app->timers);
   *(lr_co_t **)lua_getextraspace(L) = NULL; /* copied into every new thread: "not a request" */
   lua_setwarnf(L, on_warning, app);
   luaL_openlibs(L);
@@ -146,6 +148,8 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
     lua_setfield(L, -2, "lariat.zlib");
   }
   lua_pop(L, 1);
+  lua_newtable(L);
+  app->spawns_ref = luaL_ref(L, LUA_REGISTRYINDEX);
 
   lua_pushcfunction(L, traceback);
   int msgh = lua_gettop(L);
@@ -155,7 +159,7 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
     load_error(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "error loading the app");
     goto fail;
   }
-  /* dispatch = require("lariat").load_app(value, filename) */
+  /* dispatch, start = require("lariat").load_app(value, filename) */
   lua_getglobal(L, "require");
   lua_pushliteral(L, "lariat");
   if (lua_pcall(L, 1, 1, msgh) != LUA_OK) {
@@ -165,10 +169,14 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   lua_getfield(L, -1, "load_app");
   lua_pushvalue(L, -3);
   lua_pushstring(L, cfg->app_path);
-  if (lua_pcall(L, 2, 1, msgh) != LUA_OK) {
+  if (lua_pcall(L, 2, 2, msgh) != LUA_OK) {
     load_error(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "load_app failed");
     goto fail;
   }
+  if (lua_isfunction(L, -1))
+    app->start_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* runs the on_start hooks */
+  else
+    lua_pop(L, 1);
   if (!lua_isfunction(L, -1)) {
     snprintf(err, errlen, "%s: load_app did not return a function", cfg->app_path);
     goto fail;
@@ -177,9 +185,11 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   lua_settop(L, 0);
   if (cfg->watch) lr_watch_note(L, cfg->app_path);
   lua_gc(L, LUA_GCGEN, 0, 0); /* most request garbage dies young */
+  __atomic_add_fetch(&lw->n_apps, 1, __ATOMIC_RELAXED);
   return app;
 fail:
   lua_close(L);
+  lr_timers_free(app);
   lr_buf_free(&app->warning);
   free(app);
   return NULL;
@@ -190,13 +200,22 @@ static void free_cos(lr_app_t *app);
 void lr_app_unref(lr_app_t *app) {
   if (--app->refs) return;
   free_cos(app);
+  lr_timers_free(app);
+  __atomic_sub_fetch(&app->lw->n_apps, 1, __ATOMIC_RELAXED);
   lua_close(app->L);
   app->L = NULL;
   lr_buf_free(&app->warning);
   free(app);
 }
 
+/* its timers and tasks stop now (a reload never doubles a job); requests
+ * it serves finish */
 void lr_app_retire(lr_app_t *app) {
+  app->retired = 1;
+  if (app->active) {
+    lr_timers_cancel(app);
+    lr_tasks_cancel(app);
+  }
   free_cos(app);
   lr_app_unref(app);
 }

@@ -29,6 +29,12 @@ typedef struct lr_app_s {
   int limit_on;          /* the cap applies only while a handler runs */
   unsigned generation;
   lr_buf_t warning;      /* a Lua warning being assembled (lua_setwarnf) */
+  /* lifecycle (lifecycle.c, timer.c) */
+  int start_ref;         /* function running the app's on_start hooks, or LUA_NOREF */
+  int spawns_ref;        /* lariat.spawn calls made at load time: started with the version */
+  int active;            /* started on its worker: its Lua runs there, timers may arm */
+  int retired;           /* a newer version took over (or it was rejected): no new tasks */
+  lr_link_t timers;      /* lr_timer_t of this version */
 } lr_app_t;
 
 /* a request's coroutine; also used for lariat.sleep from any coroutine */
@@ -55,6 +61,12 @@ struct lr_co_s {
   int is_handler;      /* runs a request (counted in lw->n_live), not a spawned task */
   int nstart;          /* lariat.spawn: arguments waiting for the first resume */
   void *ws;            /* the WebSocket this coroutine's handler serves (ws.c) */
+  /* called once after the coroutine ended (returned: ok 1; raised or was
+   * cancelled: ok 0, err = message or NULL) and was released */
+  void (*on_end)(void *arg, int ok, const char *err);
+  void *on_end_arg;
+  int end_ok;
+  char *end_err;
 };
 
 
@@ -73,6 +85,13 @@ typedef struct lr_lworker_s {
   unsigned n_live;    /* request handlers (not spawned tasks) alive on this worker */
   int stopping;       /* SIGTERM seen: waits are told once */
   const lr_config_t *cfg;
+  /* lifecycle.c: a version whose on_start hooks run; it serves once they end */
+  lr_app_t *starting;
+  int start_state;    /* 0: hooks running; 1: ended well; -1: failed (seen at the tick) */
+  char start_err[1024];
+  void (*started)(struct lr_lworker_s *lw, int ok, const char *err); /* startup only */
+  void *started_arg;
+  unsigned n_apps;    /* app versions alive (atomic: reloads load in the main thread) */
 } lr_lworker_t;
 
 /* the req userdata: a box the core empties when the stream goes away */
@@ -138,6 +157,29 @@ int lr_wq_wait(lua_State *L, lr_co_t *co, lr_link_t *q, uint64_t timeout_ms, lua
 void lr_wq_wake_all(lr_link_t *q);
 void lr_wq_wake_one(lr_link_t *q);
 int lr_l_spawn(lua_State *L);
+/* a task (not a request handler) of app: push its function and arguments on
+ * co->L, set co->nstart to the argument count, then lr_task_start */
+lr_co_t *lr_task_new(lr_app_t *app);
+void lr_task_start(lr_co_t *co);
+/* cancel every task (spawned, timer tick, on_start) of app at its wait */
+void lr_tasks_cancel(lr_app_t *app);
+unsigned lr_tasks_count(lr_lworker_t *lw);
+
+/* lifecycle.c: app versions start on their worker (on_start hooks, then
+ * load-time timers and spawns) before they serve */
+void lr_app_start(lr_lworker_t *lw, lr_app_t *app);
+void lr_lifecycle_tick(lr_lworker_t *lw);
+void lr_lifecycle_take_pending(lr_lworker_t *lw);
+void lr_lifecycle_release(lr_lworker_t *lw); /* the worker ended: retire its versions */
+int lr_l_stopping(lua_State *L);
+
+/* timer.c: lariat.every / lariat.after */
+int lr_l_every(lua_State *L);
+int lr_l_after(lua_State *L);
+void lr_timers_arm(lr_app_t *app);    /* the version started: load-time timers run */
+void lr_timers_cancel(lr_app_t *app); /* the server stops or the version is retired */
+void lr_timers_free(lr_app_t *app);   /* last unref: timers never armed */
+void lr_timer_open(lua_State *L);
 
 /* ws.c: the WebSocket userdata; channel.c: lariat.channel */
 int lr_ws_handshake(lr_co_t *co); /* 1: handler(ws, req) is on the stack, ready to run */

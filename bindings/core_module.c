@@ -86,6 +86,9 @@ static const luaL_Reg funcs[] = {
     {"stats", lr_l_stats},
     {"log", l_log},
     {"realpath", l_realpath},
+    {"every", lr_l_every},
+    {"after", lr_l_after},
+    {"stopping", lr_l_stopping},
     {NULL, NULL},
 };
 
@@ -98,6 +101,7 @@ int luaopen_lariat_core(lua_State *L) {
   lr_pg_lua_open(L);     /* lariat.pg */
   lr_tcp_open(L);    /* lariat.tcp, lariat.dns */
   lr_http_open(L);   /* lariat.http */
+  lr_timer_open(L);
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table behind __index */

@@ -16,12 +16,15 @@
 typedef struct {
   lr_worker_t w;
   lr_lworker_t lw;
+  int *fds;      /* its listening sockets, listened on once the app started */
+  int started;   /* written by the worker (atomic): 1 serving, -1 failed */
 } worker_slot_t;
 
 static worker_slot_t *slots;
 static int n_slots;
 static int stop_requests;
-static uv_async_t worker_exited;
+static uv_async_t worker_exited, worker_started;
+static int exit_code;
 static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_timer_t watchdog;
 static uv_timer_t drain_timer;
@@ -44,9 +47,27 @@ static void on_watchdog(uv_timer_t *t) {
   for (int i = 0; i < n_slots; i++) lr_budget_check(&slots[i].lw, slots[i].w.thread);
 }
 
+/* in the worker: its app's on_start hooks ended; serve, or tell main why not */
+static void on_app_started(lr_lworker_t *lw, int ok, const char *err) {
+  worker_slot_t *ws = LR_CONTAINER_OF(lw, worker_slot_t, lw);
+  if (ok && !ws->w.stopping) {
+    int r = lr_worker_listen(&ws->w, ws->fds, ws->w.cfg->n_listen);
+    if (r) {
+      snprintf(lw->start_err, sizeof lw->start_err, "listen: %s", uv_strerror(r));
+      ok = 0;
+    }
+  } else if (!ok && err != lw->start_err) {
+    snprintf(lw->start_err, sizeof lw->start_err, "%s", err);
+  }
+  __atomic_store_n(&ws->started, ok ? 1 : -1, __ATOMIC_SEQ_CST);
+  uv_async_send(&worker_started);
+}
+
 static void worker_main(void *arg) {
   worker_slot_t *ws = arg;
   lr_budget_worker_init(&ws->lw);
+  ws->lw.started = on_app_started;
+  lr_app_start(&ws->lw, ws->lw.app);
   lr_worker_run(&ws->w);
   uv_async_send(&worker_exited);
 }
@@ -61,6 +82,7 @@ static void on_worker_exited(uv_async_t *a) {
   uv_close((uv_handle_t *)&sig_int, NULL);
   uv_close((uv_handle_t *)&sig_hup, NULL);
   uv_close((uv_handle_t *)&worker_exited, NULL);
+  uv_close((uv_handle_t *)&worker_started, NULL);
   uv_close((uv_handle_t *)&watchdog, NULL);
   if (drain_timer.loop) uv_close((uv_handle_t *)&drain_timer, NULL);
   lr_watch_stop();
@@ -107,6 +129,32 @@ static void on_signal(uv_signal_t *h, int signum) {
   uv_timer_init(h->loop, &drain_timer);
   uv_timer_start(&drain_timer, on_drain_timeout, slots[0].w.cfg->drain_timeout_ms, 0);
   uv_unref((uv_handle_t *)&drain_timer);
+}
+
+/* every worker has run its app's on_start hooks: ready (one line per
+ * listener), or exit 2 with the first failure */
+static void on_worker_started(uv_async_t *a) {
+  (void)a;
+  for (int i = 0; i < n_slots; i++)
+    if (__atomic_load_n(&slots[i].started, __ATOMIC_SEQ_CST) == 0) return;
+  if (exit_code || stop_requests) return;
+  for (int i = 0; i < n_slots; i++) {
+    if (slots[i].started < 0) {
+      fprintf(stderr, "lariat: %s\n", slots[i].lw.start_err);
+      exit_code = 2;
+      stop_requests = 1;
+      for (int k = 0; k < n_slots; k++) lr_worker_stop(&slots[k].w);
+      return;
+    }
+  }
+  const lr_config_t *cfg = slots[0].w.cfg;
+  for (int i = 0; i < cfg->n_listen; i++) {
+    const lr_listen_addr_t *l = &cfg->listen[i];
+    int v6 = strchr(l->host, ':') != NULL;
+    printf("listening on %s://%s%s%s:%d\n", l->tls ? "https" : "http", v6 ? "[" : "", l->host, v6 ? "]" : "",
+           l->port);
+  }
+  fflush(stdout);
 }
 
 /* --user: the listeners are bound (maybe to a privileged port); run as NAME */
@@ -203,17 +251,12 @@ int main(int argc, char **argv) {
   if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (cfg.pid_file && write_pid_file(cfg.pid_file, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (cfg.user && drop_privileges(cfg.user, err, sizeof err)) return startup_failed(n_slots, fds, err);
-  for (int i = 0; i < n_slots; i++) {
-    r = lr_worker_listen(&slots[i].w, &fds[i * LR_MAX_LISTENERS], cfg.n_listen);
-    if (r) {
-      snprintf(err, sizeof err, "listen: %s", uv_strerror(r));
-      return startup_failed(n_slots, fds, err);
-    }
-  }
+  for (int i = 0; i < n_slots; i++) slots[i].fds = &fds[i * LR_MAX_LISTENERS];
 
   /* signals are taken by the main thread's own loop; workers never see them */
   uv_loop_t *main_loop = uv_default_loop();
   uv_async_init(main_loop, &worker_exited, on_worker_exited);
+  uv_async_init(main_loop, &worker_started, on_worker_started);
   uv_signal_init(main_loop, &sig_term);
   uv_signal_init(main_loop, &sig_int);
   uv_signal_init(main_loop, &sig_hup);
@@ -227,31 +270,29 @@ int main(int argc, char **argv) {
   uint64_t every = cfg.cpu_budget_ms / 4 < 10 ? 10 : cfg.cpu_budget_ms / 4;
   uv_timer_init(main_loop, &watchdog);
   uv_timer_start(&watchdog, on_watchdog, every, every);
+  /* each worker runs its app's on_start hooks, then listens; main prints the
+   * ready lines once all have (on_worker_started). Signals are handled from
+   * here on, so a HUP right after those lines reloads */
   for (int i = 0; i < n_slots; i++) uv_thread_create(&slots[i].w.thread, worker_main, &slots[i]);
-  /* ready: signals are handled from here on, so a HUP right after this line reloads */
-  for (int i = 0; i < cfg.n_listen; i++) {
-    const lr_listen_addr_t *a = &cfg.listen[i];
-    int v6 = strchr(a->host, ':') != NULL;
-    printf("listening on %s://%s%s%s:%d\n", a->tls ? "https" : "http", v6 ? "[" : "", a->host, v6 ? "]" : "",
-           a->port);
-  }
-  fflush(stdout);
   uv_run(main_loop, UV_RUN_DEFAULT);
   for (int i = 0; i < n_slots; i++) uv_thread_join(&slots[i].w.thread);
   lr_sqlite_stop_all(); /* before the workers' loops close: a database thread may still post to them */
   for (int i = 0; i < n_slots; i++) {
-    if (slots[i].lw.pending) lr_app_unref(slots[i].lw.pending);
-    lr_app_retire(slots[i].lw.app);
+    lr_lifecycle_release(&slots[i].lw);
   }
   lr_redis_lua_free_all(); /* their handles close with the loops below */
   lr_pg_lua_free_all();
   for (int i = 0; i < n_slots; i++) lr_worker_destroy(&slots[i].w);
+  /* fds of workers that never listened (a failed start) */
+  for (int i = 0; i < n_slots; i++)
+    if (slots[i].w.n_listeners == 0)
+      for (int k = 0; k < cfg.n_listen; k++) close(fds[i * LR_MAX_LISTENERS + k]);
   free(slots);
   free(fds);
   lr_shared_free_all();
   lr_channel_detach_all();
   lr_sqlite_free_all();
   if (cfg.pid_file) unlink(cfg.pid_file);
-  lr_log(LR_LOG_INFO, "stopped");
-  return 0;
+  if (exit_code == 0) lr_log(LR_LOG_INFO, "stopped");
+  return exit_code;
 }

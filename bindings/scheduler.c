@@ -5,6 +5,7 @@
  * coroutine: a wake-up that happens while Lua runs (a handler closing a
  * connection another handler waits on) goes to the ready list and is resumed
  * at the next tick of the loop. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,15 +70,26 @@ static void co_release(lr_co_t *co) {
   co->nstart = 0;
   co->acc.len = 0;
   lua_settop(co->L, 0);
+  void (*on_end)(void *, int, const char *) = co->on_end;
+  void *on_end_arg = co->on_end_arg;
+  int end_ok = co->end_ok;
+  char *end_err = co->end_err;
+  co->on_end = NULL;
+  co->on_end_arg = NULL;
+  co->end_ok = 0;
+  co->end_err = NULL;
   int broken = co->over_budget;
   co->over_budget = 0;
-  if (!broken && app->n_free_cos < MAX_FREE_COS && app->lw->app == app) {
+  if (!broken && app->n_free_cos < MAX_FREE_COS && app->lw->app == app && !app->retired) {
     co->next_free = app->free_cos;
     app->free_cos = co;
     app->n_free_cos++;
   } else {
     co_destroy(co);
   }
+  /* the owner (a timer, a starting version) is told with the app still held */
+  if (on_end) on_end(on_end_arg, end_ok, end_err);
+  free(end_err);
   lr_app_unref(app);
 }
 
@@ -250,6 +262,13 @@ again:
     status = LUA_ERRRUN;
   }
   lr_stream_t *s = co->stream;
+  if (co->on_end) {
+    co->end_ok = status == LUA_OK;
+    if (status != LUA_OK) {
+      const char *m = lua_tostring(co->L, -1);
+      co->end_err = strdup(m ? m : "(error object is not a string)");
+    }
+  }
   if (co->ws) {
     /* a WebSocket handler ended: close the connection (1011 if it failed) */
     lr_ws_handler_done(co, status == LUA_OK);
@@ -315,7 +334,8 @@ static void co_cancel(lr_co_t *co) {
   }
   if (r && r->s == co->stream) r->s = NULL;
   if (held) lua_pop(M, 1);
-  LR_DEBUG("handler cancelled: its stream ended while it waited");
+  LR_DEBUG("%s cancelled at its wait", co->is_handler ? "handler" : "task");
+  co->end_ok = 0;
   lr_stream_t *s = co->stream;
   if (co->ws) lr_ws_handler_done(co, 0);
   if (s) {
@@ -368,6 +388,7 @@ static void hook_tick(lr_worker_t *w) {
     co->nstart = 0;
     resume(co, n);
   }
+  lr_lifecycle_tick(lw);
 }
 
 static void on_co_timer(uv_timer_t *t) {
@@ -389,6 +410,11 @@ int lr_co_wait(lua_State *L, lr_co_t *co, uint64_t timeout_ms, lr_cancel_cb canc
   co->cancel_arg = arg;
   if (co->cancelled) {
     /* its stream ended while it ran: cancelled at the tick, k never runs */
+    lr_list_push(&lw->ready, &co->ready);
+  } else if (lw->stopping && co->told_stopping && !co->is_handler) {
+    /* a task told once that the server stops and waiting again: it would
+     * hold the exit (no request waits for it): cancelled at this wait */
+    co->cancelled = 1;
     lr_list_push(&lw->ready, &co->ready);
   } else if (lw->stopping && !co->told_stopping) {
     /* the server stops: this wait returns at once, once */
@@ -436,13 +462,17 @@ int lr_l_stats(lua_State *L) {
   lr_lworker_t *lw = co->app->lw;
   unsigned waiting = 0;
   for (lr_link_t *l = lw->waiting.next; l != &lw->waiting; l = l->next) waiting++;
-  lua_createtable(L, 0, 3);
+  lua_createtable(L, 0, 5);
   lua_pushinteger(L, (lua_Integer)lw->n_live);
   lua_setfield(L, -2, "handlers");
   lua_pushinteger(L, (lua_Integer)waiting);
   lua_setfield(L, -2, "waiting");
   lua_pushinteger(L, (lua_Integer)lw->w->n_conns);
   lua_setfield(L, -2, "connections");
+  lua_pushinteger(L, (lua_Integer)__atomic_load_n(&lw->n_apps, __ATOMIC_RELAXED));
+  lua_setfield(L, -2, "versions"); /* app versions alive: old ones go once their requests end */
+  lua_pushinteger(L, (lua_Integer)lr_tasks_count(lw));
+  lua_setfield(L, -2, "tasks");
   return 1;
 }
 
@@ -485,24 +515,80 @@ void lr_wq_wake_one(lr_link_t *q) {
   lr_co_wake(co);
 }
 
+lr_co_t *lr_task_new(lr_app_t *app) {
+  lr_co_t *co = co_new(app);
+  if (co) app->refs++;
+  return co;
+}
+
+void lr_task_start(lr_co_t *co) { lr_list_push(&co->app->lw->ready, &co->ready); }
+
+/* a task sits in lw->waiting while it waits, in lw->ready once woken or
+ * before it starts; nothing runs while this is called (a loop callback) */
+static lr_co_t *find_task(lr_link_t *list, lr_app_t *app, size_t off) {
+  for (lr_link_t *l = list->next; l != list; l = l->next) {
+    lr_co_t *co = (lr_co_t *)((char *)l - off);
+    if (co->app == app && !co->is_handler && !co->closing) return co;
+  }
+  return NULL;
+}
+
+/* suspended or queued tasks (not handlers) on this worker, of any version */
+unsigned lr_tasks_count(lr_lworker_t *lw) {
+  unsigned n = 0;
+  for (lr_link_t *l = lw->waiting.next; l != &lw->waiting; l = l->next)
+    n += !LR_CONTAINER_OF(l, lr_co_t, waiters)->is_handler;
+  for (lr_link_t *l = lw->ready.next; l != &lw->ready; l = l->next)
+    n += !LR_CONTAINER_OF(l, lr_co_t, ready)->is_handler;
+  return n;
+}
+
+void lr_tasks_cancel(lr_app_t *app) {
+  lr_lworker_t *lw = app->lw;
+  lr_co_t *co;
+  app->refs++; /* a task's release must not free app under this loop */
+  while ((co = find_task(&lw->waiting, app, offsetof(lr_co_t, waiters))) ||
+         (co = find_task(&lw->ready, app, offsetof(lr_co_t, ready))))
+    co_cancel(co);
+  lr_app_unref(app);
+}
+
 /* lariat.spawn(fn, ...): run fn(...) in a coroutine of its own, from the next
- * tick; it shares the app version (and its lifetime) of the caller */
+ * tick; it belongs to the app version of the caller and is cancelled at its
+ * wait when that version is retired. At load time the call is kept and the
+ * task starts with the version (after its on_start hooks). */
 int lr_l_spawn(lua_State *L) {
   luaL_checktype(L, 1, LUA_TFUNCTION);
-  lr_co_t *cur = lr_co_current(L);
-  if (cur == NULL) return luaL_error(L, "lariat.spawn: only from a handler or a spawned function");
-  lr_app_t *app = cur->app;
-  lr_co_t *co = co_new(app);
+  lr_app_t *app;
+  lua_getallocf(L, (void **)&app);
+  if (app->retired) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "app version retired");
+    return 2;
+  }
+  int n = lua_gettop(L);
+  if (!app->active) {
+    lua_rawgeti(L, LUA_REGISTRYINDEX, app->spawns_ref);
+    lua_createtable(L, n, 1);
+    for (int i = 1; i <= n; i++) {
+      lua_pushvalue(L, i);
+      lua_rawseti(L, -2, i);
+    }
+    lua_pushinteger(L, n);
+    lua_setfield(L, -2, "n");
+    lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  lr_co_t *co = lr_task_new(app);
   if (co == NULL) {
     luaL_pushfail(L);
     lua_pushliteral(L, "out of memory");
     return 2;
   }
-  app->refs++;
-  int n = lua_gettop(L);
   lua_xmove(L, co->L, n);
   co->nstart = n - 1;
-  lr_list_push(&app->lw->ready, &co->ready);
+  lr_task_start(co);
   lua_pushboolean(L, 1);
   return 1;
 }
@@ -560,14 +646,12 @@ static void hook_conn_gone(lr_stream_t *s) {
 static void hook_wakeup(lr_worker_t *w) {
   lr_lworker_t *lw = w->app_data;
   /* the worker core starts stopping right after this hook: tell the waits */
-  if (__atomic_load_n(&w->stop_requested, __ATOMIC_SEQ_CST)) lr_co_stop_all(lw);
-  lr_app_t *fresh = __atomic_exchange_n(&lw->pending, NULL, __ATOMIC_SEQ_CST);
-  if (fresh == NULL) return;
-  lr_app_t *old = lw->app;
-  fresh->generation = old->generation + 1;
-  lw->app = fresh;
-  lr_app_retire(old);
-  lr_log(LR_LOG_INFO, "worker %d: app reloaded (generation %u)", w->id, fresh->generation);
+  if (__atomic_load_n(&w->stop_requested, __ATOMIC_SEQ_CST)) {
+    lr_co_stop_all(lw);
+    lr_timers_cancel(lw->app); /* a drain starts no new jobs */
+    if (lw->starting) lr_timers_cancel(lw->starting);
+  }
+  lr_lifecycle_take_pending(lw);
 }
 
 const lr_app_hooks_t lr_lua_hooks = {

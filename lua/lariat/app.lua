@@ -169,6 +169,35 @@ function App:use(a, b)
   return self
 end
 
+-- on_start(fn): fn() runs once per worker per app version, in a coroutine
+-- (it may wait: sleep, sockets, databases), before the version serves; hooks
+-- run in the order they were added, those of mounted apps after the root's.
+-- An error in one rejects the version (exit 2 at startup; at reload the
+-- previous version keeps serving).
+function App:on_start(fn)
+  if not callable(fn) then error("on_start: expected a function, got " .. type(fn), 2) end
+  local root = rawget(self, "_root") or self
+  local hooks = rawget(root, "_on_start")
+  if not hooks then
+    hooks = {}
+    root._on_start = hooks
+  end
+  hooks[#hooks + 1] = fn
+  return self
+end
+
+-- start_hooks() → the on_start hooks of the app and the apps mounted in it
+function M.start_hooks(app, out, seen)
+  out, seen = out or {}, seen or {}
+  if seen[app] then return out end
+  seen[app] = true
+  for _, f in ipairs(rawget(app, "_on_start") or {}) do out[#out + 1] = f end
+  for _, e in ipairs(app._entries) do
+    if e.kind == "mount" then M.start_hooks(e.app, out, seen) end
+  end
+  return out
+end
+
 -- mount(prefix, subapp): subapp's routes appear under prefix. Routes are
 -- copied at load_app time, so the sub-app may be completed after mounting.
 function App:mount(prefix, sub)

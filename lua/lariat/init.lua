@@ -4,8 +4,10 @@
 --   lariat.load_app(v, filename)      called by C with APP.lua's result → dispatch
 --   lariat.sleep(s), lariat.now()     yield for s seconds / loop time in seconds
 --                                     (sleep returns nil, "stopping" on SIGTERM)
---   lariat.stats()                    { handlers=, waiting=, connections= } of this worker
+--   lariat.stats()                    { handlers=, waiting=, connections=, versions=, tasks= } of this worker
 --   lariat.spawn(fn, ...)             run fn in a coroutine of its own
+--   lariat.every(s, fn)/after(s, fn)  timers of this worker → timer:cancel()
+--   lariat.stopping()                 true once the server drains (SIGTERM)
 --   lariat.channel(name)              pub/sub across every worker (chat rooms)
 --   lariat.json.encode/decode/null    JSON (decode returns nil, msg on error)
 --   lariat.log.debug/info/warn/error  log lines through the server's log
@@ -76,7 +78,8 @@ function lariat.sleep(seconds)
 end
 
 -- stats() → { handlers = live request handlers, waiting = suspended
--- coroutines, connections = open connections } of this worker.
+-- coroutines, connections = open connections, versions = app versions
+-- alive, tasks = spawned/timer/on_start coroutines waiting } of this worker.
 function lariat.stats()
   return core_or_fail("lariat.stats").stats()
 end
@@ -114,6 +117,26 @@ end
 lariat.http = require("lariat.http_client")(core_or_fail)
 -- proxy(upstream_url[, opts]) → handler: reverse proxy (lua/lariat/proxy.lua)
 lariat.proxy = require("lariat.proxy")(core_or_fail)
+
+-- every(seconds, fn) / after(seconds, fn) → timer: fn(timer) runs in a
+-- coroutine of its own every `seconds` (or once after them) on this worker;
+-- it may wait. A tick that overruns delays the next one (ticks never
+-- overlap). timer:cancel() stops it; a reload stops the old version's timers.
+-- Work at load time (they start once the version's on_start hooks ended), in
+-- hooks and in handlers. Returns nil, "stopping" while the server drains.
+function lariat.every(seconds, fn)
+  return core_or_fail("lariat.every").every(seconds, fn)
+end
+
+function lariat.after(seconds, fn)
+  return core_or_fail("lariat.after").after(seconds, fn)
+end
+
+-- stopping() → true once the server has been asked to stop: a long job or a
+-- streaming handler can end early.
+function lariat.stopping()
+  return core_or_fail("lariat.stopping").stopping()
+end
 
 -- channel(name): publish/subscribe between coroutines, across every worker
 -- (a message published in one worker reaches the subscribers of all).
@@ -186,7 +209,8 @@ lariat.middleware = setmetatable({}, {
   end,
 })
 
--- load_app(v, filename) → dispatch(req, method, path). Raises a message
+-- load_app(v, filename) → dispatch(req, method, path)[, start] where start()
+-- runs the on_start hooks (C runs it on each worker in a coroutine). Raises a message
 -- naming the file when APP.lua did not return an app.
 function lariat.load_app(v, filename)
   runtime.core() -- installs the request helpers into the real core
@@ -198,7 +222,11 @@ function lariat.load_app(v, filename)
   end
   local ok, dispatch = pcall(app.App.compile, v)
   if not ok then error(("%s: %s"):format(filename, tostring(dispatch)), 0) end
-  return dispatch
+  local hooks = app.start_hooks(v)
+  if #hooks == 0 then return dispatch end
+  return dispatch, function()
+    for _, f in ipairs(hooks) do f() end
+  end
 end
 
 return lariat
