@@ -25,6 +25,7 @@ static int n_slots;
 static int stop_requests;
 static uv_async_t worker_exited, worker_started;
 static int exit_code;
+static lr_config_t *slots_cfg; /* for the socket files to remove on a failed start */
 static uv_signal_t sig_term, sig_int, sig_hup;
 static uv_timer_t watchdog;
 static uv_timer_t drain_timer;
@@ -151,8 +152,11 @@ static void on_worker_started(uv_async_t *a) {
   for (int i = 0; i < cfg->n_listen; i++) {
     const lr_listen_addr_t *l = &cfg->listen[i];
     int v6 = strchr(l->host, ':') != NULL;
-    printf("listening on %s://%s%s%s:%d\n", l->tls ? "https" : "http", v6 ? "[" : "", l->host, v6 ? "]" : "",
-           l->port);
+    if (l->path[0])
+      printf("listening on %s+unix:%s\n", l->tls ? "https" : "http", l->path);
+    else
+      printf("listening on %s://%s%s%s:%d\n", l->tls ? "https" : "http", v6 ? "[" : "", l->host, v6 ? "]" : "",
+             l->port);
   }
   fflush(stdout);
 }
@@ -196,6 +200,7 @@ static int startup_failed(int n_ready, int *fds, const char *msg) {
   free(fds);
   lr_channel_detach_all();
   lr_sqlite_free_all();
+  lr_listeners_unlink(slots_cfg);
   return 2;
 }
 
@@ -224,6 +229,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "lariat: %s\n", err);
     return 2;
   }
+  slots_cfg = &cfg;
   lr_log_level = cfg.log_level;
   lr_log_json = cfg.log_json;
   lr_out_high = cfg.output_buffer;
@@ -293,6 +299,7 @@ int main(int argc, char **argv) {
   lr_channel_detach_all();
   lr_sqlite_free_all();
   if (cfg.pid_file) unlink(cfg.pid_file);
+  lr_listeners_unlink(&cfg);
   if (exit_code == 0) lr_log(LR_LOG_INFO, "stopped");
   return exit_code;
 }

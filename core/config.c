@@ -29,6 +29,7 @@ void lr_config_defaults(lr_config_t *cfg) {
   cfg->lingering_time_ms = 30000;
   cfg->lingering_timeout_ms = 5000;
   cfg->output_buffer = 64 * 1024;
+  cfg->unix_mode = 0666; /* nginx's: who may connect is the directory's business */
   cfg->cpu_budget_ms = 1000;
   cfg->lua_memory = (size_t)1024 * 1024 * 1024;
   cfg->log_level = LR_LOG_INFO;
@@ -40,7 +41,10 @@ void lr_config_defaults(lr_config_t *cfg) {
 static const char usage[] =
     "usage: lariat [options] APP.lua\n"
     "  -l, --listen HOST:PORT     plain listener (HTTP/1.1 and h2c); repeatable; default 127.0.0.1:8080\n"
+    "      --listen unix:PATH     the same on a unix socket (a stale socket file is replaced)\n"
     "      --tls HOST:PORT        TLS listener (ALPN h2, http/1.1); repeatable; needs --cert and --key\n"
+    "      --unix-mode MODE       permissions of unix socket files (default 0666)\n"
+    "      --proxy-protocol       every listener expects a PROXY v1/v2 header first (behind HAProxy)\n"
     "      --cert FILE, --key FILE  PEM certificate chain and key; repeat the pair for more\n"
     "                             certificates (chosen by SNI; the first is the default)\n"
     "      --h2-max-streams N     concurrent HTTP/2 streams per connection (default 100)\n"
@@ -77,6 +81,12 @@ static const char usage[] =
     "signals: HUP reloads the app without dropping a connection, TERM/INT stop gracefully\n";
 
 static int parse_listen(lr_listen_addr_t *a, const char *v) {
+  if (strncmp(v, "unix:", 5) == 0) {
+    if (v[5] == '\0' || strlen(v + 5) >= sizeof a->path) return -1;
+    snprintf(a->path, sizeof a->path, "%s", v + 5);
+    snprintf(a->host, sizeof a->host, "unix");
+    return 0;
+  }
   const char *colon = strrchr(v, ':');
   if (colon == NULL) return -1;
   const char *host = v;
@@ -155,14 +165,14 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
     } else if (IS("--listen", "-l")) {
       NEEDVAL();
       if (cfg->n_listen >= LR_MAX_LISTENERS || parse_listen(&cfg->listen[cfg->n_listen], val)) {
-        snprintf(err, errlen, "bad --listen value '%s' (want HOST:PORT)", val);
+        snprintf(err, errlen, "bad --listen value '%s' (want HOST:PORT or unix:PATH)", val);
         return -1;
       }
       cfg->n_listen++;
     } else if (IS("--tls", "--tls")) {
       NEEDVAL();
       if (cfg->n_listen >= LR_MAX_LISTENERS || parse_listen(&cfg->listen[cfg->n_listen], val)) {
-        snprintf(err, errlen, "bad --tls value '%s' (want HOST:PORT)", val);
+        snprintf(err, errlen, "bad --tls value '%s' (want HOST:PORT or unix:PATH)", val);
         return -1;
       }
       cfg->listen[cfg->n_listen++].tls = 1;
@@ -285,6 +295,17 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
     } else if (IS("--user", "--user")) {
       NEEDVAL();
       cfg->user = val;
+    } else if (IS("--proxy-protocol", "--proxy-protocol")) {
+      cfg->proxy_protocol = 1;
+    } else if (IS("--unix-mode", "--unix-mode")) {
+      NEEDVAL();
+      char *end;
+      unsigned long m = strtoul(val, &end, 8);
+      if (*val == '\0' || *end || m > 0777) {
+        snprintf(err, errlen, "bad --unix-mode value '%s' (want an octal mode like 0660)", val);
+        return -1;
+      }
+      cfg->unix_mode = (unsigned)m;
     } else if (IS("--watch", "--watch")) {
       cfg->watch = 1;
     } else if (IS("--cpu-budget", "--cpu-budget")) {

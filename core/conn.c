@@ -123,6 +123,7 @@ void lr_conn_defer(lr_conn_t *c) {
 static void on_close(uv_handle_t *h) {
   lr_conn_t *c = h->data;
   if (c->tls) lr__tls_free(c);
+  if (c->proxy) lr__proxy_free(c);
   outq_free(&c->out);
   outq_free(&c->inflight);
   free(c);
@@ -411,11 +412,18 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
     linger_read(c, n);
     return;
   }
+  const char *p = buf->base;
+  if (n > 0 && (c->flags & LR_CF_PROXY_HDR)) {
+    ssize_t used = lr__proxy_read(c, p, (size_t)n);
+    if (used < 0 || (c->flags & LR_CF_PROXY_HDR) || used == n) return;
+    p += used;
+    n -= used;
+  }
   if (n > 0) {
     if (c->tls)
-      lr__tls_on_read(c, buf->base, (size_t)n);
+      lr__tls_on_read(c, p, (size_t)n);
     else
-      c->proto->on_read(c, buf->base, (size_t)n);
+      c->proto->on_read(c, p, (size_t)n);
   } else if (n < 0) {
     c->flags |= LR_CF_EOF;
     uv_read_stop(stream);
@@ -476,7 +484,7 @@ void lr__conn_accept(lr_listener_t *l, int fd) {
   __atomic_fetch_add(&w->n_conns, 1, __ATOMIC_RELAXED);
   c->proto = &lr_http1_proto;
   lr_http1_init(c);
-  if (l->addr->tls && lr__tls_accept(c)) {
+  if ((w->cfg->proxy_protocol && lr__proxy_start(c)) || (l->addr->tls && lr__tls_accept(c))) {
     lr_conn_close(c);
     return;
   }

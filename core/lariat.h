@@ -70,11 +70,15 @@ typedef struct lr_listen_addr_s {
   char host[64];
   int port; /* 0 = any; rewritten with the bound port at startup */
   int tls;  /* TLS listener (--tls): ALPN h2 or http/1.1 */
+  char path[108]; /* unix:PATH listener (host "unix", port 0); see listen_unix.c */
+  int created;    /* the socket file is ours: unlinked at exit */
 } lr_listen_addr_t;
 
 typedef struct lr_config_s {
   lr_listen_addr_t listen[LR_MAX_LISTENERS];
   int n_listen;
+  int proxy_protocol;  /* every listener expects a PROXY v1/v2 header first */
+  unsigned unix_mode;  /* mode of unix socket files (default 0666) */
   int workers;
   const char *app_path;
   const char *access_log; /* NULL, "-" or a file */
@@ -315,6 +319,7 @@ enum lr_conn_flags {
   LR_CF_LINGER = 1 << 7,    /* with CLOSE_AFTER_WRITE: lingering close once flushed */
   LR_CF_LINGERING = 1 << 8, /* write side shut, input discarded; the protocol is gone */
   LR_CF_STALLED = 1 << 9,   /* the protocol has output the peer won't take (lr_conn_send_stalled) */
+  LR_CF_PROXY_HDR = 1 << 12, /* --proxy-protocol: the PROXY header is still being read */
 };
 
 struct lr_conn_s {
@@ -332,6 +337,7 @@ struct lr_conn_s {
   uint64_t linger_end;  /* lingering close: loop time when discarding input ends */
   void *proto_state;  /* owned by the protocol (h2 session, websocket) */
   void *tls;          /* TLS filter under the protocol (core/tls.c), NULL on plain connections */
+  struct lr_proxy_s *proxy; /* --proxy-protocol: header state, then the real client (proxy_protocol.c) */
   lr_link_t deferred; /* worker's deferred list: flush and resume */
   lr_link_t all;      /* worker's list of connections */
 };
@@ -449,6 +455,15 @@ typedef struct lr_worker_s {
    * created on first use, freed by lr_worker_destroy */
   struct lr_outbound_s *outbound;
 } lr_worker_t;
+
+/* proxy_protocol.c: --proxy-protocol (HAProxy's PROXY v1 and v2) */
+int lr__proxy_start(lr_conn_t *c);
+ssize_t lr__proxy_read(lr_conn_t *c, const char *p, size_t n); /* bytes used, or -1: closed */
+int lr__proxy_peer(const lr_conn_t *c, char *out, size_t outlen, int *port); /* 0: filled */
+void lr__proxy_free(lr_conn_t *c);
+/* listen_unix.c: unix:PATH listeners */
+int lr__unix_bind(lr_listen_addr_t *a, unsigned mode, int workers, int *fds, int i, char *err, size_t errlen);
+void lr_listeners_unlink(lr_config_t *cfg);
 
 int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_hooks_t *app, void *app_data);
 int lr_worker_listen(lr_worker_t *w, int fds[], int n);

@@ -107,10 +107,14 @@ const lr_str_t *lr_stream_header(const lr_stream_t *s, const char *name, size_t 
 
 int lr_stream_peer(const lr_stream_t *s, char *out, size_t outlen, int *port) {
   if (s->conn == NULL) return LR_ECLOSED;
+  if (s->conn->proxy && lr__proxy_peer(s->conn, out, outlen, port) == 0) return 0;
   struct sockaddr_storage ss;
   int sl = sizeof ss;
   if (uv_tcp_getpeername(&s->conn->tcp, (struct sockaddr *)&ss, &sl)) return LR_ECLOSED;
-  if (ss.ss_family == AF_INET) {
+  if (ss.ss_family == AF_UNIX) {
+    snprintf(out, outlen, "unix:"); /* as nginx's $remote_addr */
+    *port = 0;
+  } else if (ss.ss_family == AF_INET) {
     struct sockaddr_in *a = (struct sockaddr_in *)&ss;
     uv_ip4_name(a, out, outlen);
     *port = ntohs(a->sin_port);

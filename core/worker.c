@@ -217,6 +217,10 @@ static int probe_bind(int family, struct sockaddr_storage *ss, socklen_t sl, uin
 int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen) {
   for (int i = 0; i < cfg->n_listen; i++) {
     lr_listen_addr_t *a = &cfg->listen[i];
+    if (a->path[0]) {
+      if (lr__unix_bind(a, cfg->unix_mode, workers, fds, i, err, errlen)) return -1;
+      continue;
+    }
     struct sockaddr_storage ss;
     socklen_t sl;
     memset(&ss, 0, sizeof ss);
