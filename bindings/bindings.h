@@ -173,6 +173,19 @@ void lr_lifecycle_take_pending(lr_lworker_t *lw);
 void lr_lifecycle_release(lr_lworker_t *lw); /* the worker ended: retire its versions */
 int lr_l_stopping(lua_State *L);
 
+/* metrics.c: Prometheus metrics (--metrics, lariat.metrics) */
+enum { LR_MET_BUDGET, LR_MET_MEMORY, LR_MET_RELOAD_OK, LR_MET_RELOAD_REJECTED };
+extern int lr_metrics_wanted;           /* --metrics or lariat.metrics.handler(): count requests */
+extern unsigned lr_metrics_load_rejects; /* reloads rejected at load (main thread) */
+void lr_metrics_add_worker(lr_lworker_t *lw);
+void lr_metrics_worker_start(lr_lworker_t *lw);
+void lr_metrics_worker_free(lr_worker_t *w);
+void lr_metrics_count(lr_lworker_t *lw, int what);
+void lr_metrics_render(lr_buf_t *b);
+void lr_metrics_open(lua_State *L);
+int lr_metrics_listen(uv_loop_t *loop, lr_listen_addr_t *a, char *err, size_t errlen);
+void lr_metrics_close(void);
+
 /* timer.c: lariat.every / lariat.after */
 int lr_l_every(lua_State *L);
 int lr_l_after(lua_State *L);

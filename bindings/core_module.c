@@ -102,6 +102,7 @@ int luaopen_lariat_core(lua_State *L) {
   lr_tcp_open(L);    /* lariat.tcp, lariat.dns */
   lr_http_open(L);   /* lariat.http */
   lr_timer_open(L);
+  lr_metrics_open(L);
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table behind __index */

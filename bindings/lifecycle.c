@@ -43,6 +43,7 @@ static void start_spawns(lr_app_t *app) {
 /* Start app on this worker (the worker thread): it becomes active (its timers
  * may arm) and its on_start hooks are queued; lr_lifecycle_tick finishes. */
 void lr_app_start(lr_lworker_t *lw, lr_app_t *app) {
+  lr_metrics_worker_start(lw);
   app->active = 1;
   lw->starting = app;
   lw->start_state = 1;
@@ -83,11 +84,13 @@ void lr_lifecycle_tick(lr_lworker_t *lw) {
     app->generation = old->generation + 1;
     lw->app = app;
     lr_app_retire(old);
+    lr_metrics_count(lw, LR_MET_RELOAD_OK);
     lr_log(LR_LOG_INFO, "worker %d: app reloaded (generation %u)", lw->w->id, app->generation);
   } else {
     lr_log(LR_LOG_ERROR, "worker %d: reload rejected, still serving the previous version: %s", lw->w->id,
            lw->start_err);
     lr_app_retire(app);
+    lr_metrics_count(lw, LR_MET_RELOAD_REJECTED);
   }
   lr_lifecycle_take_pending(lw);
 }

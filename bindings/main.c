@@ -84,6 +84,7 @@ static void on_worker_exited(uv_async_t *a) {
   uv_close((uv_handle_t *)&sig_hup, NULL);
   uv_close((uv_handle_t *)&worker_exited, NULL);
   uv_close((uv_handle_t *)&worker_started, NULL);
+  lr_metrics_close();
   uv_close((uv_handle_t *)&watchdog, NULL);
   if (drain_timer.loop) uv_close((uv_handle_t *)&drain_timer, NULL);
   lr_watch_stop();
@@ -100,6 +101,7 @@ static void reload_all(const char *why) {
     fresh[i] = lr_app_load(&slots[i].lw, err, sizeof err);
     if (fresh[i] == NULL) {
       lr_log(LR_LOG_ERROR, "reload (%s) rejected, still serving the previous version: %s", why, err);
+      __atomic_add_fetch(&lr_metrics_load_rejects, 1, __ATOMIC_RELAXED);
       for (int k = 0; k < i; k++) lr_app_unref(fresh[k]);
       free(fresh);
       return;
@@ -149,6 +151,10 @@ static void on_worker_started(uv_async_t *a) {
     }
   }
   const lr_config_t *cfg = slots[0].w.cfg;
+  /* first: a client waiting for the listening lines finds this one there */
+  if (cfg->has_metrics)
+    printf("metrics on http://%s%s%s:%d/metrics\n", strchr(cfg->metrics.host, ':') ? "[" : "", cfg->metrics.host,
+           strchr(cfg->metrics.host, ':') ? "]" : "", cfg->metrics.port);
   for (int i = 0; i < cfg->n_listen; i++) {
     const lr_listen_addr_t *l = &cfg->listen[i];
     int v6 = strchr(l->host, ':') != NULL;
@@ -250,11 +256,14 @@ int main(int argc, char **argv) {
     lr_channel_attach(&ws->w, n_slots);
     lr_list_init(&ws->lw.ready);
     lr_list_init(&ws->lw.waiting);
+    lr_metrics_add_worker(&ws->lw);
     ws->lw.app = lr_app_load(&ws->lw, err, sizeof err);
     if (ws->lw.app == NULL) return startup_failed(i + 1, fds, err);
   }
   if (lr_tls_global_init(&cfg, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (lr_listeners_bind(&cfg, n_slots, fds, err, sizeof err)) return startup_failed(n_slots, fds, err);
+  if (cfg.has_metrics && lr_metrics_listen(uv_default_loop(), &cfg.metrics, err, sizeof err))
+    return startup_failed(n_slots, fds, err);
   if (cfg.pid_file && write_pid_file(cfg.pid_file, err, sizeof err)) return startup_failed(n_slots, fds, err);
   if (cfg.user && drop_privileges(cfg.user, err, sizeof err)) return startup_failed(n_slots, fds, err);
   for (int i = 0; i < n_slots; i++) slots[i].fds = &fds[i * LR_MAX_LISTENERS];
@@ -288,7 +297,10 @@ int main(int argc, char **argv) {
   }
   lr_redis_lua_free_all(); /* their handles close with the loops below */
   lr_pg_lua_free_all();
-  for (int i = 0; i < n_slots; i++) lr_worker_destroy(&slots[i].w);
+  for (int i = 0; i < n_slots; i++) {
+    lr_worker_destroy(&slots[i].w);
+    lr_metrics_worker_free(&slots[i].w);
+  }
   /* fds of workers that never listened (a failed start) */
   for (int i = 0; i < n_slots; i++)
     if (slots[i].w.n_listeners == 0)

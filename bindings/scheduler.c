@@ -220,8 +220,10 @@ static void finish_error(lr_co_t *co, int status) {
   }
   if (!(s->flags & LR_SF_REPLIED)) {
     /* the handler was stopped by a limit: the server is busy, not broken */
-    if (co->over_budget || status == LUA_ERRMEM)
+    if (co->over_budget || status == LUA_ERRMEM) {
+      lr_metrics_count(co->app->lw, co->over_budget ? LR_MET_BUDGET : LR_MET_MEMORY);
       reply_status(s, 503);
+    }
     else
       reply_status(s, 500);
   } else if (!(s->flags & LR_SF_FINISHED)) {
@@ -604,6 +606,7 @@ static void hook_start(lr_stream_t *s) {
     return;
   }
   app->refs++;
+  if (s->worker->metrics) s->t0 = uv_hrtime();
   co->stream = s;
   co->is_handler = 1;
   lw->n_live++;

@@ -45,6 +45,7 @@ static const char usage[] =
     "      --tls HOST:PORT        TLS listener (ALPN h2, http/1.1); repeatable; needs --cert and --key\n"
     "      --unix-mode MODE       permissions of unix socket files (default 0666)\n"
     "      --proxy-protocol       every listener expects a PROXY v1/v2 header first (behind HAProxy)\n"
+    "      --metrics HOST:PORT    Prometheus metrics at GET /metrics on a listener of their own\n"
     "      --cert FILE, --key FILE  PEM certificate chain and key; repeat the pair for more\n"
     "                             certificates (chosen by SNI; the first is the default)\n"
     "      --h2-max-streams N     concurrent HTTP/2 streams per connection (default 100)\n"
@@ -295,6 +296,13 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
     } else if (IS("--user", "--user")) {
       NEEDVAL();
       cfg->user = val;
+    } else if (IS("--metrics", "--metrics")) {
+      NEEDVAL();
+      if (parse_listen(&cfg->metrics, val) || cfg->metrics.path[0]) {
+        snprintf(err, errlen, "bad --metrics value '%s' (want HOST:PORT)", val);
+        return -1;
+      }
+      cfg->has_metrics = 1;
     } else if (IS("--proxy-protocol", "--proxy-protocol")) {
       cfg->proxy_protocol = 1;
     } else if (IS("--unix-mode", "--unix-mode")) {

@@ -413,6 +413,7 @@ static void on_read(uv_stream_t *stream, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   const char *p = buf->base;
+  if (n > 0 && c->worker->metrics) c->worker->metrics->bytes_in += (uint64_t)n;
   if (n > 0 && (c->flags & LR_CF_PROXY_HDR)) {
     ssize_t used = lr__proxy_read(c, p, (size_t)n);
     if (used < 0 || (c->flags & LR_CF_PROXY_HDR) || used == n) return;

@@ -78,6 +78,8 @@ typedef struct lr_config_s {
   lr_listen_addr_t listen[LR_MAX_LISTENERS];
   int n_listen;
   int proxy_protocol;  /* every listener expects a PROXY v1/v2 header first */
+  lr_listen_addr_t metrics; /* --metrics HOST:PORT (bindings/metrics.c) */
+  int has_metrics;
   unsigned unix_mode;  /* mode of unix socket files (default 0666) */
   int workers;
   const char *app_path;
@@ -217,6 +219,9 @@ struct lr_stream_s {
   unsigned flags;
   int status;
   uint64_t bytes_sent;
+  /* metrics (only with w->metrics): the route it matched (0: none), start time */
+  unsigned route;
+  uint64_t t0;
   /* application */
   void *app_data;   /* owned by bindings/ */
   struct lr_ws_s *ws; /* h2: the WebSocket this CONNECT stream carries (RFC 8441), set by websocket.c */
@@ -400,6 +405,7 @@ typedef struct lr_worker_s {
   int n_listeners;
   const lr_app_hooks_t *app;
   void *app_data; /* owned by bindings/ */
+  struct lr_metrics_s *metrics; /* NULL unless metrics are on (core/metrics.c) */
   /* shared per loop: the read buffer (all reads of this loop land here first) */
   char *read_buf;
   size_t read_buf_size;
@@ -475,6 +481,28 @@ const char *lr_worker_date(lr_worker_t *w);
 void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s);
 void lr__worker_conn_closed(lr_worker_t *w);
 unsigned lr_worker_conns(const lr_worker_t *w); /* thread-safe read of n_conns (drain log) */
+
+/* ---- metrics (core/metrics.c): per-worker counters, written by the worker
+ * alone, summed by whoever renders them (no lock on the request path) ---- */
+#define LR_MET_ROUTES 128 /* route ids; 0 = no route matched */
+#define LR_MET_METHODS 8  /* GET HEAD POST PUT DELETE PATCH OPTIONS other */
+#define LR_MET_BUCKETS 12 /* latency buckets, the last one +Inf */
+extern const double lr_met_bounds[LR_MET_BUCKETS - 1];
+extern const char *const lr_met_methods[LR_MET_METHODS];
+typedef struct lr_metrics_s {
+  uint64_t req[LR_MET_ROUTES][LR_MET_METHODS][5]; /* by status class 1xx..5xx */
+  uint64_t dur[LR_MET_ROUTES][LR_MET_BUCKETS];
+  uint64_t dur_ns[LR_MET_ROUTES];
+  uint64_t bytes_in, bytes_out; /* read from sockets; response bytes */
+  uint64_t streams[2];          /* finished requests over HTTP/1.x, HTTP/2 */
+  /* a snapshot the worker refreshes (bindings/metrics.c) */
+  unsigned conns[4];            /* http1, http2, other (WebSocket), tls among them */
+  uint64_t lua_mem;
+  unsigned handlers, tasks, versions;
+  uint64_t budget_kills, memory_errors, reloads_ok, reloads_rejected;
+  uv_timer_t snap;
+} lr_metrics_t;
+void lr_metrics_stream_done(lr_worker_t *w, lr_stream_t *s);
 
 /* bind every listener once per worker with SO_REUSEPORT; fds[worker][listener] */
 int lr_listeners_bind(lr_config_t *cfg, int workers, int *fds, char *err, size_t errlen);

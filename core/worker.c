@@ -85,6 +85,7 @@ const char *lr_worker_date(lr_worker_t *w) {
 /* ---- access log: combined log format, buffered per loop iteration ---- */
 
 void lr_worker_access_log(lr_worker_t *w, lr_stream_t *s) {
+  if (w->metrics) lr_metrics_stream_done(w, s);
   if (w->access_fd < 0) return;
   char peer[64];
   int port;

@@ -17,6 +17,7 @@ local http_error = require "lariat.http_error"
 local json = require "lariat.json"
 local lpath = require "lariat.path"
 local router_mod = require "lariat.router"
+local runtime = require "lariat.runtime"
 
 local M = {}
 
@@ -379,8 +380,13 @@ function App:compile()
   -- them: the raw path is looked up before any canonicalisation or routing
   -- (a literal route is the most specific match there is)
   local fast, fast_route = {}, {}
+  -- metrics on (--metrics, lariat.metrics.handler()): each request is tagged
+  -- with its route's id, counted by C when the response ends
+  local core = runtime.core()
+  local tag = core and core.metrics_on and core.metrics_on() and core.metric_tag
   for _, route in ipairs(flatten(self, "", nil, {}, {}, {})) do
     route.label = route_label(route)
+    if tag then route.metric_id = core.metric_route((route.host and route.host .. " " or "") .. route.pattern) end
     local ok, err = pcall(router.add, router, route)
     if not ok then
       err = tostring(err)
@@ -430,6 +436,7 @@ function App:compile()
     end
     if b then req.bindings = b end
     if pi then req.path_info = pi end
+    if tag then tag(req, route.metric_id) end
     if route.chain[1] then
       return check_status(route.label, normalize(run(route.chain, 1, req, cpath, call_handler, route)))
     end
@@ -464,7 +471,10 @@ function App:compile()
     local f = fast[path]
     if f then
       local h = f[method]
-      if h then return normalize_direct(path, method, h(req)) end
+      if h then
+        if tag then tag(req, fast_route[path][method].metric_id) end
+        return normalize_direct(path, method, h(req))
+      end
     end
     local cpath, segs = path, nil
     if path ~= "*" then

@@ -8,6 +8,7 @@
 --   lariat.spawn(fn, ...)             run fn in a coroutine of its own
 --   lariat.every(s, fn)/after(s, fn)  timers of this worker → timer:cancel()
 --   lariat.stopping()                 true once the server drains (SIGTERM)
+--   lariat.metrics.counter/gauge/histogram/handler  Prometheus metrics
 --   lariat.channel(name)              pub/sub across every worker (chat rooms)
 --   lariat.json.encode/decode/null    JSON (decode returns nil, msg on error)
 --   lariat.log.debug/info/warn/error  log lines through the server's log
@@ -29,6 +30,7 @@ local lariat = {
   log = require "lariat.log",
   limits = require "lariat.limits",
   url = require "lariat.url",
+  metrics = require "lariat.metrics",
 }
 
 function lariat.app()
