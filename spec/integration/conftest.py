@@ -37,6 +37,32 @@ def app_path(name):
     return str(APPS / name)
 
 
+# time bounds scale by this under ASan (LARIAT_SANITIZE=1), ~3x slower
+SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
+
+
+def wait_for(cond, timeout, what):
+    """Poll cond() until it returns something true (returned), for timeout
+    seconds scaled by SLOW; fail naming `what` otherwise."""
+    deadline = time.monotonic() + timeout * SLOW
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+def free_port():
+    """A loopback port free right now, for servers that can't report the one
+    they bound (haproxy, prometheus)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
 _TLS_FILES = []
 
 

@@ -10,9 +10,8 @@ import signal
 import subprocess
 import time
 
-from conftest import SANITIZER_RE, LariatServer, lariat_bin, request
+from conftest import LariatServer, SANITIZER_RE, SLOW, lariat_bin, request, wait_for
 
-SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
 
 # {version}: a number; {hook}: Lua code run in on_start
 APP = """
@@ -60,16 +59,6 @@ def get_json(srv, path="/"):
         r = c.read_response()
         assert r.status == 200, r
         return json.loads(r.body)
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
 
 
 def wait_log(srv, needle, timeout=5):

@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from conftest import SANITIZER_RE, LariatServer, lariat_bin, tls_files
+from conftest import LariatServer, SANITIZER_RE, SLOW, free_port, lariat_bin, tls_files, wait_for
 
-SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
 
 APP = """
 local lariat = require "lariat"
@@ -80,15 +79,6 @@ def closed_without_answer(s, timeout=5):
         return True
 
 
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for " + what)
-
-
 def curl(*args):
     p = subprocess.run(["curl", "-sS", "--max-time", str(10 * SLOW), *args], capture_output=True, timeout=20 * SLOW)
     assert p.returncode == 0, p.stderr
@@ -131,7 +121,7 @@ def test_unix_socket_mode_and_stale_files(app, sockdir):
     dead.bind(path)
     dead.close()
     assert os.path.exists(path)
-    with Server(app, "--listen", "unix:" + path, "--unix-mode", "0600").start() as srv:
+    with Server(app, "--listen", "unix:" + path, "--unix-mode", "0600").start():
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         assert json.loads(curl("--unix-socket", path, "http://localhost/"))["peer"] == "unix:"
         # a live server there: the second one refuses to start and leaves the file alone
@@ -249,13 +239,6 @@ def test_malformed_or_slow_proxy_headers_close_the_connection(app):
 # ---------------------------------------------------------------------------
 # PROXY protocol behind a real HAProxy
 # ---------------------------------------------------------------------------
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 class HAProxy:

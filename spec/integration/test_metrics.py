@@ -12,16 +12,14 @@ import re
 import signal
 import socket
 import subprocess
-import time
 import urllib.parse
 import urllib.request
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import SANITIZER_RE, LariatServer, request
+from conftest import LariatServer, SANITIZER_RE, SLOW, free_port, request, wait_for
 
-SLOW = 3 if os.environ.get("LARIAT_SANITIZE") else 1
 METRICS_RE = re.compile(r"metrics on http://127\.0\.0\.1:(\d+)/metrics")
 
 APP = """
@@ -92,16 +90,6 @@ def value(fams, family, sample, **labels):
         if s.name == sample and all(s.labels.get(k) == v for k, v in labels.items()):
             return s.value
     return 0
-
-
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError("timed out waiting for " + what)
 
 
 @pytest.fixture
@@ -199,14 +187,6 @@ def test_reloads_and_budget_kills_are_counted(srv):
     for n in (1, 2):  # the second time too
         assert http(srv.port, "/spin")[0] == 503
         assert value(scrape(srv.metrics_port), "lariat_budget_kills", "lariat_budget_kills_total") == n
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    p = s.getsockname()[1]
-    s.close()
-    return p
 
 
 def test_a_real_prometheus_scrapes_it(srv, tmp_path):
