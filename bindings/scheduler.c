@@ -71,13 +71,16 @@ static void co_release(lr_co_t *co) {
   co->acc.len = 0;
   lua_settop(co->L, 0);
   void (*on_end)(void *, int, const char *) = co->on_end;
-  void *on_end_arg = co->on_end_arg;
-  int end_ok = co->end_ok;
-  char *end_err = co->end_err;
-  co->on_end = NULL;
-  co->on_end_arg = NULL;
-  co->end_ok = 0;
-  co->end_err = NULL;
+  void *on_end_arg = NULL;
+  int end_ok = 0;
+  char *end_err = NULL;
+  if (on_end) { /* tasks with an owner only: requests skip this */
+    on_end_arg = co->on_end_arg;
+    end_ok = co->end_ok;
+    end_err = co->end_err;
+    co->on_end = NULL;
+    co->end_err = NULL;
+  }
   int broken = co->over_budget;
   co->over_budget = 0;
   if (!broken && app->n_free_cos < MAX_FREE_COS && app->lw->app == app && !app->retired) {
@@ -88,8 +91,10 @@ static void co_release(lr_co_t *co) {
     co_destroy(co);
   }
   /* the owner (a timer, a starting version) is told with the app still held */
-  if (on_end) on_end(on_end_arg, end_ok, end_err);
-  free(end_err);
+  if (on_end) {
+    on_end(on_end_arg, end_ok, end_err);
+    free(end_err);
+  }
   lr_app_unref(app);
 }
 

@@ -399,8 +399,15 @@ function App:compile()
       local f = fast[p] or {}
       fast[p] = f
       fast_route[p] = fast_route[p] or {}
+      -- with metrics, the handler tags the request first (the fast path
+      -- itself stays as it is)
+      local h = route.handler
+      if tag then
+        local id, inner = route.metric_id, h
+        h = function(req) tag(req, id); return inner(req) end
+      end
       for _, m in ipairs(route.methods) do
-        if f[m] == nil then f[m] = route.handler; fast_route[p][m] = route end
+        if f[m] == nil then f[m] = h; fast_route[p][m] = route end
       end
     end
   end
@@ -471,10 +478,7 @@ function App:compile()
     local f = fast[path]
     if f then
       local h = f[method]
-      if h then
-        if tag then tag(req, fast_route[path][method].metric_id) end
-        return normalize_direct(path, method, h(req))
-      end
+      if h then return normalize_direct(path, method, h(req)) end
     end
     local cpath, segs = path, nil
     if path ~= "*" then
