@@ -302,3 +302,30 @@ def test_behind_haproxy_send_proxy_v1_and_v2_tcp_and_unix(app, tmp_path, sockdir
             hp.close()
         wait_for(lambda: log.exists() and log.read_text().count("listener-test") >= 9, 5, "access log")
         assert "PROXY protocol:" not in srv.log_text()  # HAProxy's health checks, if any, parse too
+
+
+def test_proxy_header_comes_before_the_tls_handshake(app):
+    """On a --tls listener the PROXY header precedes the ClientHello; the
+    handler sees the client the header names, over TLS."""
+    import ssl
+    cert, key = tls_files()
+    with Server(app, "--proxy-protocol", "--cert", cert, "--key", key, tls=True).start() as srv:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        for header, peer, port in (GOOD[0], GOOD[2]):  # v1 and v2, the second listener too
+            raw = socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5 * SLOW)
+            raw.sendall(header)
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(REQ)
+            body = read_response(s)[1]
+            assert body["peer"] == peer and body["port"] == port and body["scheme"] == "https"
+            s.close()
+        # a TLS client that sends no PROXY header is closed with a log line
+        raw = socket.create_connection(("127.0.0.1", srv.tls_port), timeout=5 * SLOW)
+        try:
+            ctx.wrap_socket(raw, server_hostname="localhost")
+            raise AssertionError("handshake without a PROXY header succeeded")
+        except (ssl.SSLError, ConnectionError, OSError):
+            pass
+        wait_for(lambda: "no PROXY header" in srv.log_text(), 5, "the log line")
