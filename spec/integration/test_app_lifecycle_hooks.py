@@ -133,7 +133,8 @@ def test_an_on_start_error_at_reload_keeps_the_old_version(tmp_path, start_serve
         write_app(app, 2 + attempt, hook='lariat.sleep(0.05); error("schema missing %d")' % attempt)
         os.kill(srv.pid, signal.SIGHUP)
         wait_for(lambda: srv.log_text().count("schema missing %d" % attempt) >= 2, 5, "rejection")
-        assert "reload rejected, still serving the previous version: on_start: " in srv.log_text()
+        wait_for(lambda: srv.log_text().count("reload rejected, still serving the previous version: on_start: ")
+                 >= 2 * (attempt + 1), 5, "a rejection per worker")
         r = get_json(srv)
         assert r["v"] == 1 and r["ready"] is True
         # the rejected version's timers and tasks never ran or are gone
@@ -162,7 +163,8 @@ def test_a_reload_stops_the_old_versions_timers_and_tasks(tmp_path):
 
 
 def reload_twice_then_stop(srv, app):
-    wait_for(lambda: get_json(srv, "/st").get("spawned1") == 2, 3, "v1 tasks")
+    wait_for(lambda: (lambda s: s.get("spawned1") == 2 and s.get("ticks1"))(get_json(srv, "/st")), 3,
+             "v1 tasks and ticks")
     for v in (2, 3):
         write_app(app, v)
         os.kill(srv.pid, signal.SIGHUP)

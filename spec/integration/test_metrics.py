@@ -145,7 +145,7 @@ def test_app_metrics_summed_across_workers_and_the_route_handler(srv):
     assert value(f, "app_upstream_seconds", "app_upstream_seconds_bucket", le="0.1") == 0
     # misuse raises (a 500), and the counter is unchanged
     assert http(srv.port, "/bad-metric")[0] == 500
-    assert "a counter only goes up" in srv.log_text()
+    wait_for(lambda: "a counter only goes up" in srv.log_text(), 5, "the error in the log")
     # the same text on a route of the app; /metrics is not on the public port
     g = scrape(srv.port, "/metrics-route")
     assert value(g, "app_jobs", "app_jobs_total", kind="mail") == 12
