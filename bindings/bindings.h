@@ -219,6 +219,18 @@ void lr_channel_detach_all(void);
 /* shared.c: lariat.shared dictionaries, shared by all workers */
 void lr_shared_open(lua_State *L);
 void lr_shared_free_all(void);
+/* shared.c's value encoding (tag byte, then payload), used by cluster.c too */
+void lr__shared_ser(lua_State *L, int idx, luaL_Buffer *b, int depth);
+void lr__shared_deser(lua_State *L, const char **p, const char *end);
+unsigned lr__channel_deliver(int self, const char *name, size_t nl, const char *msg, size_t ml);
+
+/* cluster.c: --redis URL, lariat.shared and lariat.channel across instances */
+int lr_cluster_init(const char *url, char *err, size_t errlen); /* main, before the apps load */
+int lr_cluster_enabled(void);
+int lr_cluster_dict_push(lua_State *L, const char *name, size_t len);
+int lr_cluster_publish(lua_State *L, const char *name, size_t nl, const char *msg, size_t ml);
+int lr_cluster_subscribed(lua_State *L); /* the new subscription on top */
+void lr_cluster_free_all(void);          /* exit, after the workers stopped, before their loops close */
 
 /* sqlite.c, redis.c, pg.c: lariat.sqlite, .redis, .pg (the drivers are in core/data/) */
 void lr_sqlite_lua_open(lua_State *L);

@@ -5,7 +5,11 @@
  * of Lua once and shared by every subscriber, so it also crosses app versions
  * after a reload (the registry belongs to the worker thread, not to a
  * lua_State). Other workers get their own copy through a mailbox and a
- * uv_async wake-up, and deliver it from their own loop. */
+ * uv_async wake-up, and deliver it from their own loop.
+ *
+ * With --redis (cluster.c) a publish goes through Redis first; once Redis took
+ * it, this process delivers it as above, and every other instance gets it from
+ * its own subscription (a message from this instance is not delivered twice). */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,16 +210,24 @@ static void post_to_others(int self, const char *name, size_t nl, const char *ms
   }
 }
 
+/* this worker's subscribers get msg now; with self >= 0 (the publishing
+ * worker) every other worker's get it from their own loops right after */
+unsigned lr__channel_deliver(int self, const char *name, size_t nl, const char *msg, size_t ml) {
+  unsigned n = deliver_local(name, nl, msg, ml);
+  if (self >= 0) post_to_others(self, name, nl, msg, ml);
+  return n;
+}
+
 /* core.ch_publish(name, msg) → subscribers reached in this worker; the
  * other workers' subscribers get it from their own loops right after */
 static int l_publish(lua_State *L) {
   size_t nl, ml;
   const char *name = luaL_checklstring(L, 1, &nl);
   const char *msg = luaL_checklstring(L, 2, &ml);
+  if (lr_cluster_enabled()) return lr_cluster_publish(L, name, nl, msg, ml);
   lr_app_t *app;
   lua_getallocf(L, (void **)&app);
-  unsigned n = deliver_local(name, nl, msg, ml);
-  post_to_others(app->lw->w->id, name, nl, msg, ml);
+  unsigned n = lr__channel_deliver(app->lw->w->id, name, nl, msg, ml);
   lua_pushinteger(L, (lua_Integer)n);
   return 1;
 }
@@ -247,6 +259,7 @@ static int l_subscribe(lua_State *L) {
   lr_list_push(&c->subs, &s->link);
   c->n_subs++;
   s->ch = c;
+  if (lr_cluster_enabled()) return lr_cluster_subscribed(L); /* once this worker listens to Redis */
   return 1;
 }
 

@@ -242,6 +242,10 @@ int main(int argc, char **argv) {
   signal(SIGPIPE, SIG_IGN);
   raise_fd_limit();
 
+  if (lr_cluster_init(cfg.redis_url, err, sizeof err)) {
+    fprintf(stderr, "lariat: --redis: %s\n", err);
+    return 2;
+  }
   n_slots = cfg.workers;
   slots = calloc((size_t)n_slots, sizeof *slots);
   int *fds = calloc((size_t)n_slots * LR_MAX_LISTENERS, sizeof *fds);
@@ -295,6 +299,7 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n_slots; i++) {
     lr_lifecycle_release(&slots[i].lw);
   }
+  lr_cluster_free_all();
   lr_redis_lua_free_all(); /* their handles close with the loops below */
   lr_pg_lua_free_all();
   for (int i = 0; i < n_slots; i++) {

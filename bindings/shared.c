@@ -6,7 +6,10 @@
  * so no Lua object crosses a thread. One mutex per dictionary; every call
  * holds it for a hash lookup and a copy, never while Lua runs. Each entry
  * may expire; when the size cap is reached the least recently used entries
- * are evicted (expired ones first). */
+ * are evicted (expired ones first).
+ *
+ * With --redis the dictionary lives in Redis instead (cluster.c), shared by
+ * every lariat instance using it; the serialisation below is shared. */
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -56,7 +59,7 @@ static uint64_t hash_of(const char *p, size_t n) {
 
 /* ---- serialisation: tag byte, then payload ---- */
 
-static void ser(lua_State *L, int idx, luaL_Buffer *b, int depth) {
+void lr__shared_ser(lua_State *L, int idx, luaL_Buffer *b, int depth) {
   idx = lua_absindex(L, idx);
   switch (lua_type(L, idx)) {
     case LUA_TNIL: luaL_addchar(b, T_NIL); break;
@@ -90,8 +93,8 @@ static void ser(lua_State *L, int idx, luaL_Buffer *b, int depth) {
         if (kt != LUA_TSTRING && kt != LUA_TNUMBER && kt != LUA_TBOOLEAN)
           luaL_error(L, "shared: table keys must be strings, numbers or booleans");
         /* the buffer may sit on the stack: keep key/value above it */
-        ser(L, -2, b, depth + 1);
-        ser(L, -1, b, depth + 1);
+        lr__shared_ser(L, -2, b, depth + 1);
+        lr__shared_ser(L, -1, b, depth + 1);
         lua_pop(L, 1);
       }
       luaL_addchar(b, T_END);
@@ -101,7 +104,7 @@ static void ser(lua_State *L, int idx, luaL_Buffer *b, int depth) {
 }
 
 /* pushes the value at *p and advances it */
-static void deser(lua_State *L, const char **p, const char *end) {
+void lr__shared_deser(lua_State *L, const char **p, const char *end) {
   luaL_checkstack(L, 3, "shared: value too deep");
   char tag = *(*p)++;
   switch (tag) {
@@ -132,8 +135,8 @@ static void deser(lua_State *L, const char **p, const char *end) {
     case T_TABLE:
       lua_newtable(L);
       while (*p < end && **p != T_END) {
-        deser(L, p, end);
-        deser(L, p, end);
+        lr__shared_deser(L, p, end);
+        lr__shared_deser(L, p, end);
         lua_rawset(L, -3);
       }
       (*p)++;
@@ -280,7 +283,7 @@ static int d_get(lua_State *L) {
   luaL_pushresult(&b);
   size_t n;
   const char *p = lua_tolstring(L, -1, &n);
-  deser(L, &p, p + n);
+  lr__shared_deser(L, &p, p + n);
   return 1;
 }
 
@@ -303,7 +306,7 @@ static int set_or_add(lua_State *L, int only_if_absent) {
   luaL_Buffer b;
   lua_settop(L, 3);
   luaL_buffinit(L, &b);
-  ser(L, 3, &b, 0);
+  lr__shared_ser(L, 3, &b, 0);
   luaL_pushresult(&b);
   size_t vn;
   const char *v = lua_tolstring(L, -1, &vn);
@@ -492,6 +495,7 @@ static int l_shared(lua_State *L) {
     }
     lua_pop(L, 1);
   }
+  if (lr_cluster_enabled()) return lr_cluster_dict_push(L, name, nl); /* --redis: the dictionary lives there */
   pthread_mutex_lock(&dicts_lock);
   dict_t *d = dicts;
   while (d && strcmp(d->name, name) != 0) d = d->next;

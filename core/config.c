@@ -72,6 +72,9 @@ static const char usage[] =
     "      --max-connections N    connections per worker; more wait in the backlog (default: no cap)\n"
     "      --max-outbound N       outbound connections per worker, idle pooled ones included;\n"
     "                             at the cap an idle one is closed, else connect fails (default 1024)\n"
+    "      --redis URL            keep lariat.shared dictionaries and lariat.channel messages in this\n"
+    "                             Redis (redis://[[user]:password@]host[:port][/db]): every instance\n"
+    "                             using it shares them\n"
     "      --pid-file FILE        write the process id there while running\n"
     "      --user NAME            drop to this user after binding the listeners\n"
     "      --watch                reload the app when files in its directory change\n"
@@ -290,6 +293,9 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
         return -1;
       }
       cfg->max_outbound = (unsigned)n;
+    } else if (IS("--redis", "--redis")) {
+      NEEDVAL();
+      cfg->redis_url = val;
     } else if (IS("--pid-file", "--pid-file")) {
       NEEDVAL();
       cfg->pid_file = val;

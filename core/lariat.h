@@ -105,6 +105,7 @@ typedef struct lr_config_s {
   unsigned max_connections; /* per worker; more wait in the listen backlog (0 = no cap) */
   unsigned max_outbound;    /* outbound connections per worker, idle pooled ones included (0 = no cap) */
   const char *pid_file;
+  const char *redis_url;    /* --redis: shared dictionaries and channels in Redis (bindings/cluster.c) */
   const char *user;         /* drop to this user after binding */
   int log_json;             /* log lines as JSON objects */
   /* TLS (--cert/--key pairs, the first is the default; SNI picks among them) */
