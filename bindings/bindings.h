@@ -230,7 +230,7 @@ int lr_cluster_enabled(void);
 int lr_cluster_dict_push(lua_State *L, const char *name, size_t len);
 int lr_cluster_publish(lua_State *L, const char *name, size_t nl, const char *msg, size_t ml);
 int lr_cluster_subscribed(lua_State *L); /* the new subscription on top */
-void lr_cluster_free_all(void);          /* exit, after the workers stopped, before their loops close */
+void lr_cluster_free_all(void);          /* exit: after lr_redis_lua_free_all, before the loops close */
 
 /* sqlite.c, redis.c, pg.c: lariat.sqlite, .redis, .pg (the drivers are in core/data/) */
 void lr_sqlite_lua_open(lua_State *L);

@@ -124,6 +124,13 @@ static void on_cancel(lr_co_t *co, void *arg) {
   free(w);
 }
 
+static int reply_gc(lua_State *L) {
+  redisReply **box = luaL_checkudata(L, 1, REPLY_MT);
+  lr_redis_reply_free(*box);
+  *box = NULL;
+  return 0;
+}
+
 static int call_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
@@ -150,15 +157,12 @@ static int call_k(lua_State *L, int status, lua_KContext ctx) {
   /* the reply belongs to Lua from here: fn may raise or wait again */
   redisReply **box = lua_newuserdatauv(L, sizeof *box, 0);
   *box = r;
-  luaL_setmetatable(L, REPLY_MT);
+  if (luaL_newmetatable(L, REPLY_MT)) {
+    lua_pushcfunction(L, reply_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_setmetatable(L, -2);
   return fn(L, r);
-}
-
-static int reply_gc(lua_State *L) {
-  redisReply **box = luaL_checkudata(L, 1, REPLY_MT);
-  lr_redis_reply_free(*box);
-  *box = NULL;
-  return 0;
 }
 
 /* send argv on this worker's command connection; fn gets the reply in the
@@ -494,11 +498,6 @@ int lr_cluster_dict_push(lua_State *L, const char *name, size_t len) {
     lua_setfield(L, -2, "__tostring");
   }
   lua_setmetatable(L, -2);
-  if (luaL_newmetatable(L, REPLY_MT)) {
-    lua_pushcfunction(L, reply_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_pop(L, 1);
   return 1;
 }
 
@@ -649,13 +648,13 @@ int lr_cluster_init(const char *u, char *err, size_t errlen) {
 
 static void on_timer_closed(uv_handle_t *h) { free(h); }
 
+/* after lr_redis_lua_free_all, which freed every connection (ours too)
+ * without calling anyone back */
 void lr_cluster_free_all(void) {
   pthread_mutex_lock(&all_mu);
   while (all) {
     cworker_t *w = all;
     all = w->next_all;
-    lr_redis_conn_free(w->cmd);
-    lr_redis_conn_free(w->sub);
     uv_close((uv_handle_t *)w->retry, on_timer_closed);
     free(w);
   }

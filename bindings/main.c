@@ -299,8 +299,8 @@ int main(int argc, char **argv) {
   for (int i = 0; i < n_slots; i++) {
     lr_lifecycle_release(&slots[i].lw);
   }
+  lr_redis_lua_free_all(); /* their handles close with the loops below; --redis's connections too */
   lr_cluster_free_all();
-  lr_redis_lua_free_all(); /* their handles close with the loops below */
   lr_pg_lua_free_all();
   for (int i = 0; i < n_slots; i++) {
     lr_worker_destroy(&slots[i].w);

@@ -147,6 +147,8 @@ end
 --   ch:subscribe{max_queued=1000} → sub: sub:recv([timeout]), sub:each(),
 --                            sub:close() (also `local sub <close> = ...`)
 --   ch:subscribers()         how many subscriptions are open in this worker
+-- With --redis the channel spans every instance using that Redis: publish and
+-- subscribe then wait for Redis (nil, "redis unavailable: …" while it is down).
 local Channel = {}
 Channel.__index = Channel
 
@@ -175,6 +177,9 @@ end
 --   local hits = lariat.shared("hits")
 --   hits:incr("/", 1, 0)          → new count (atomic across workers)
 --   hits:set("k", {a = 1}, 60)    → true, or nil, err; expires in 60 s
+-- With --redis the dictionary lives in Redis, shared by every instance using
+-- it; each call then waits for Redis (so only where a coroutine can wait) and
+-- `size` is Redis's maxmemory business.
 function lariat.shared(name, opts)
   return core_or_fail("lariat.shared").shared(name, opts)
 end
