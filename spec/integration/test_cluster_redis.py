@@ -346,3 +346,31 @@ def test_a_bad_redis_url_is_refused_at_startup():
     out = subprocess.run([lariat_bin(), "--redis", "http://nope", app_path("cluster.lua")],
                          capture_output=True, timeout=10 * SLOW)
     assert out.returncode == 2 and b"--redis" in out.stderr and b"redis://" in out.stderr
+
+
+def test_a_stalled_redis_times_out_and_a_leaving_client_cancels(cluster):
+    """Redis stalls (DEBUG SLEEP): a call gives up after the URL's timeout with
+    "redis unavailable: timeout", a client that leaves mid-wait cancels its call,
+    and the same server answers once Redis does -- twice."""
+    redis = cluster.redis
+    srv = LariatServer(app_path("cluster.lua"), "--workers", "1",
+                       "--redis", redis.url(db=5) + "?timeout=0.5").start()
+    try:
+        assert post(srv, "/kv/stall", b'"before"').text == "stored"
+        for _ in range(2):
+            sleeper = threading.Thread(target=redis.cli, args=("DEBUG", "SLEEP", "2"))
+            sleeper.start()
+            time.sleep(0.1)  # the sleep has started: Redis answers nobody now
+            leaving = srv.connect()
+            leaving.send(b"GET /kv/stall HTTP/1.1\r\nhost: x\r\n\r\n")
+            time.sleep(0.1)
+            leaving.close()  # while its GET waits for Redis
+            t0 = time.monotonic()
+            r = get(srv, "/kv/stall")
+            assert r.status_code == 503 and r.text == "redis unavailable: timeout", r.text
+            assert time.monotonic() - t0 < 1.8
+            sleeper.join()
+            wait_until(lambda: get(srv, "/kv/stall").status_code == 200, 10, "answers again")
+            assert get(srv, "/kv/stall").json()["value"] == "before"
+    finally:
+        srv.check_healthy()
