@@ -247,6 +247,17 @@ static void push_decoded(lua_State *L, const char *s, size_t n) {
   lua_pushlstring(L, s, n);
 }
 
+/* cmd <the key of argument 2>: GET, DEL, PTTL */
+static int key_command(lua_State *L, const char *cmd, const char *what, reply_fn fn) {
+  dict_t *d = check_dict(L);
+  size_t kn, n;
+  const char *k = luaL_checklstring(L, 2, &kn);
+  lua_settop(L, 2);
+  const char *argv[2] = {cmd, push_key(L, d, k, kn, &n)};
+  size_t lens[2] = {strlen(cmd), n};
+  return call(L, what, 2, argv, lens, fn);
+}
+
 static int get_done(lua_State *L, redisReply *r) {
   if (r->type == REDIS_REPLY_ERROR) return error_reply(L, r);
   if (r->type != REDIS_REPLY_STRING) {
@@ -257,15 +268,7 @@ static int get_done(lua_State *L, redisReply *r) {
   return 1;
 }
 
-static int d_get(lua_State *L) {
-  dict_t *d = check_dict(L);
-  size_t kn, n;
-  const char *k = luaL_checklstring(L, 2, &kn);
-  lua_settop(L, 2);
-  const char *argv[2] = {"GET", push_key(L, d, k, kn, &n)};
-  size_t lens[2] = {3, n};
-  return call(L, "shared:get", 2, argv, lens, get_done);
-}
+static int d_get(lua_State *L) { return key_command(L, "GET", "shared:get", get_done); }
 
 static uint64_t ttl_ms(lua_State *L, int idx) {
   lua_Number ttl = luaL_optnumber(L, idx, 0);
@@ -391,15 +394,7 @@ static int delete_done(lua_State *L, redisReply *r) {
   return 1;
 }
 
-static int d_delete(lua_State *L) {
-  dict_t *d = check_dict(L);
-  size_t kn, n;
-  const char *k = luaL_checklstring(L, 2, &kn);
-  lua_settop(L, 2);
-  const char *argv[2] = {"DEL", push_key(L, d, k, kn, &n)};
-  size_t lens[2] = {3, n};
-  return call(L, "shared:delete", 2, argv, lens, delete_done);
-}
+static int d_delete(lua_State *L) { return key_command(L, "DEL", "shared:delete", delete_done); }
 
 static int ttl_done(lua_State *L, redisReply *r) {
   if (r->type == REDIS_REPLY_ERROR) return error_reply(L, r);
@@ -413,15 +408,7 @@ static int ttl_done(lua_State *L, redisReply *r) {
 }
 
 /* ttl(key) → seconds left, 0 for no expiry, or nil, "not found" */
-static int d_ttl(lua_State *L) {
-  dict_t *d = check_dict(L);
-  size_t kn, n;
-  const char *k = luaL_checklstring(L, 2, &kn);
-  lua_settop(L, 2);
-  const char *argv[2] = {"PTTL", push_key(L, d, k, kn, &n)};
-  size_t lens[2] = {4, n};
-  return call(L, "shared:ttl", 2, argv, lens, ttl_done);
-}
+static int d_ttl(lua_State *L) { return key_command(L, "PTTL", "shared:ttl", ttl_done); }
 
 /* keys: stack 1 dict, 2 max, 3 result, 4 MATCH pattern, then the reply */
 static int scan_next(lua_State *L, const char *cursor, size_t cl);

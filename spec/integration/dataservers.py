@@ -133,6 +133,14 @@ class Redis:
                 pos = _resp_end(s, buf, pos)
             return bytes(buf[start:pos])
 
+    def clients(self):
+        """Connected clients, as redis-server counts them (minus the asking one)."""
+        info = self.cli("INFO", "clients").decode()
+        for line in info.splitlines():
+            if line.startswith("connected_clients:"):
+                return int(line.split(":")[1]) - 1
+        raise AssertionError(info)
+
     def url(self, db=0):
         auth = (":%s@" % self.password) if self.password else ""
         return "redis://%s127.0.0.1:%d/%d" % (auth, self.port, db)

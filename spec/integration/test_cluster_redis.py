@@ -118,14 +118,6 @@ def get(target, path, timeout=10):
     return httpx.get(target.url(path), trust_env=False, timeout=timeout * SLOW)
 
 
-def redis_clients(redis):
-    info = redis.cli("INFO", "clients").decode()
-    for line in info.splitlines():
-        if line.startswith("connected_clients:"):
-            return int(line.split(":")[1]) - 1
-    raise AssertionError(info)
-
-
 def test_a_set_through_one_instance_is_read_through_the_other(cluster):
     a, b, proxy = cluster.a, cluster.b, cluster.proxy
     assert post(a, "/kv/greeting", b'{"text": "hi", "n": [1, 2]}').text == "stored"
@@ -337,7 +329,7 @@ def test_redis_stopped_and_started_again(cluster):
         assert ws.read_message()[1] == b"end-%d" % round_
     ws.close()
     # the bound: each worker holds at most its command and subscription connections
-    wait_until(lambda: redis_clients(redis) <= 2 * 2 * 2, 10, "old connections to be gone")
+    wait_until(lambda: redis.clients() <= 2 * 2 * 2, 10, "old connections to be gone")
     for s in cluster.lariats:
         assert s.alive()
 
