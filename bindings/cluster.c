@@ -3,7 +3,7 @@
  *
  * Each worker has two connections (core/data/redis.c, on its own loop): one
  * for commands, pipelined by every handler of the worker, and one subscribed
- * to the pattern lariat:channel:* . A failed connection is replaced by the
+ * to the pattern lariat:<db>:channel:* . A failed connection is replaced by the
  * next command; the subscription is taken again by a timer, so subscribers
  * need do nothing when Redis comes back.
  *
@@ -12,7 +12,7 @@
  * every other value in shared.c's encoding, whose first byte is a tag below
  * 0x20. incr is one Lua script (read, create, expire and add atomically).
  *
- * Channel messages are published on lariat:channel:<name> with a header
+ * Channel messages are published on lariat:<db>:channel:<name> with a header
  * naming this process; the publishing process delivers its own message from
  * memory once Redis has taken it (channel.c), and its subscription drops the
  * copy Redis sends back, so each subscriber sees a message once. */
@@ -32,7 +32,6 @@
 #define DICT_MT "lariat.shared.redis"
 #define REPLY_MT "lariat.cluster.reply"
 #define KEY_PREFIX "lariat:shared:"
-#define CH_PREFIX "lariat:channel:"
 #define MAGIC "\0LR1" /* then 8 bytes of origin, then the message */
 #define MAGIC_LEN 4
 #define HEADER_LEN (MAGIC_LEN + 8)
@@ -41,6 +40,10 @@
 static int enabled;
 static lr_redis_url_t url;
 static unsigned char origin[8]; /* this process, among every instance */
+/* lariat:<db>:channel: -- Redis pub/sub ignores the database number, so it is
+ * in the channel's name: clusters on different databases stay apart */
+static char ch_prefix[48];
+static size_t ch_plen;
 
 typedef struct cworker_s {
   uv_loop_t *loop;
@@ -522,8 +525,7 @@ static void on_sub(void *data, redisReply *r, const char *err) {
         msg += HEADER_LEN;
         ml -= HEADER_LEN;
       }
-      size_t skip = sizeof CH_PREFIX - 1;
-      if (ch->len > skip) lr__channel_deliver(-1, ch->str + skip, ch->len - skip, msg, ml);
+      if (ch->len > ch_plen) lr__channel_deliver(-1, ch->str + ch_plen, ch->len - ch_plen, msg, ml);
     }
   } else if (r->type == REDIS_REPLY_ERROR) {
     char why[128];
@@ -538,8 +540,10 @@ done:
 
 static void subscribe_now(cworker_t *w) {
   if (w->sub_state != SUB_OFF) return;
-  const char *argv[2] = {"PSUBSCRIBE", CH_PREFIX "*"};
-  size_t lens[2] = {10, sizeof CH_PREFIX};
+  char pattern[sizeof ch_prefix + 1];
+  snprintf(pattern, sizeof pattern, "%s*", ch_prefix);
+  const char *argv[2] = {"PSUBSCRIBE", pattern};
+  size_t lens[2] = {10, ch_plen + 1};
   char err[128];
   w->sub_state = SUB_PENDING;
   if (lr_redis_subscribe(w->sub, 2, argv, lens, on_sub, w, err, sizeof err)) sub_failed(w, err);
@@ -605,7 +609,7 @@ int lr_cluster_publish(lua_State *L, const char *name, size_t nl, const char *ms
   lua_settop(L, 2);
   luaL_Buffer b;
   luaL_buffinit(L, &b);
-  luaL_addstring(&b, CH_PREFIX);
+  luaL_addlstring(&b, ch_prefix, ch_plen);
   luaL_addlstring(&b, name, nl);
   luaL_pushresult(&b);
   luaL_buffinit(L, &b);
@@ -625,6 +629,7 @@ int lr_cluster_publish(lua_State *L, const char *name, size_t nl, const char *ms
 int lr_cluster_init(const char *u, char *err, size_t errlen) {
   if (u == NULL) return 0;
   if (lr_redis_url_parse(u, &url, err, errlen)) return -1;
+  ch_plen = (size_t)snprintf(ch_prefix, sizeof ch_prefix, "lariat:%d:channel:", url.db);
   if (getrandom(origin, sizeof origin, 0) != (ssize_t)sizeof origin) {
     uint64_t x = (uint64_t)uv_hrtime() ^ ((uint64_t)getpid() << 32);
     memcpy(origin, &x, sizeof origin);

@@ -272,6 +272,16 @@ def test_a_websocket_on_one_instance_gets_what_the_other_publishes_once(cluster)
     post(cluster.b, "/publish/quiet", b"y")
     assert ws3.read_message()[1] == b"y"
     ws3.close()
+    # another database of the same Redis is another cluster, for channels too
+    apart = LariatServer(app_path("cluster.lua"), "--workers", "1", "--redis", cluster.redis.url(db=6)).start()
+    try:
+        ws4, _ = open_sub(apart.port, "quiet")
+        post(cluster.b, "/publish/quiet", b"not for db 6")
+        post(apart, "/publish/quiet", b"db 6")
+        assert ws4.read_message()[1] == b"db 6"
+        ws4.close()
+    finally:
+        apart.check_healthy()
 
 
 def expect_unavailable(r):
