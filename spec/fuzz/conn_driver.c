@@ -361,6 +361,13 @@ void lr_fuzz_conn_run(const char *prefix, size_t plen, const uint8_t *data, size
   for (int i = 0; i < 8 && worker.n_conns; i++) pump(sv[1]);
   close(sv[1]);
   for (int i = 0; i < 8 && (worker.n_conns || live); i++) pump(-1);
+  /* a lingering close waits for the peer's EOF: with the peer gone it must
+   * not wait for lingering_timeout too (no timeout has fired yet) */
+  for (lr_link_t *l = worker.conns.next; l != &worker.conns; l = l->next)
+    if (LR_CONTAINER_OF(l, lr_conn_t, all)->flags & LR_CF_LINGERING) {
+      fprintf(stderr, "fuzz: a lingering connection outlived its closed peer\n");
+      abort();
+    }
   /* what still waits for a timeout: let it fire, then close what is left */
   expire_timeouts();
   for (int i = 0; i < 4 && worker.n_conns; i++) pump(-1);
