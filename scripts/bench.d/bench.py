@@ -18,6 +18,7 @@ import sys
 import tempfile
 import shutil
 
+import backends
 import measure
 import report
 import servers
@@ -38,7 +39,10 @@ def parse_args(argv):
     ap.add_argument("--duration", type=int, help="wrk seconds per run (default 10, smoke 1)")
     ap.add_argument("--only", help="comma-separated row names or prefixes, e.g. h1-hello,idle")
     ap.add_argument("--list", action="store_true", help="list the row names and exit")
+    ap.add_argument("--no-callgrind", dest="callgrind", action="store_false",
+                    help="skip the instructions-per-request runs (never run by --smoke)")
     a = ap.parse_args(argv)
+    a.callgrind = a.callgrind and not a.smoke
     a.rounds = a.rounds or (1 if a.smoke else 3)
     a.duration = a.duration or (1 if a.smoke else 10)
     return a
@@ -46,8 +50,8 @@ def parse_args(argv):
 
 def make_rows(args):
     rows = [
-        Row("h1-hello", "HTTP/1.1 hello", "wrk"),
-        Row("h2c-hello", "h2c hello", "h2c"),
+        Row("h1-hello", "HTTP/1.1 hello", "wrk", callgrind=True),
+        Row("h2c-hello", "h2c hello", "h2c", callgrind=True),
         Row("h1-echo-64k", "HTTP/1.1 POST echo 64 KiB", "wrk-post"),
         Row("h2-tls-hello", "HTTPS h2 hello", "h2-tls"),
     ]
@@ -57,6 +61,25 @@ def make_rows(args):
                             proto=proto, conns=n))
     rows.append(Row("h1-2workers", "HTTP/1.1 hello, 2 workers, unpinned", "wrk",
                     workers=2, pin=False))
+    # Outbound and data (issues 10, 11): HTTP/1.1, the nginx anchor is
+    # nginx-upstream.conf.in; h2o has no counterpart.
+    up = dict(anchor="upstream", kinds=("lariat", "nginx"), callgrind=True)
+    rows += [
+        Row("h1-proxy", "HTTP/1.1 reverse proxy to nginx", "wrk", path="/proxy/",
+            needs=("upstream",), labels={"lariat": "lariat.proxy", "nginx": "nginx proxy_pass"},
+            **up),
+        Row("h1-fetch", "HTTP/1.1 handler, one upstream GET", "wrk", path="/fetch",
+            needs=("upstream",),
+            labels={"lariat": "lariat.http.get", "nginx": "nginx + lua-resty-http"}, **up),
+        Row("h1-redis", "HTTP/1.1 handler, one Redis GET", "wrk", path="/redis",
+            needs=("redis",),
+            labels={"lariat": "lariat.redis", "nginx": "nginx + lua-resty-redis"}, **up),
+        Row("h1-sqlite", "HTTP/1.1 handler, one SQLite PK SELECT", "wrk", path="/sqlite",
+            needs=("sqlite",), kinds=("lariat",), labels={"lariat": "lariat.sqlite"},
+            callgrind=True),
+        Row("h1-pg", "HTTP/1.1 handler, one PostgreSQL PK SELECT", "wrk", path="/pg",
+            needs=("pg",), kinds=("lariat",), labels={"lariat": "lariat.pg"}, callgrind=True),
+    ]
     if args.only:
         wanted = args.only.split(",")
         rows = [r for r in rows if any(r.name == w or r.name.startswith(w + "-") for w in wanted)]
@@ -73,6 +96,8 @@ def make_cert(tmp):
 
 
 def summary(r):
+    if "instr" in r:
+        return f"{r['instr']:,.0f} instructions/request ({r['cg_requests']} requests)"
     if "kib_per_conn" in r:
         return f"{r['kib_per_conn']:.2f} KiB/conn, {r['errors']} errors"
     return (f"{r['rps']:.0f} req/s, {r['user_us']:.2f} + {r['sys_us']:.2f} µs/req, "
@@ -100,6 +125,21 @@ def notes(args, rows, cells):
         "opened. The master/helper processes don't change, so the sum is the "
         "serving process's growth. Errors: connections that failed or were closed by the "
         "server before the measurement.",
+        "- instr/req: instructions per request of the serving process, every thread, under "
+        "`valgrind --tool=callgrind --smc-check=all-non-file` (nginx with `master_process off`): "
+        "a 2,000-request warm-up, `callgrind_control -z`, "
+        f"`h2load --h1 -c50 -n{measure.CG_REQUESTS}` (h2c: `-c50 -m10`), `callgrind_control -d`, "
+        "dumped totals ÷ requests served. One run per row and server after the timed rounds: "
+        "the count repeats within ~1 % run to run, loaded machine or not, while the timings "
+        "here swing ±30 % (the machine is shared).",
+        "- Outbound and data rows (HTTP/1.1, lariat app `scripts/bench.d/outbound.lua`; anchor "
+        "`../shared/anchors/nginx-upstream.conf.in` with its lualib): the upstream is an nginx "
+        "`return 200 \"Hello world!\"` (C only), redis-server holds `greeting`, SQLite and "
+        f"PostgreSQL 15 a {backends.SQL_ROWS:,}-row table read by primary key (a different row "
+        "each request); every backend runs pinned to the load generator's core 0, is started "
+        "once per bench run and is not part of the server's CPU. backend CPU µs/req: "
+        "the backend's own CPU (upstream nginx, redis-server, PostgreSQL's processes) per "
+        "request served. SQLite runs inside lariat (its thread), so its cost is in lariat's CPU.",
         "- Anchors from `../shared/anchors/`, with deviations: nginx keeps request bodies up to "
         "128k in memory (`client_body_buffer_size`; with the template's default the 64 KiB "
         "echo answers an empty body) and `worker_rlimit_nofile` = the hard fd limit; h2o gets "
@@ -131,7 +171,7 @@ def write_report(args, argv, rows, cells):
          f"{', SMOKE MODE: numbers meaningless' if args.smoke else ''}).", ""]
         + report.table(rows, cells)
         + ["", "Ratios: req/s ÷ the reference's (higher is better), CPU µs/req and KiB/conn ÷ "
-           "the reference's (lower is better).", "", "## Targets (issue 6)", ""]
+           "the reference's (lower is better).", "", "## Targets (issues 6, 10, 11, 13)", ""]
         + report.targets(rows, cells) + ["", "## How it was measured", ""]
         + notes(args, rows, cells)) + "\n"
     out = OUT_SMOKE if args.smoke else OUT
@@ -139,6 +179,29 @@ def write_report(args, argv, rows, cells):
     with open(out, "w") as f:
         f.write(text)
     return text, out
+
+
+def measure_cell(env, row, kind, opts, cell, when, how=measure.run):
+    """One measurement into cell; returns 1 if a server or load generator failed."""
+    if cell.na:
+        return 0  # lariat lacks it, or the anchor/backend is absent: no point asking again
+    tag = f"{when} {row.name:13} {kind:6}"
+    try:
+        r = how(env, row, kind, opts)
+    except servers.Unsupported as e:
+        cell.na = str(e)
+        print(f"{tag} n/a: {e}", file=sys.stderr, flush=True)
+        return 0
+    except (servers.StartError, LoadError) as e:
+        cell.failed, cell.nfailed = str(e), cell.nfailed + 1
+        print(f"{tag} FAILED: {e}", file=sys.stderr, flush=True)
+        return 1
+    if "instr" in r:
+        cell.instr = r["instr"]
+    else:
+        cell.results.append(r)
+    print(f"{tag} {summary(r)}", file=sys.stderr, flush=True)
+    return 0
 
 
 def main(argv):
@@ -157,10 +220,10 @@ def main(argv):
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: sys.exit(130))
 
-    opts = Opts(duration=args.duration, h2_requests=2000 if args.smoke else 200000,
-                warmup=not args.smoke)
-    cells = {r.name: {k: report.Cell() for k in servers.SERVERS} for r in rows}
+    cells = {r.name: {k: report.Cell() for k in r.kinds} for r in rows}
     tmp = tempfile.mkdtemp(prefix="lariat-bench.")
+    opts = Opts(duration=args.duration, h2_requests=2000 if args.smoke else 200000,
+                warmup=not args.smoke, tmp=tmp)
     failures = 0
     try:
         cert, key = make_cert(tmp)
@@ -177,26 +240,20 @@ def main(argv):
             order = servers.SERVERS[rnd % 3:] + servers.SERVERS[:rnd % 3]
             for row in rows:
                 for kind in order:
-                    cell = cells[row.name][kind]
-                    if cell.na:
-                        continue  # lariat lacks it: no point asking again
-                    tag = f"[{rnd + 1}/{args.rounds}] {row.name:13} {kind:6}"
-                    try:
-                        r = measure.run(env, row, kind, opts)
-                        cell.results.append(r)
-                        print(f"{tag} {summary(r)}", file=sys.stderr, flush=True)
-                    except servers.Unsupported as e:
-                        cell.na = str(e)
-                        print(f"{tag} n/a: {e}", file=sys.stderr, flush=True)
-                    except (servers.StartError, LoadError) as e:
-                        cell.failed, cell.nfailed = str(e), cell.nfailed + 1
-                        failures += 1
-                        print(f"{tag} FAILED: {e}", file=sys.stderr, flush=True)
+                    if kind in row.kinds:
+                        failures += measure_cell(env, row, kind, opts, cells[row.name][kind],
+                                                 f"[{rnd + 1}/{args.rounds}]")
+        # Instruction counts are deterministic: one run each, after the timed rounds.
+        for row in rows if args.callgrind else []:
+            for kind in row.kinds if row.callgrind else ():
+                failures += measure_cell(env, row, kind, opts, cells[row.name][kind],
+                                         "[callgrind]", measure.instructions)
         text, out = write_report(args, argv, rows, cells)
         print(text)
         print(f"written to {os.path.relpath(out, os.getcwd())}", file=sys.stderr)
     finally:
         servers.stop_all()
+        backends.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)
     # Numbers never fail the bench; a server or load generator that broke does.
     return 1 if failures else 0

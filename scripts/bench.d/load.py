@@ -62,11 +62,14 @@ def wrk(port, path="/", duration=10, connections=50, post=False, pin=True):
             "bytes_per_req": bytes_read / requests if requests else 0}
 
 
-def h2load(url, n=200000, connections=50, streams=10, pin=True):
-    """h2load -cN -mM -t1 -nR; returns requests (2xx), rps, errors."""
+def h2load(url, n=200000, connections=50, streams=10, pin=True, h1=False, timeout=120):
+    """h2load -cN -mM -t1 -nR (--h1: HTTP/1.1, one request at a time per
+    connection); returns requests (2xx), rps, errors."""
     cmd = (["taskset", "-c", "0"] if pin else []) + [
-        "h2load", f"-c{connections}", f"-m{streams}", "-t1", f"-n{n}", url]
-    out = _run(cmd, timeout=120)
+        "h2load", f"-c{connections}", f"-m{1 if h1 else streams}", "-t1", f"-n{n}", url]
+    if h1:
+        cmd.insert(-1, "--h1")
+    out = _run(cmd, timeout=timeout)
     if url.startswith("https:") and "Application protocol: h2" not in out:
         raise LoadError("TLS connection did not negotiate h2")
     fin = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)

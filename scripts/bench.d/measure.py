@@ -1,11 +1,14 @@
 """One measurement: start a fresh server, warm it up, load it, read its CPU or
 memory from /proc, stop it. Returns a dict of numbers; raises servers.Unsupported
 (cell says n/a), servers.StartError or load.LoadError (cell says failed)."""
+import glob
 import os
+import re
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import backends
 import load
 import procstat
 import servers
@@ -23,6 +26,16 @@ class Row:
     pin: bool = True
     proto: str = "h1"   # idle rows: h1 | h2c
     conns: int = 0      # idle rows: N
+    path: str = "/"     # what lariat is asked for
+    anchor_path: str = ""   # what the anchors are asked for (default: path)
+    anchor: str = "lua"     # nginx template, see servers.Spec
+    needs: tuple = ()       # backends (backends.py) the row talks to
+    kinds: tuple = servers.SERVERS   # servers measured (anchors that have the work)
+    labels: dict = field(default_factory=dict)   # kind -> table label, if not servers.LABELS
+    callgrind: bool = False  # also count instructions per request (full runs only)
+
+    def path_for(self, kind):
+        return self.path if kind == "lariat" else (self.anchor_path or self.path)
 
 
 @dataclass
@@ -30,6 +43,27 @@ class Opts:
     duration: int       # wrk -d
     h2_requests: int    # h2load -n
     warmup: bool        # a short unmeasured run first (JITs, caches, lazy init)
+    tmp: str = ""       # the bench's temp dir (backends live there)
+
+
+def _spec(env, row, kind, opts):
+    """servers.Spec for this row: the backends it needs started, their ports and
+    URLs handed to the anchor template or to lariat's outbound app."""
+    spec = servers.Spec(anchor=row.anchor)
+    if not row.needs:
+        return spec
+    if kind == "lariat":
+        spec.app = os.path.join(HERE, "outbound.lua")
+        spec.app_env["BENCH_SQL_ROWS"] = str(backends.SQL_ROWS)
+    for name in row.needs:
+        b = backends.get(name, opts.tmp)
+        spec.ports[name] = b.port
+        spec.app_env[f"BENCH_{name.upper()}"] = b.url
+    return spec
+
+
+def _backend_cpu(row, opts):
+    return sum(backends.cpu_seconds(backends.get(n, opts.tmp)) for n in row.needs)
 
 
 def _check_h2(server, row):
@@ -48,7 +82,8 @@ def _run_load(server, row, opts, warmup=False):
     duration = 1 if warmup else opts.duration
     n = max(opts.h2_requests // 10, 1000) if warmup else opts.h2_requests
     if row.kind in ("wrk", "wrk-post"):
-        return load.wrk(server.h1_port, "/echo" if row.kind == "wrk-post" else "/",
+        return load.wrk(server.h1_port,
+                        "/echo" if row.kind == "wrk-post" else row.path_for(server.kind),
                         duration=duration, post=row.kind == "wrk-post", pin=row.pin)
     if row.kind == "h2c":
         return load.h2load(f"http://127.0.0.1:{server.h2c_port}/", n=n, pin=row.pin)
@@ -56,7 +91,9 @@ def _run_load(server, row, opts, warmup=False):
 
 
 def throughput(env, row, kind, opts):
-    server = servers.start(env, kind, workers=row.workers, tls=row.kind == "h2-tls", pin=row.pin)
+    spec = _spec(env, row, kind, opts)
+    server = servers.start(env, kind, workers=row.workers, tls=row.kind == "h2-tls", pin=row.pin,
+                           spec=spec)
     try:
         if row.kind in ("h2c", "h2-tls"):
             _check_h2(server, row)
@@ -64,8 +101,10 @@ def throughput(env, row, kind, opts):
             _run_load(server, row, opts, warmup=True)
         pids = server.pids()
         user0, sys0 = procstat.cpu_seconds(pids)
+        b0 = _backend_cpu(row, opts)
         r = _run_load(server, row, opts)
         user1, sys1 = procstat.cpu_seconds(pids)
+        b1 = _backend_cpu(row, opts)
     finally:
         servers.stop(server)
     if not r["requests"]:
@@ -78,7 +117,57 @@ def throughput(env, row, kind, opts):
     r["user_us"] = (user1 - user0) / r["requests"] * 1e6
     r["sys_us"] = (sys1 - sys0) / r["requests"] * 1e6
     r["cpu_us"] = r["user_us"] + r["sys_us"]
+    if row.needs and b1 > b0:   # SQLite has no process of its own: its CPU is lariat's
+        r["backend_us"] = (b1 - b0) / r["requests"] * 1e6
     return r
+
+
+CG_REQUESTS = 20000   # per ../shared/anchors/README.md: h2load -n 20000 -c 50 [-m 10]
+
+
+def _callgrind_total(path):
+    with open(path) as f:
+        for line in f:
+            m = re.match(r"(summary|totals): (\d+)", line)
+            if m:
+                return int(m.group(2))
+    raise load.LoadError(f"no totals in {path}")
+
+
+def instructions(env, row, kind, opts):
+    """Instructions per request of the serving process, every thread, under
+    callgrind: warm-up, counters zeroed, a fixed h2load load, dumped, divided.
+    Deterministic to ~1 % where timings swing ±30 %."""
+    spec = _spec(env, row, kind, opts)
+    out_dir = os.path.join(opts.tmp, f"cg-{kind}-{time.monotonic_ns()}")
+    os.makedirs(out_dir)
+    spec.wrap = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
+                 f"--callgrind-out-file={out_dir}/callgrind.out"]
+    spec.single_process = True
+    server = servers.start(env, kind, spec=spec, timeout=120)
+    h2c = row.kind == "h2c"
+    url = (f"http://127.0.0.1:{server.h2c_port}/" if h2c
+           else f"http://127.0.0.1:{server.h1_port}{row.path_for(kind)}")
+    pid = str(server.proc.pid)   # taskset and valgrind exec: the serving process's PID
+    try:
+        load.h2load(url, n=2000, h1=not h2c, timeout=600)   # warm-up
+        subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True,
+                       timeout=120)
+        r = load.h2load(url, n=CG_REQUESTS, h1=not h2c, timeout=900)
+        subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True,
+                       timeout=120)
+        dumps = [p for p in glob.glob(f"{out_dir}/callgrind.out*")
+                 if not p.endswith("callgrind.out")]
+        if not dumps:
+            raise load.LoadError("callgrind wrote no dump")
+        total = sum(_callgrind_total(p) for p in dumps)
+    except subprocess.SubprocessError as e:
+        raise load.LoadError(f"callgrind_control: {e}")
+    finally:
+        servers.stop(server, timeout=30)
+    if not r["requests"]:
+        raise load.LoadError("no successful requests under callgrind")
+    return {"instr": total / r["requests"], "cg_requests": r["requests"]}
 
 
 def _opener(port, proto, n):

@@ -1,9 +1,9 @@
 """Turn the per-round results into the markdown table the README quotes:
 medians over rounds, ratios to nginx + lua and to h2o + mruby in their own
-columns, and where lariat stands against the targets of issue 6."""
+columns, and where lariat stands against the targets of issues 6, 10, 11 and 13."""
 import statistics
 
-from servers import LABELS, SERVERS
+from servers import LABELS
 
 
 def median(results, key):
@@ -27,6 +27,7 @@ class Cell:
         self.na = None      # lariat lacks the feature
         self.failed = None  # a server or load generator misbehaved: the last message
         self.nfailed = 0
+        self.instr = None   # instructions per request under callgrind (full runs)
 
     def med(self, key):
         return median(self.results, key)
@@ -37,39 +38,57 @@ def _x(label, a, b):
     return f"{label} {a / b:.2f}×" if a is not None and b else f"{label} ?"
 
 
-def _ratio(cell, ref, row):
+def _ratio(cell, ref, row, prefix=""):
+    if ref is None:
+        return ""
     if cell is ref:
         return "—"
     if not cell.results or not ref.results:
         return ""
     if row.kind == "idle":
         return _x("KiB", cell.med("kib_per_conn"), ref.med("kib_per_conn"))
-    return (_x("req/s", cell.med("rps"), ref.med("rps")) + " · "
-            + _x("CPU", cell.med("cpu_us"), ref.med("cpu_us")))
+    out = (prefix + _x("req/s", cell.med("rps"), ref.med("rps")) + " · "
+           + _x("CPU", cell.med("cpu_us"), ref.med("cpu_us")))
+    if cell.instr and ref.instr:
+        out += " · " + _x("instr", cell.instr, ref.instr)
+    return out
+
+
+def label(row, kind):
+    return row.labels.get(kind, LABELS[kind])
 
 
 def table(rows, cells):
     out = ["| test | server | req/s | p50 ms | p99 ms | user µs/req | sys µs/req "
-           "| CPU µs/req | KiB/conn | errors | vs nginx + lua | vs h2o + mruby |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+           "| CPU µs/req | instr/req | backend CPU µs/req | KiB/conn | errors "
+           "| vs nginx (the row's anchor) | vs h2o + mruby |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    hello = cells.get("h1-hello", {}).get("lariat")
     for row in rows:
-        for kind in SERVERS:
+        for kind in row.kinds:
             cell = cells[row.name][kind]
-            head = f"| {row.title} | {LABELS[kind]} |"
+            head = f"| {row.title} | {label(row, kind)} |"
             if not cell.results:
                 why = f"n/a: {cell.na}" if cell.na else f"failed: {cell.failed or 'not run'}"
-                out.append(head + f" {why} |" + " |" * 9)
+                out.append(head + f" {' '.join(why.split())} |" + " |" * 11)
                 continue
+            if "nginx" in row.kinds:
+                vs_nginx = _ratio(cell, cells[row.name]["nginx"], row)
+            elif kind == "lariat" and row.name != "h1-hello":
+                vs_nginx = _ratio(cell, hello, row, "vs lariat hello: ")
+            else:
+                vs_nginx = ""
             errors = sum(r.get("errors", 0) for r in cell.results)
             note = f" ({cell.nfailed} runs failed: {cell.failed})" if cell.nfailed else ""
             out.append(head + " | ".join([
                 "" if row.kind == "idle" else " " + _num(cell.med("rps"), 0),
                 _num(cell.med("p50"), 2), _num(cell.med("p99"), 2),
                 _num(cell.med("user_us"), 2), _num(cell.med("sys_us"), 2),
-                _num(cell.med("cpu_us"), 2), _num(cell.med("kib_per_conn"), 2),
-                f"{errors}{note}",
-                _ratio(cell, cells[row.name]["nginx"], row),
-                _ratio(cell, cells[row.name]["h2o"], row)]) + " |")
+                _num(cell.med("cpu_us"), 2),
+                f"{cell.instr:,.0f}" if cell.instr else "",
+                _num(cell.med("backend_us"), 2), _num(cell.med("kib_per_conn"), 2),
+                f"{errors}{note}", vs_nginx,
+                _ratio(cell, cells[row.name].get("h2o"), row)]) + " |")
     return out
 
 
@@ -77,6 +96,8 @@ def targets(rows, cells):
     """Issue 6's targets, checked against this run's medians (✓ met, ✗ not, ? no data)."""
     def get(row_name, kind, key):
         cell = cells.get(row_name, {}).get(kind)
+        if key == "instr":
+            return cell.instr if cell else None
         return cell.med(key) if cell and cell.results else None
 
     def check(label, value, limit, fmt="{:.2f}", le=True):
@@ -100,6 +121,29 @@ def targets(rows, cells):
         lines.append(check("h2c hello, total CPU/req ÷ h2o + mruby ≤ 0.8",
                            ratio(get("h2c-hello", "lariat", "cpu_us"),
                                  get("h2c-hello", "h2o", "cpu_us")), 0.8))
+    if "h1-hello" in cells:
+        lines.append(check("HTTP/1.1 hello, instructions/req ÷ nginx + lua ≤ 0.5 (issue 13)",
+                           ratio(get("h1-hello", "lariat", "instr"),
+                                 get("h1-hello", "nginx", "instr")), 0.5))
+    if "h2c-hello" in cells:
+        lines.append(check("h2c hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)",
+                           ratio(get("h2c-hello", "lariat", "instr"),
+                                 get("h2c-hello", "h2o", "instr")), 0.5))
+    for name, what, limit in (("h1-proxy", "lariat.proxy ÷ nginx proxy_pass", 0.8),
+                              ("h1-fetch", "lariat.http.get ÷ nginx + lua-resty-http", 0.25),
+                              ("h1-redis", "lariat.redis GET ÷ nginx + lua-resty-redis", 0.4)):
+        if name in cells:
+            lines.append(check(f"{what}, instructions/req ≤ {limit} (issue 10/11)",
+                               ratio(get(name, "lariat", "instr"), get(name, "nginx", "instr")),
+                               limit))
+            if name == "h1-proxy":
+                lines.append(check(f"{what}, CPU µs/req ≤ {limit} (issue 10)",
+                                   ratio(get(name, "lariat", "cpu_us"),
+                                         get(name, "nginx", "cpu_us")), limit))
+    if "h1-sqlite" in cells and "h1-hello" in cells:
+        lines.append(check("SQLite PK SELECT req/s ÷ lariat hello's ≥ 0.5 (issue 11)",
+                           ratio(get("h1-sqlite", "lariat", "rps"),
+                                 get("h1-hello", "lariat", "rps")), 0.5, le=False))
     for row in rows:
         if row.kind == "idle":
             limit = 1.0 if row.proto == "h1" else 2.0

@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import procstat
 
@@ -39,6 +39,7 @@ class Server:
     h2c_port: int    # same as h1_port where one port speaks both (lariat, h2o)
     tls_port: int    # 0 when started without TLS
     log: str
+    prefix: str = ""
 
     def pids(self):
         return procstat.tree(self.proc.pid)
@@ -74,12 +75,24 @@ def _fill(template, words):
     return text
 
 
-def _nginx(env, prefix, workers, tls):
+def _nginx(env, prefix, workers, tls, spec):
     h1, h2c = free_port(), free_port()
     tls_port = free_port() if tls else 0
     os.makedirs(f"{prefix}/tmp")
-    conf = _fill(f"{env.anchors}/nginx-lua.conf.in",
-                 {"PREFIX": prefix, "WORKERS": workers, "H1_PORT": h1, "H2C_PORT": h2c})
+    if spec.anchor == "upstream":
+        # one port; ports of backends a row doesn't use point nowhere (port 1)
+        h2c = h1
+        conf = _fill(f"{env.anchors}/nginx-upstream.conf.in",
+                     {"PREFIX": prefix, "WORKERS": workers, "PORT": h1,
+                      "LUALIB": f"{env.anchors}/lualib",
+                      "UPSTREAM_PORT": spec.ports.get("upstream", 1),
+                      "REDIS_PORT": spec.ports.get("redis", 1)})
+    else:
+        conf = _fill(f"{env.anchors}/nginx-lua.conf.in",
+                     {"PREFIX": prefix, "WORKERS": workers, "H1_PORT": h1, "H2C_PORT": h2c})
+    if spec.single_process:
+        # - under callgrind: one process serving (callgrind follows no fork)
+        conf = conf.replace("master_process on;", "master_process off;")
     # Deviations from the template, each needed for a fair run:
     # - without CAP_SYS_RESOURCE nginx cannot raise the fd limit past the hard
     #   limit and logs an alert; ask for what we have (already raised by bench.py).
@@ -103,7 +116,7 @@ def _nginx(env, prefix, workers, tls):
     return cmd, h1, h2c, tls_port
 
 
-def _h2o(env, prefix, workers, tls):
+def _h2o(env, prefix, workers, tls, spec):
     port = free_port()
     tls_port = free_port() if tls else 0
     os.makedirs(prefix)
@@ -138,11 +151,12 @@ def _lariat_help(binary):
     return _help[binary]
 
 
-def _lariat(env, prefix, workers, tls):
+def _lariat(env, prefix, workers, tls, spec):
+    app = spec.app or env.app
     if not os.access(env.lariat, os.X_OK):
         raise Unsupported(f"{os.path.relpath(env.lariat, env.repo)} not built")
-    if not os.path.exists(env.app):
-        raise Unsupported(f"{os.path.relpath(env.app, env.repo)} missing")
+    if not os.path.exists(app):
+        raise Unsupported(f"{os.path.relpath(app, env.repo)} missing")
     os.makedirs(prefix)
     port = free_port()
     cmd = [env.lariat, "--listen", f"127.0.0.1:{port}", "--workers", str(workers)]
@@ -154,7 +168,7 @@ def _lariat(env, prefix, workers, tls):
     if tls:
         tls_port = free_port()
         cmd += ["--tls", f"127.0.0.1:{tls_port}", "--cert", env.cert, "--key", env.key]
-    return cmd + [env.app], port, port, tls_port
+    return cmd + [app], port, port, tls_port
 
 
 def _accepts(port):
@@ -173,21 +187,35 @@ def _tail(path, n=6):
         return ""
 
 
-def start(env, kind, workers=1, tls=False, pin=True):
+@dataclass
+class Spec:
+    """What a row asks of the server beyond the hello anchors' defaults."""
+    anchor: str = "lua"         # nginx template: "lua" (nginx-lua.conf.in) | "upstream"
+    ports: dict = field(default_factory=dict)   # backend name -> port, for the template
+    app: str = ""               # lariat app (default env.app)
+    app_env: dict = field(default_factory=dict)  # environment of the lariat process
+    wrap: list = field(default_factory=list)     # command prefix (valgrind ...)
+    single_process: bool = False                 # nginx master_process off
+
+
+def start(env, kind, workers=1, tls=False, pin=True, spec=None, timeout=15):
     """Start a fresh server; return once every port it listens on accepts."""
+    spec = spec or Spec()
     prefix = os.path.join(env.tmp, f"{kind}-{time.monotonic_ns()}")
     cmd, h1, h2c, tls_port = {"nginx": _nginx, "h2o": _h2o, "lariat": _lariat}[kind](
-        env, prefix, workers, tls)
+        env, prefix, workers, tls, spec)
+    cmd = spec.wrap + cmd
     if pin:
         cmd = ["taskset", "-c", "1"] + cmd  # the server's core; load runs on core 0
     log = f"{prefix}/server.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, cwd=env.repo, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=subprocess.STDOUT)
-    server = Server(kind, proc, h1, h2c, tls_port, log)
+                                stdout=out, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, **spec.app_env) if spec.app_env else None)
+    server = Server(kind, proc, h1, h2c, tls_port, log, prefix)
     _running.append(server)
     ports = {h1, h2c} | ({tls_port} if tls_port else set())
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + timeout
     while not all(_accepts(p) for p in ports):
         if proc.poll() is not None:
             stop(server)
@@ -199,7 +227,7 @@ def start(env, kind, workers=1, tls=False, pin=True):
             stop(server)
             if kind == "lariat" and tls and _accepts(h1):
                 raise Unsupported("lariat did not open its --tls listener")
-            raise StartError(f"{kind} did not listen within 15 s: {_tail(log)}")
+            raise StartError(f"{kind} did not listen within {timeout} s: {_tail(log)}")
         time.sleep(0.05)
     return server
 
