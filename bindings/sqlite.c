@@ -363,30 +363,23 @@ static lr_sqlite_t *target(lua_State *L, uint64_t *txn, uint64_t *timeout_ms) {
   return tx->db;
 }
 
-static int m_query(lua_State *L) {
+/* db:query(sql, ...) and db:exec(script): one job on the database's thread;
+ * only a query binds parameters */
+static int submit(lua_State *L, int kind) {
   uint64_t txn, timeout_ms;
   lr_sqlite_t *db = target(L, &txn, &timeout_ms);
   size_t len;
   const char *sql = luaL_checklstring(L, 2, &len);
-  lr_sqlite_job_t *job = lr_sqlite_job_new(LR_SQ_QUERY, sql, len);
+  lr_sqlite_job_t *job = lr_sqlite_job_new(kind, sql, len);
   if (job == NULL) return luaL_error(L, "out of memory");
   job->txn = txn;
-  add_params(L, job, 3);
+  if (kind == LR_SQ_QUERY) add_params(L, job, 3);
   lua_settop(L, 0);
   return await_job(L, db, job, timeout_ms, result_k);
 }
 
-static int m_exec(lua_State *L) {
-  uint64_t txn, timeout_ms;
-  lr_sqlite_t *db = target(L, &txn, &timeout_ms);
-  size_t len;
-  const char *sql = luaL_checklstring(L, 2, &len);
-  lr_sqlite_job_t *job = lr_sqlite_job_new(LR_SQ_EXEC, sql, len);
-  if (job == NULL) return luaL_error(L, "out of memory");
-  job->txn = txn;
-  lua_settop(L, 0);
-  return await_job(L, db, job, timeout_ms, result_k);
-}
+static int m_query(lua_State *L) { return submit(L, LR_SQ_QUERY); }
+static int m_exec(lua_State *L) { return submit(L, LR_SQ_EXEC); }
 
 static int m_transaction(lua_State *L) {
   db_box_t *b = luaL_checkudata(L, 1, DB_MT);
