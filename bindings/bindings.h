@@ -173,6 +173,40 @@ void lr_lifecycle_take_pending(lr_lworker_t *lw);
 void lr_lifecycle_release(lr_lworker_t *lw); /* the worker ended: retire its versions */
 int lr_l_stopping(lua_State *L);
 
+/* subscription.c: the Lua side pg LISTEN and Redis SUBSCRIBE share. A driver
+ * embeds lr_sub_t first in its own struct, fills drv and wait_ms, and calls
+ * lr_sub_start; from its I/O callbacks it reports lr_sub_message (queued,
+ * oldest dropped beyond LR_SUB_MAX_QUEUED), lr_sub_confirmed (one per
+ * subscription counted in pending) and lr_sub_lost. */
+#define LR_SUB_MAX_QUEUED 1000
+typedef struct lr_sub_s lr_sub_t;
+typedef struct lr_sub_driver_s {
+  const char *name;                    /* "pg", "redis": error messages */
+  int (*push)(lua_State *L, void *msg); /* recv's results for one message; returns their count */
+  void (*free_msg)(void *msg);
+  /* (re)subscribe, setting s->pending; 0, or -1 with err filled */
+  int (*subscribe)(lua_State *L, lr_sub_t *s, char *err, size_t errlen);
+  void (*close_conn)(lr_sub_t *s);      /* drop the connection now (may be called twice) */
+  void (*destroy)(lr_sub_t *s);         /* free the driver's part and s itself */
+} lr_sub_driver_t;
+struct lr_sub_s {
+  const lr_sub_driver_t *drv;
+  void **q;                 /* received messages, a ring */
+  unsigned head, n, dropped;
+  int pending;              /* subscriptions the server has not confirmed yet */
+  int lost;                 /* the connection went (err says why): the next recv subscribes again */
+  char err[256];
+  lr_co_t *waiter;
+  uint64_t wait_ms;         /* for the confirmations */
+  uint64_t recv_ms;         /* the running recv's */
+};
+/* pushes the sub object (metatable mt) and returns it once confirmed, or nil, err */
+int lr_sub_start(lua_State *L, const char *mt, lr_sub_t *s);
+void lr_sub_message(lr_sub_t *s, void *msg);
+void lr_sub_confirmed(lr_sub_t *s);
+void lr_sub_lost(lr_sub_t *s, const char *err);
+void lr_sub_metatable(lua_State *L, const char *mt, const char *name); /* recv, close, __gc, __close */
+
 /* metrics.c: Prometheus metrics (--metrics, lariat.metrics) */
 enum { LR_MET_BUDGET, LR_MET_MEMORY, LR_MET_RELOAD_OK, LR_MET_RELOAD_REJECTED };
 extern int lr_metrics_wanted;           /* --metrics or lariat.metrics.handler(): count requests */

@@ -29,7 +29,6 @@
 #define PG_MT "lariat.pg"
 #define TX_MT "lariat.pg.tx"
 #define SUB_MT "lariat.pg.sub"
-#define SUB_MAX_QUEUED 1000
 
 /* this worker's pool for one server and size */
 typedef struct pool_ref_s {
@@ -517,211 +516,88 @@ static int m_transaction(lua_State *L) {
   return run(L, pool, NULL, "BEGIN", NULL, 0, LR_PG_KEEP, b->timeout_ms, tx_begin_k);
 }
 
-/* ---- LISTEN ---- */
+/* ---- LISTEN (the queue, waits and sub object are subscription.c's) ---- */
 
 typedef struct note_s {
   char *channel, *payload;
 } note_t;
 
 typedef struct sub_s {
+  lr_sub_t sub; /* first: subscription.c hands us back this */
   lr_pg_pool_t *pool;
   lr_pg_conn_t *conn; /* NULL once lost or closed */
   char *channel;
-  note_t q[SUB_MAX_QUEUED];
-  unsigned head, n, dropped;
-  int ready;
-  char err[256];
-  lr_co_t *waiter;
-  uint64_t wait_ms;
 } sub_t;
-
-typedef struct sub_box_s {
-  sub_t *s;
-} sub_box_t;
-
-static void note_free(note_t *n) {
-  free(n->channel);
-  free(n->payload);
-}
 
 static void on_notify(void *data, const char *channel, const char *payload, const char *err) {
   sub_t *s = data;
   if (channel == NULL) {
     if (err) {
       s->conn = NULL; /* the core closed it */
-      snprintf(s->err, sizeof s->err, "%s", err);
+      lr_sub_lost(&s->sub, err);
     } else {
-      s->ready = 1;
+      lr_sub_confirmed(&s->sub);
     }
-  } else {
-    if (s->n == SUB_MAX_QUEUED) {
-      note_free(&s->q[s->head]);
-      s->head = (s->head + 1) % SUB_MAX_QUEUED;
-      s->n--;
-      s->dropped++;
-    }
-    note_t *n = &s->q[(s->head + s->n) % SUB_MAX_QUEUED];
-    n->channel = strdup(channel);
-    n->payload = strdup(payload ? payload : "");
-    s->n++;
+    return;
   }
-  if (s->waiter) {
-    lr_co_t *co = s->waiter;
-    s->waiter = NULL;
-    lr_co_wake(co);
-  }
+  note_t *n = malloc(sizeof *n);
+  if (n == NULL) return;
+  n->channel = strdup(channel);
+  n->payload = strdup(payload ? payload : "");
+  lr_sub_message(&s->sub, n);
 }
 
-static void sub_free(sub_t *s) {
-  if (s->conn) lr_pg_listen_close(s->conn);
-  while (s->n) {
-    note_free(&s->q[s->head]);
-    s->head = (s->head + 1) % SUB_MAX_QUEUED;
-    s->n--;
-  }
-  free(s->channel);
-  free(s);
+static int note_push(lua_State *L, void *msg) {
+  note_t *n = msg;
+  lua_pushstring(L, n->payload ? n->payload : "");
+  lua_pushstring(L, n->channel ? n->channel : "");
+  return 2;
 }
 
-static void sub_cancel(lr_co_t *co, void *arg) {
-  (void)co;
-  sub_t *s = arg;
-  s->waiter = NULL;
-  if (s->conn) lr_pg_listen_close(s->conn); /* the listener's client left: its connection goes now */
-  s->conn = NULL;
-  snprintf(s->err, sizeof s->err, "closed");
+static void note_free(void *msg) {
+  note_t *n = msg;
+  free(n->channel);
+  free(n->payload);
+  free(n);
 }
 
-static int sub_wait(lua_State *L, sub_t *s, uint64_t ms, lua_KFunction k) {
-  lr_co_t *co = lr_co_current(L);
-  s->waiter = co;
-  return lr_co_wait(L, co, ms, sub_cancel, s, k);
-}
-
-static int sub_connect(sub_t *s, char *err, size_t errlen) {
-  s->ready = 0;
-  s->err[0] = '\0';
+static int sub_listen(lua_State *L, lr_sub_t *sub, char *err, size_t errlen) {
+  (void)L;
+  sub_t *s = (sub_t *)sub;
+  s->sub.pending = 1;
   s->conn = lr_pg_listen(s->pool, s->channel, on_notify, s, err, errlen);
   return s->conn ? 0 : -1;
 }
 
-static int listen_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  sub_box_t *b = lua_touserdata(L, -1);
-  sub_t *s = b->s;
-  lr_co_t *co = lr_co_current(L);
-  s->waiter = NULL;
-  if (s->ready) return 1;
-  const char *why = s->conn == NULL ? s->err : co->timed_out ? "timeout" : co->stopping ? "stopping" : NULL;
-  if (why == NULL) return sub_wait(L, s, s->wait_ms, listen_k);
-  luaL_pushfail(L);
-  lua_pushstring(L, why);
-  b->s = NULL;
-  sub_free(s);
-  return 2;
+static void sub_close_conn(lr_sub_t *sub) {
+  sub_t *s = (sub_t *)sub;
+  if (s->conn) lr_pg_listen_close(s->conn);
+  s->conn = NULL;
 }
+
+static void sub_destroy(lr_sub_t *sub) {
+  sub_t *s = (sub_t *)sub;
+  free(s->channel);
+  free(s);
+}
+
+static const lr_sub_driver_t listen_driver = {
+    "pg", note_push, note_free, sub_listen, sub_close_conn, sub_destroy,
+};
 
 static int m_listen(lua_State *L) {
   db_box_t *b = luaL_checkudata(L, 1, PG_MT);
   const char *channel = luaL_checkstring(L, 2);
   lr_pg_pool_t *pool = pool_of(L, b);
-  lr_co_t *co = lr_co_current(L);
-  if (co == NULL || co->L != L || !lua_isyieldable(L))
-    return luaL_error(L, "pg: listen runs in a handler's coroutine (or one from lariat.spawn)");
-  sub_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
-  box->s = NULL;
-  luaL_setmetatable(L, SUB_MT);
   sub_t *s = calloc(1, sizeof *s);
   if (s == NULL || (s->channel = strdup(channel)) == NULL) {
     free(s);
     return luaL_error(L, "out of memory");
   }
-  box->s = s;
+  s->sub.drv = &listen_driver;
+  s->sub.wait_ms = b->timeout_ms;
   s->pool = pool;
-  s->wait_ms = b->timeout_ms;
-  char err[256];
-  if (sub_connect(s, err, sizeof err)) {
-    box->s = NULL;
-    sub_free(s);
-    luaL_pushfail(L);
-    lua_pushstring(L, err);
-    return 2;
-  }
-  return sub_wait(L, s, s->wait_ms, listen_k);
-}
-
-static int recv_now(lua_State *L, sub_t *s) {
-  note_t *n = &s->q[s->head];
-  s->head = (s->head + 1) % SUB_MAX_QUEUED;
-  s->n--;
-  lua_pushstring(L, n->payload ? n->payload : "");
-  lua_pushstring(L, n->channel ? n->channel : "");
-  note_free(n);
-  return 2;
-}
-
-static int recv_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  sub_box_t *b = lua_touserdata(L, 1);
-  sub_t *s = b->s;
-  lr_co_t *co = lr_co_current(L);
-  if (s == NULL) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
-  s->waiter = NULL;
-  if (s->n) return recv_now(L, s);
-  const char *why = s->conn == NULL ? s->err : co->timed_out ? "timeout" : co->stopping ? "stopping" : NULL;
-  if (why == NULL) return sub_wait(L, s, s->wait_ms, recv_k); /* LISTEN confirmed: keep waiting */
-  luaL_pushfail(L);
-  lua_pushstring(L, why);
-  return 2;
-}
-
-static int m_recv(lua_State *L) {
-  sub_box_t *b = luaL_checkudata(L, 1, SUB_MT);
-  sub_t *s = b->s;
-  if (s == NULL) return luaL_error(L, "pg: subscription is closed");
-  double t = luaL_optnumber(L, 2, 0);
-  lua_settop(L, 1);
-  if (s->n) return recv_now(L, s);
-  lr_co_t *co = lr_co_current(L);
-  if (co == NULL || co->L != L || !lua_isyieldable(L))
-    return luaL_error(L, "pg: recv runs in a handler's coroutine (or one from lariat.spawn)");
-  if (s->conn == NULL) { /* lost since: listen again (notifications in between are lost) */
-    char err[256];
-    if (sub_connect(s, err, sizeof err)) {
-      luaL_pushfail(L);
-      lua_pushstring(L, err);
-      return 2;
-    }
-  }
-  s->wait_ms = t > 0 ? (uint64_t)(t * 1000 + 0.5) : 0;
-  return sub_wait(L, s, s->wait_ms, recv_k);
-}
-
-static int m_sub_close(lua_State *L) {
-  sub_box_t *b = luaL_checkudata(L, 1, SUB_MT);
-  if (b->s) {
-    sub_t *s = b->s;
-    if (s->waiter) return luaL_error(L, "pg: subscription is being waited on");
-    b->s = NULL;
-    sub_free(s);
-  }
-  return 0;
-}
-
-static int m_sub_gc(lua_State *L) {
-  sub_box_t *b = luaL_checkudata(L, 1, SUB_MT);
-  if (b->s) {
-    b->s->waiter = NULL;
-    sub_free(b->s);
-    b->s = NULL;
-  }
-  return 0;
+  return lr_sub_start(L, SUB_MT, &s->sub);
 }
 
 /* ---- connect ---- */
@@ -760,7 +636,6 @@ void lr_pg_lua_open(lua_State *L) {
       {"query", m_query}, {"exec", m_exec}, {"transaction", m_transaction}, {"listen", m_listen}, {NULL, NULL},
   };
   static const luaL_Reg tx_methods[] = {{"query", m_query}, {"exec", m_exec}, {NULL, NULL}};
-  static const luaL_Reg sub_methods[] = {{"recv", m_recv}, {"close", m_sub_close}, {NULL, NULL}};
   luaL_newmetatable(L, PG_MT);
   luaL_newlib(L, db_methods);
   lua_setfield(L, -2, "__index");
@@ -773,14 +648,7 @@ void lr_pg_lua_open(lua_State *L) {
   lua_pushcfunction(L, tx_close);
   lua_setfield(L, -2, "__gc");
   lua_pop(L, 1);
-  luaL_newmetatable(L, SUB_MT);
-  luaL_newlib(L, sub_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, m_sub_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, m_sub_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
+  lr_sub_metatable(L, SUB_MT, "pg");
   lua_pushcfunction(L, l_connect);
   lua_setfield(L, -2, "pg_connect");
 }

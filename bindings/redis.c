@@ -27,7 +27,6 @@
 #define SUB_MT "lariat.redis.sub"
 #define PIPE_MT "lariat.redis.pipeline"
 #define MAX_IDLE_BLOCKING 4
-#define SUB_MAX_QUEUED 1000
 
 /* this worker's client for one URL */
 typedef struct client_s {
@@ -455,85 +454,60 @@ static int m_pipeline(lua_State *L) {
   return pipe_send(L, LUA_OK, 0);
 }
 
-/* ---- subscriptions ---- */
+/* ---- subscriptions (the queue, waits and sub object are subscription.c's) ---- */
 
 typedef struct sub_s {
+  lr_sub_t sub; /* first: subscription.c hands us back this */
   client_t *cl;
+  uv_loop_t *loop;
   lr_redis_conn_t *conn; /* its own; NULL once closed */
   int pattern;
   int nnames;
   char **names;
   size_t *lens;
-  redisReply **q; /* received messages */
-  unsigned head, n;
-  unsigned dropped;
-  int confirm_left; /* subscriptions not yet confirmed */
-  int lost;         /* the connection went: the next recv subscribes again */
-  char err[128];
-  lr_co_t *waiter;
-  uint64_t wait_ms; /* subscribe's */
-  uint64_t recv_ms; /* the running recv's */
 } sub_t;
-
-typedef struct sub_box_s {
-  sub_t *s;
-} sub_box_t;
-
-static void sub_wake(sub_t *s) {
-  if (s->waiter) {
-    lr_co_t *co = s->waiter;
-    s->waiter = NULL;
-    lr_co_wake(co);
-  }
-}
 
 static void on_sub_reply(void *data, redisReply *r, const char *err) {
   sub_t *s = data;
   if (r == NULL) {
-    s->lost = 1;
-    snprintf(s->err, sizeof s->err, "%s", err);
-    sub_wake(s);
+    lr_sub_lost(&s->sub, err);
     return;
   }
   if (r->type == REDIS_REPLY_ARRAY && r->elements >= 3 && r->element[0]->type == REDIS_REPLY_STRING) {
     const char *kind = r->element[0]->str;
     if (strcasecmp(kind, "subscribe") == 0 || strcasecmp(kind, "psubscribe") == 0) {
-      if (s->confirm_left > 0 && --s->confirm_left == 0) sub_wake(s);
+      lr_sub_confirmed(&s->sub);
       lr_redis_reply_free(r);
       return;
     }
     if (strcasecmp(kind, "message") == 0 || strcasecmp(kind, "pmessage") == 0) {
-      if (s->n == SUB_MAX_QUEUED) { /* a slow reader loses the oldest, not the worker's memory */
-        lr_redis_reply_free(s->q[s->head]);
-        s->head = (s->head + 1) % SUB_MAX_QUEUED;
-        s->n--;
-        s->dropped++;
-      }
-      s->q[(s->head + s->n) % SUB_MAX_QUEUED] = r;
-      s->n++;
-      sub_wake(s);
+      lr_sub_message(&s->sub, r);
       return;
     }
   }
   lr_redis_reply_free(r);
 }
 
-static void sub_free(sub_t *s) {
-  if (s->conn) lr_redis_conn_free(s->conn);
-  s->conn = NULL;
-  while (s->n) {
-    lr_redis_reply_free(s->q[s->head]);
-    s->head = (s->head + 1) % SUB_MAX_QUEUED;
-    s->n--;
-  }
-  for (int i = 0; i < s->nnames; i++) free(s->names[i]);
-  free(s->names);
-  free(s->lens);
-  free(s->q);
-  free(s);
+/* channel, message (and the pattern for a pmessage) */
+static int message_push(lua_State *L, void *msg) {
+  redisReply *r = msg;
+  int pm = r->elements >= 4; /* pmessage pattern channel payload */
+  const redisReply *ch = r->element[1 + pm], *m = r->element[2 + pm];
+  lua_pushlstring(L, ch->str ? ch->str : "", ch->len);
+  lua_pushlstring(L, m->str ? m->str : "", m->len);
+  if (pm) lua_pushlstring(L, r->element[1]->str ? r->element[1]->str : "", r->element[1]->len);
+  return pm ? 3 : 2;
 }
 
-static int sub_send(sub_t *s, char *err, size_t errlen) {
+static void message_free(void *msg) { lr_redis_reply_free(msg); }
+
+static int sub_send(lua_State *L, lr_sub_t *sub, char *err, size_t errlen) {
+  (void)L;
+  sub_t *s = (sub_t *)sub;
+  if (s->conn == NULL && (s->conn = lr_redis_conn_new(s->loop, &s->cl->u)) == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
   int argc = s->nnames + 1;
   const char **argv = malloc((size_t)argc * sizeof *argv);
   size_t *lens = malloc((size_t)argc * sizeof *lens);
@@ -545,9 +519,7 @@ static int sub_send(sub_t *s, char *err, size_t errlen) {
       argv[i + 1] = s->names[i];
       lens[i + 1] = s->lens[i];
     }
-    s->lost = 0;
-    s->err[0] = '\0';
-    s->confirm_left = s->nnames;
+    s->sub.pending = s->nnames;
     rc = lr_redis_subscribe(s->conn, argc, argv, lens, on_sub_reply, s, err, errlen);
   } else {
     snprintf(err, errlen, "out of memory");
@@ -557,44 +529,23 @@ static int sub_send(sub_t *s, char *err, size_t errlen) {
   return rc;
 }
 
-/* the coroutine waiting in recv went (its client left): its subscription's
- * connection goes now, not whenever the garbage collector finds the sub */
-static void sub_cancel(lr_co_t *co, void *arg) {
-  sub_t *s = arg;
-  (void)co;
-  s->waiter = NULL;
+static void sub_close_conn(lr_sub_t *sub) {
+  sub_t *s = (sub_t *)sub;
   if (s->conn) lr_redis_conn_free(s->conn);
   s->conn = NULL;
 }
 
-static sub_t *check_sub(lua_State *L) {
-  sub_box_t *b = luaL_checkudata(L, 1, SUB_MT);
-  if (b->s == NULL) luaL_error(L, "redis: subscription is closed");
-  return b->s;
+static void sub_destroy(lr_sub_t *sub) {
+  sub_t *s = (sub_t *)sub;
+  for (int i = 0; i < s->nnames; i++) free(s->names[i]);
+  free(s->names);
+  free(s->lens);
+  free(s);
 }
 
-static int sub_wait(lua_State *L, sub_t *s, uint64_t ms, lua_KFunction k) {
-  lr_co_t *co = lr_co_current(L);
-  s->waiter = co;
-  return lr_co_wait(L, co, ms, sub_cancel, s, k);
-}
-
-static int subscribe_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  sub_box_t *b = lua_touserdata(L, -1);
-  sub_t *s = b->s;
-  lr_co_t *co = lr_co_current(L);
-  s->waiter = NULL;
-  if (s->confirm_left == 0) return 1;
-  const char *why = s->lost ? s->err : co->timed_out ? "timeout" : co->stopping ? "stopping" : NULL;
-  if (why == NULL) return sub_wait(L, s, s->wait_ms, subscribe_k);
-  luaL_pushfail(L);
-  lua_pushstring(L, why);
-  b->s = NULL;
-  sub_free(s);
-  return 2;
-}
+static const lr_sub_driver_t subscribe_driver = {
+    "redis", message_push, message_free, sub_send, sub_close_conn, sub_destroy,
+};
 
 static int do_subscribe(lua_State *L, int pattern) {
   r_box_t *b = check_r(L);
@@ -604,125 +555,33 @@ static int do_subscribe(lua_State *L, int pattern) {
   lr_co_t *co = lr_co_current(L);
   if (co == NULL || co->L != L || !lua_isyieldable(L))
     return luaL_error(L, "redis: subscribe runs in a handler's coroutine (or one from lariat.spawn)");
-  sub_box_t *box = lua_newuserdatauv(L, sizeof *box, 0);
-  box->s = NULL;
-  luaL_setmetatable(L, SUB_MT);
+  for (int i = 0; i < n; i++) luaL_checkstring(L, i + 2); /* raise before anything is allocated */
   sub_t *s = calloc(1, sizeof *s);
   if (s == NULL) return luaL_error(L, "out of memory");
-  box->s = s;
+  s->sub.drv = &subscribe_driver;
+  s->sub.wait_ms = timeout_of(b, cl);
   s->cl = cl;
+  s->loop = &co->app->lw->w->loop;
   s->pattern = pattern;
-  s->wait_ms = timeout_of(b, cl);
   s->names = calloc((size_t)n, sizeof *s->names);
   s->lens = calloc((size_t)n, sizeof *s->lens);
-  s->q = calloc(SUB_MAX_QUEUED, sizeof *s->q);
-  s->conn = lr_redis_conn_new(&co->app->lw->w->loop, &cl->u);
-  if (!s->names || !s->lens || !s->q || !s->conn) return luaL_error(L, "out of memory");
-  for (int i = 0; i < n; i++) {
+  for (int i = 0; s->names && s->lens && i < n; i++) {
     size_t len;
-    const char *name = luaL_checklstring(L, i + 2, &len);
-    s->names[i] = malloc(len + 1);
-    if (s->names[i] == NULL) return luaL_error(L, "out of memory");
+    const char *name = lua_tolstring(L, i + 2, &len);
+    if ((s->names[i] = malloc(len + 1)) == NULL) break;
     memcpy(s->names[i], name, len + 1);
     s->lens[i] = len;
     s->nnames++;
   }
-  char err[128];
-  if (sub_send(s, err, sizeof err)) {
-    box->s = NULL;
-    sub_free(s);
-    luaL_pushfail(L);
-    lua_pushstring(L, err);
-    return 2;
+  if (s->nnames < n) {
+    sub_destroy(&s->sub);
+    return luaL_error(L, "out of memory");
   }
-  return sub_wait(L, s, s->wait_ms, subscribe_k);
+  return lr_sub_start(L, SUB_MT, &s->sub);
 }
 
 static int m_subscribe(lua_State *L) { return do_subscribe(L, 0); }
 static int m_psubscribe(lua_State *L) { return do_subscribe(L, 1); }
-
-static int recv_k(lua_State *L, int status, lua_KContext ctx);
-
-static int recv_now(lua_State *L, sub_t *s) {
-  redisReply *r = s->q[s->head];
-  s->head = (s->head + 1) % SUB_MAX_QUEUED;
-  s->n--;
-  int pm = r->elements >= 4; /* pmessage pattern channel payload */
-  const redisReply *ch = r->element[1 + pm], *msg = r->element[2 + pm];
-  lua_pushlstring(L, ch->str ? ch->str : "", ch->len);
-  lua_pushlstring(L, msg->str ? msg->str : "", msg->len);
-  if (pm) lua_pushlstring(L, r->element[1]->str ? r->element[1]->str : "", r->element[1]->len);
-  lr_redis_reply_free(r);
-  return pm ? 3 : 2;
-}
-
-static int recv_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
-  sub_box_t *b = lua_touserdata(L, 1);
-  sub_t *s = b->s;
-  lr_co_t *co = lr_co_current(L);
-  if (s == NULL) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
-  s->waiter = NULL;
-  if (s->n) return recv_now(L, s);
-  const char *why = s->lost ? s->err : co->timed_out ? "timeout" : co->stopping ? "stopping" : NULL;
-  if (why == NULL) return sub_wait(L, s, s->recv_ms, recv_k); /* a confirmation woke us: keep waiting */
-  luaL_pushfail(L);
-  lua_pushstring(L, why);
-  return 2;
-}
-
-/* sub:recv([timeout]) */
-static int m_recv(lua_State *L) {
-  sub_t *s = check_sub(L);
-  double t = luaL_optnumber(L, 2, 0);
-  lua_settop(L, 1);
-  if (s->n) return recv_now(L, s);
-  if (s->conn == NULL) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "closed");
-    return 2;
-  }
-  lr_co_t *co = lr_co_current(L);
-  if (co == NULL || co->L != L || !lua_isyieldable(L))
-    return luaL_error(L, "redis: recv runs in a handler's coroutine (or one from lariat.spawn)");
-  if (s->lost) { /* the connection went since: subscribe again (the messages in between are lost) */
-    char err[128];
-    if (sub_send(s, err, sizeof err)) {
-      luaL_pushfail(L);
-      lua_pushstring(L, err);
-      return 2;
-    }
-  }
-  s->recv_ms = t > 0 ? (uint64_t)(t * 1000 + 0.5) : 0;
-  return sub_wait(L, s, s->recv_ms, recv_k);
-}
-
-static int m_sub_close(lua_State *L) {
-  sub_box_t *b = luaL_checkudata(L, 1, SUB_MT);
-  if (b->s) {
-    sub_t *s = b->s;
-    b->s = NULL;
-    if (s->waiter) return luaL_error(L, "redis: subscription is being waited on");
-    sub_free(s);
-  }
-  return 0;
-}
-
-static int m_sub_gc(lua_State *L) {
-  sub_box_t *b = luaL_checkudata(L, 1, SUB_MT);
-  if (b->s) {
-    sub_t *s = b->s;
-    b->s = NULL;
-    s->waiter = NULL;
-    sub_free(s);
-  }
-  return 0;
-}
 
 /* ---- connect ---- */
 
@@ -778,15 +637,7 @@ void lr_redis_lua_open(lua_State *L) {
   lua_setfield(L, -2, "__index");
   lua_pop(L, 1);
 
-  static const luaL_Reg sub_methods[] = {{"recv", m_recv}, {"close", m_sub_close}, {NULL, NULL}};
-  luaL_newmetatable(L, SUB_MT);
-  luaL_newlib(L, sub_methods);
-  lua_setfield(L, -2, "__index");
-  lua_pushcfunction(L, m_sub_gc);
-  lua_setfield(L, -2, "__gc");
-  lua_pushcfunction(L, m_sub_gc);
-  lua_setfield(L, -2, "__close");
-  lua_pop(L, 1);
+  lr_sub_metatable(L, SUB_MT, "redis");
 
   lua_pushcfunction(L, l_connect);
   lua_setfield(L, -2, "redis_connect");

@@ -116,12 +116,15 @@ static void flush(lr_redis_conn_t *c) {
     c->done_head = d->next;
     if (c->done_head == NULL) c->done_tail = NULL;
     lr_redis_pending_t *p = d->p;
+    /* a lost subscription's p is freed by the next connect, which its cb may
+     * start (a resubscribe): nothing of p is read after the cb */
+    int keep = p->keep;
     p->queued--;
     if (p->cb && !exiting)
       p->cb(p->data, d->reply, d->reply ? NULL : d->err);
     else
       lr_redis_reply_free(d->reply);
-    if (!p->keep) free(p);
+    if (!keep) free(p);
     free(d);
   }
   c->busy--;

@@ -157,6 +157,32 @@ def test_listen_notify(srv, pg):
                3, "the LISTEN connections to close")
 
 
+def test_listen_lost_then_next_recv_listens_again(srv, pg):
+    listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+    c.sendall(b"GET /listen?ch=lost&n=20&t=30&again=1 HTTP/1.1\r\nhost: x\r\n\r\n")
+    buf = b""
+    while b"listening" not in buf:
+        buf += c.recv(4096)
+    for attempt in range(2):  # the second time too
+        # the server ends the listener's session: its recv says why ...
+        pg.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'")
+        while buf.count(b" nil\n") < attempt + 1:  # "<err> nil"
+            chunk = c.recv(4096)
+            assert chunk, buf
+            buf += chunk
+        # ... and the next recv listens again: a later NOTIFY arrives
+        wait_until(lambda: pg.psql(listening) == "1", 5, "LISTEN again")
+        msg = b"again%d" % attempt
+        pg.psql("NOTIFY lost, '%s'" % msg.decode())
+        while msg not in buf:
+            chunk = c.recv(4096)
+            assert chunk, buf
+            buf += chunk
+    c.close()
+    wait_until(lambda: pg.psql(listening) == "0", 3, "the LISTEN connection to close")
+
+
 def test_server_killed_mid_run_then_back(srv, pg):
     assert get(srv, "/count")[0] == 200
     for _ in range(2):  # the second time too

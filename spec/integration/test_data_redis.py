@@ -135,6 +135,31 @@ def test_subscriber_leaving_closes_its_connection(srv, redis):
     assert get(srv, "/pub?ch=gone")[1]["n"] == 0
 
 
+def test_subscription_lost_then_next_recv_subscribes_again(srv, redis):
+    c = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+    c.sendall(b"GET /sub?ch=lost&n=20&t=30&again=1 HTTP/1.1\r\nhost: x\r\n\r\n")
+    buf = b""
+    while b"subscribed" not in buf:
+        buf += c.recv(4096)
+    for attempt in range(2):  # the second time too
+        # Redis drops the subscriber's connection: its recv says why ...
+        wait_until(lambda: redis.cli("CLIENT", "KILL", "TYPE", "pubsub").strip() not in (b":0", b""), 5,
+                   "the subscription's connection to be killed")
+        while buf.count(b"nil ") < attempt + 1:
+            chunk = c.recv(4096)
+            assert chunk, buf
+            buf += chunk
+        # ... and the next recv subscribes again: a later publish arrives
+        msg = b"again%d" % attempt
+        wait_until(lambda: get(srv, "/pub?ch=lost&msg=" + msg.decode())[1]["n"] == 1, 5, "resubscribed")
+        while msg not in buf:
+            chunk = c.recv(4096)
+            assert chunk, buf
+            buf += chunk
+    c.close()
+    wait_until(lambda: redis.cli("PUBSUB", "NUMSUB", "lost").endswith(b":0\r\n"), 5, "unsubscribed")
+
+
 def test_server_killed_mid_run_then_back(srv, redis):
     assert get(srv, "/get")[0] == 200
     for attempt in range(2):  # the second time too

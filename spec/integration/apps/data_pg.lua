@@ -89,7 +89,7 @@ app:get("/listen", function(req)
   for i = 1, tonumber(q.n or 2) do
     local payload, ch = sub:recv(tonumber(q.t or 5))
     req:write((ch or "nil") .. " " .. (payload or "nil") .. "\n")
-    if not payload then break end
+    if not payload and not q.again then break end -- again: the next recv listens anew
   end
   sub:close()
 end)

@@ -106,7 +106,7 @@ app:get("/sub", function(req)
   for i = 1, tonumber(q.n or 3) do
     local ch, msg = sub:recv(tonumber(q.t or 5))
     req:write((ch or "nil") .. " " .. (msg or "nil") .. "\n")
-    if not ch then break end
+    if not ch and not q.again then break end -- again: the next recv subscribes anew
   end
   sub:close()
 end)
