@@ -169,10 +169,12 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   lua_getfield(L, -1, "load_app");
   lua_pushvalue(L, -3);
   lua_pushstring(L, cfg->app_path);
-  if (lua_pcall(L, 2, 2, msgh) != LUA_OK) {
+  if (lua_pcall(L, 2, 3, msgh) != LUA_OK) {
     load_error(err, errlen, lua_tostring(L, -1) ? lua_tostring(L, -1) : "load_app failed");
     goto fail;
   }
+  lr_direct_load(app, L, -1);
+  lua_pop(L, 1);
   if (lua_isfunction(L, -1))
     app->start_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* runs the on_start hooks */
   else
@@ -189,6 +191,7 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
   return app;
 fail:
   lua_close(L);
+  lr_direct_free(app);
   lr_timers_free(app);
   lr_buf_free(&app->warning);
   free(app);
@@ -204,6 +207,7 @@ void lr_app_unref(lr_app_t *app) {
   __atomic_sub_fetch(&app->lw->n_apps, 1, __ATOMIC_RELAXED);
   lua_close(app->L);
   app->L = NULL;
+  lr_direct_free(app);
   lr_buf_free(&app->warning);
   free(app);
 }

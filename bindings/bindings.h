@@ -12,6 +12,7 @@
 #include "../core/lariat.h"
 
 typedef struct lr_co_s lr_co_t;
+typedef struct lr_direct_s lr_direct_t; /* a literal route C runs without dispatch (direct.c) */
 
 /* undo a pending wait whose coroutine will never resume: see lr_co_wait */
 typedef void (*lr_cancel_cb)(lr_co_t *co, void *arg);
@@ -22,6 +23,8 @@ typedef struct lr_app_s {
   struct lr_lworker_s *lw;
   int dispatch_ref;   /* the function load_app returned */
   int req_mt_ref;     /* the req metatable */
+  lr_direct_t *direct; /* literal routes by path (direct.c), or NULL */
+  size_t direct_mask;  /* its size - 1 */
   unsigned refs;      /* running coroutines + referenced strings + 1 while current */
   lr_co_t *free_cos;  /* finished coroutines kept for reuse */
   unsigned n_free_cos;
@@ -59,6 +62,7 @@ struct lr_co_s {
   lr_link_t ready;     /* in lw->ready: resume at the next tick */
   lr_link_t wq;        /* in a wait queue (a WebSocket's readers, a subscription) */
   int is_handler;      /* runs a request (counted in lw->n_live), not a spawned task */
+  const lr_direct_t *direct; /* the literal route it runs without dispatch, or NULL */
   int nstart;          /* lariat.spawn: arguments waiting for the first resume */
   void *ws;            /* the WebSocket this coroutine's handler serves (ws.c) */
   /* called once after the coroutine ended (returned: ok 1; raised or was
@@ -234,11 +238,19 @@ void lr_ws_handler_done(lr_co_t *co, int ok);
 void lr_ws_box_event(void *box);  /* the stream under an h2 WebSocket has news */
 void lr_ws_open(lua_State *L);    /* adds ws and channel functions to the core table */
 
+/* direct.c: literal routes run without the Lua dispatch function */
+void lr_direct_load(lr_app_t *app, lua_State *L, int idx); /* load_app's third result */
+void lr_direct_free(lr_app_t *app);
+const lr_direct_t *lr_direct_find(const lr_app_t *app, const lr_str_t *path, const lr_str_t *method);
+int lr_direct_handler(const lr_direct_t *d); /* registry refs */
+int lr_direct_finish(const lr_direct_t *d);
+
 /* req.c */
 void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s);
 void lr_req_open(lua_State *L);
 int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int status_idx, int fin);
 int lr_req_reply_results(lua_State *L);
+int lr_req_reply_text(lua_State *L, int bi); /* 200 text/plain from the string at bi; req at 1 */
 int lr_req_wants_json(const lr_stream_t *s); /* accept asks for JSON: error answers in JSON */
 
 /* watch.c: --watch, on the main thread */

@@ -368,6 +368,32 @@ static strref_t *ref_string(lua_State *L, int idx) {
   return sr;
 }
 
+/* the content types of lariat.app's literal-route fast path (1 and 2) */
+static const lr_header_t presets[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}},
+                                       {{"content-type", 12}, {"application/json", 16}}};
+
+/* send the head (and, with fin, the body at bi); a big body is referenced,
+ * not copied. 0, or -1 with a message on the stack. */
+static int send_head(lua_State *L, lr_stream_t *s, int status, const lr_header_t *hs, size_t n, int bi,
+                     const char *body, size_t blen, int fin) {
+  int rc;
+  if (fin && body && blen > BIG_BODY) {
+    strref_t *sr = ref_string(L, bi);
+    if (sr)
+      rc = lr_stream_send_head(s, status, hs, n, body, blen, release_strref, sr, LR_FIN);
+    else
+      rc = lr_stream_send_head(s, status, hs, n, body, blen, NULL, NULL, LR_FIN);
+  } else {
+    rc = lr_stream_send_head(s, status, hs, n, body, blen, NULL, NULL, fin ? LR_FIN : 0);
+  }
+  if (rc == LR_ECLOSED) return 0; /* the client left: nothing to tell the handler here */
+  if (rc) {
+    lua_pushstring(L, rc == LR_ESTATE ? "response already sent" : uv_strerror(rc));
+    return -1;
+  }
+  return 0;
+}
+
 /* reply from status, headers, body at status_idx.. (req at index 1 when called
  * as a method; finish_ok passes the coroutine's own stack). Returns 0, or -1
  * with a message on the stack. */
@@ -404,28 +430,36 @@ int lr_reply_from_stack(lua_State *L, lr_stream_t *s, int si, int fin) {
   }
   lr_worker_t *w = s->worker;
   hlist_t hl = {w->scratch, 0, w->scratch_cap, s};
-  static const lr_header_t presets[] = {{{"content-type", 12}, {"text/plain; charset=utf-8", 25}},
-                                         {{"content-type", 12}, {"application/json", 16}}};
   if (lua_istable(L, hi))
     hlist_add_table(L, &hl, hi);
   else if (preset)
     hlist_push(L, &hl, presets[preset - 1].name.base, presets[preset - 1].name.len, presets[preset - 1].value.base,
                presets[preset - 1].value.len);
-  int rc;
-  if (fin && body && blen > BIG_BODY) {
-    strref_t *sr = ref_string(L, bi);
-    if (sr)
-      rc = lr_stream_send_head(s, (int)status, hl.h, hl.n, body, blen, release_strref, sr, LR_FIN);
-    else
-      rc = lr_stream_send_head(s, (int)status, hl.h, hl.n, body, blen, NULL, NULL, LR_FIN);
-  } else {
-    rc = lr_stream_send_head(s, (int)status, hl.h, hl.n, body, blen, NULL, NULL, fin ? LR_FIN : 0);
+  return send_head(L, s, (int)status, hl.h, hl.n, bi, body, blen, fin);
+}
+
+/* the direct route's string result (scheduler.c): 200 text/plain with the
+ * req at 1; without set_header fields it needs no header list at all */
+int lr_req_reply_text(lua_State *L, int bi) {
+  lr_req_t *r = lua_touserdata(L, 1);
+  lr_stream_t *s = r->s;
+  if (s == NULL || (s->flags & LR_SF_REPLIED)) return 0;
+  push_set_headers(L, 1);
+  int plain = lua_isnil(L, -1);
+  lua_pop(L, 1);
+  if (!plain) {
+    lua_pushcfunction(L, lr_req_reply_results);
+    lua_pushvalue(L, 1);
+    lua_pushinteger(L, 200);
+    lua_pushinteger(L, 1);
+    lua_pushvalue(L, bi);
+    lua_call(L, 4, 0);
+    return 0;
   }
-  if (rc == LR_ECLOSED) return 0; /* the client left: nothing to tell the handler here */
-  if (rc) {
-    lua_pushstring(L, rc == LR_ESTATE ? "response already sent" : uv_strerror(rc));
-    return -1;
-  }
+  size_t blen;
+  const char *body = lua_tolstring(L, bi, &blen);
+  if (send_head(L, s, 200, &presets[0], 1, bi, body, blen, 1))
+    return luaL_error(L, "bad response from the handler: %s", lua_tostring(L, -1));
   return 0;
 }
 
@@ -445,7 +479,15 @@ static void merge_set_headers(lua_State *L, int hi) {
     lua_insert(L, -2);
     lua_rawset(L, merged);
   }
-  if (lua_istable(L, hi)) {
+  if (lua_type(L, hi) == LUA_TNUMBER) {
+    /* a preset content type (1 text, 2 JSON) wins like a reply field would */
+    lua_Integer p = lua_tointeger(L, hi);
+    if (p >= 1 && p <= 2) {
+      lua_pushliteral(L, "content-type");
+      lua_pushlstring(L, presets[p - 1].value.base, presets[p - 1].value.len);
+      lua_rawset(L, merged);
+    }
+  } else if (lua_istable(L, hi)) {
     /* fields given to reply win over set_header ones, compared case-insensitively */
     lua_pushnil(L);
     while (lua_next(L, hi)) {

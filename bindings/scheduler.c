@@ -172,6 +172,31 @@ static int request_main(lua_State *L) {
   return request_k(L, LUA_OK, 0);
 }
 
+/* The body of a literal route's coroutine: handler(req), with no dispatch
+ * around it (lr_direct_find matched the raw path and method). A string result
+ * is answered here; anything else goes through the route's finish(a, b, c),
+ * lariat.app's normalisation, then on as in request_k. */
+static int direct_k(lua_State *L, int status, lua_KContext ctx) {
+  lua_settop(L, 4);
+  if (lua_type(L, 2) == LUA_TSTRING &&
+      !(lua_type(L, 3) == LUA_TFUNCTION && strcmp(lua_tostring(L, 2), "websocket") == 0)) {
+    lr_req_reply_text(L, 2);
+    lua_settop(L, 1);
+    return 1;
+  }
+  if (lua_type(L, 2) == LUA_TSTRING) return request_k(L, status, ctx); /* an upgrade */
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lr_direct_finish(lr_co_current(L)->direct));
+  lua_rotate(L, 2, 1); /* req, finish, a, b, c */
+  lua_callk(L, 3, 3, 0, request_k);
+  return request_k(L, LUA_OK, 0);
+}
+
+static int request_direct(lua_State *L) {
+  lua_pushvalue(L, 1); /* req, handler, req */
+  lua_callk(L, 1, 3, 0, direct_k);
+  return direct_k(L, LUA_OK, 0);
+}
+
 static void finish_ok(lr_co_t *co, int nres) {
   (void)nres;
   lr_stream_t *s = co->stream;
@@ -617,6 +642,15 @@ static void hook_start(lr_stream_t *s) {
   lw->n_live++;
   s->app_data = co;
   lua_State *L = co->L;
+  const lr_direct_t *d = app->direct ? lr_direct_find(app, &s->path, &s->method) : NULL;
+  co->direct = d;
+  if (d) {
+    lua_pushcfunction(L, request_direct);
+    lr_req_push(L, co, s);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, lr_direct_handler(d));
+    resume(co, 2);
+    return;
+  }
   lua_pushcfunction(L, request_main);
   lr_req_push(L, co, s);
   lua_pushlstring(L, s->method.base, s->method.len);

@@ -371,7 +371,8 @@ local function run_hook(hook, req, err)
   return check_status("on_error hook", s, h, bd)
 end
 
--- compile() → dispatch(req, method, path). load_app calls it once per load.
+-- compile() → dispatch(req, method, path)[, direct routes]. load_app calls
+-- it once per load.
 function App:compile()
   if rawget(self, "_root") then error("compile() on a host scope; compile the app itself", 2) end
   local router = router_mod.new()
@@ -474,6 +475,22 @@ function App:compile()
     return normalize(a, b, c)
   end
 
+  -- the same literal routes for C, which looks them up by the raw path and
+  -- method itself and resumes the handler directly: no dispatch frame, no
+  -- method or path string per request. Each entry is { path, method,
+  -- handler, finish } where finish(a, b, c) normalises a result that is not
+  -- a plain string (C answers those). Not with on_error: its xpcall wraps
+  -- every request.
+  local direct
+  if not on_error then
+    direct = {}
+    for p, f in pairs(fast) do
+      for m, h in pairs(f) do
+        direct[#direct + 1] = { p, m, h, function(a, b, c) return normalize_direct(p, m, a, b, c) end }
+      end
+    end
+  end
+
   local function dispatch(req, method, path)
     local f = fast[path]
     if f then
@@ -488,7 +505,7 @@ function App:compile()
     if not has_global then return call_route(req, cpath, method, segs) end
     return check_status("middleware", normalize(run(global, 1, req, cpath, call_route, cpath, method, segs)))
   end
-  if not on_error then return dispatch end
+  if not on_error then return dispatch, direct end
 
   -- with on_error: errors raised anywhere in the chain come back here. The
   -- traceback is taken where the error was raised (xpcall's handler).

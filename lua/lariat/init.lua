@@ -216,8 +216,10 @@ lariat.middleware = setmetatable({}, {
   end,
 })
 
--- load_app(v, filename) → dispatch(req, method, path)[, start] where start()
--- runs the on_start hooks (C runs it on each worker in a coroutine). Raises a message
+-- load_app(v, filename) → dispatch(req, method, path), start, direct where
+-- start() runs the on_start hooks (C runs it on each worker in a coroutine; nil
+-- without hooks) and direct lists the literal routes C may run without
+-- dispatch (see App:compile; nil when it may not). Raises a message
 -- naming the file when APP.lua did not return an app.
 function lariat.load_app(v, filename)
   runtime.core() -- installs the request helpers into the real core
@@ -227,13 +229,13 @@ function lariat.load_app(v, filename)
     if getmetatable(v) == app.App then got = "a host scope; return the app itself" end
     error(("%s: must return a lariat app (got %s)"):format(filename, got), 0)
   end
-  local ok, dispatch = pcall(app.App.compile, v)
+  local ok, dispatch, direct = pcall(app.App.compile, v)
   if not ok then error(("%s: %s"):format(filename, tostring(dispatch)), 0) end
   local hooks = app.start_hooks(v)
-  if #hooks == 0 then return dispatch end
+  if #hooks == 0 then return dispatch, nil, direct end
   return dispatch, function()
     for _, f in ipairs(hooks) do f() end
-  end
+  end, direct
 end
 
 return lariat

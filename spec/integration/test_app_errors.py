@@ -115,6 +115,8 @@ def test_a_status_outside_100_to_599_is_a_500_naming_the_route(errors_app):
         assert r.status == 500
         r = get(errors_app, "/bad-status/7")
         assert r.status == 500
+    # the line is written before the answer, but read through a pipe: wait for it
+    wait_for(lambda: "returned status 42" in errors_app.log_text())
     log = errors_app.log_text()
     assert re.search(r"GET /bad-status: route GET /bad-status \(.*errors\.lua:5\) returned status 999", log), log
     assert re.search(r"route GET /bad-status/:id \(.*errors\.lua:6\) returned status 42", log), log

@@ -83,10 +83,17 @@ def test_invalid_handler_result_is_500(server):
 
 
 def test_set_header_adds_a_response_header(client):
-    r = client.get("/set-header")
-    assert r.status_code == 200
-    assert r.headers["x-set"] == "yes"
-    assert r.text == "ok"
+    for attempt in (1, 2):
+        r = client.get("/set-header")
+        assert r.status_code == 200
+        assert r.headers["x-set"] == "yes"
+        assert r.text == "ok"
+        # the result's own content type stays (a literal route's preset one too)
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
+        r = client.get("/set-header-json")
+        assert r.headers["x-set"] == "json"
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == {"ok": True}
 
 
 # -- req fields ---------------------------------------------------------------

@@ -180,6 +180,11 @@ app:get("/set-header", function(req)
   return "ok"
 end)
 
+app:get("/set-header-json", function(req)
+  req:set_header("x-set", "json")
+  return { ok = true }
+end)
+
 app:get("/header", function(req) return req:header("x-test", "default-value") end)
 
 app:get("/only-get", function(req) return "only get" end)
