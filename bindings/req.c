@@ -373,18 +373,20 @@ static const lr_header_t presets[] = {{{"content-type", 12}, {"text/plain; chars
                                        {{"content-type", 12}, {"application/json", 16}}};
 
 /* send the head (and, with fin, the body at bi); a big body is referenced,
- * not copied. 0, or -1 with a message on the stack. */
+ * not copied. Every field here passed name_ok and hlist_add's value check
+ * (or is a preset): LR_CHECKED spares the protocol checking them again.
+ * 0, or -1 with a message on the stack. */
 static int send_head(lua_State *L, lr_stream_t *s, int status, const lr_header_t *hs, size_t n, int bi,
                      const char *body, size_t blen, int fin) {
   int rc;
   if (fin && body && blen > BIG_BODY) {
     strref_t *sr = ref_string(L, bi);
     if (sr)
-      rc = lr_stream_send_head(s, status, hs, n, body, blen, release_strref, sr, LR_FIN);
+      rc = lr_stream_send_head(s, status, hs, n, body, blen, release_strref, sr, LR_FIN | LR_CHECKED);
     else
-      rc = lr_stream_send_head(s, status, hs, n, body, blen, NULL, NULL, LR_FIN);
+      rc = lr_stream_send_head(s, status, hs, n, body, blen, NULL, NULL, LR_FIN | LR_CHECKED);
   } else {
-    rc = lr_stream_send_head(s, status, hs, n, body, blen, NULL, NULL, fin ? LR_FIN : 0);
+    rc = lr_stream_send_head(s, status, hs, n, body, blen, NULL, NULL, (fin ? LR_FIN : 0) | LR_CHECKED);
   }
   if (rc == LR_ECLOSED) return 0; /* the client left: nothing to tell the handler here */
   if (rc) {

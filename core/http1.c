@@ -379,6 +379,7 @@ static char *put_u64(char *d, uint64_t n) {
 /* "HTTP/1.1 200 OK\r\n" without printf: it was 1,800 instructions of the
  * ~17,500 a hello-world request cost (callgrind) */
 static char *put_status_line(char *d, int status) {
+  if (status == 200) return put(d, "HTTP/1.1 200 OK\r\n", 17);
   const char *reason = lr_status_reason(status);
   d = put(d, "HTTP/1.1 ", 9);
   d = put_u64(d, (uint64_t)status);
@@ -413,10 +414,10 @@ static int h1_send_head(lr_stream_t *s, int status, const lr_header_t *hs, size_
   char *d0 = lr_conn_reserve(c, need), *d = d0;
   if (d == NULL) return UV_ENOMEM;
   d = put_status_line(d, status);
-  int has_server = 0;
+  int has_server = 0, checked = (s->flags & LR_SF_CHECKED) != 0;
   for (size_t i = 0; i < n; i++) {
     const lr_header_t *hd = &hs[i];
-    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !lr_header_valid(hd)) {
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || (!checked && !lr_header_valid(hd))) {
       /* the handler can't write connection headers, but can ask to close */
       if (hd->name.len == 10 && strncasecmp(hd->name.base, "connection", 10) == 0 &&
           has_token(hd->value.base, hd->value.len, "close"))

@@ -200,6 +200,7 @@ enum lr_stream_flags {
   LR_SF_RESET = 1 << 10,        /* aborted: client went away or protocol error */
   LR_SF_BODY_TOO_BIG = 1 << 13, /* body passed max_body while streaming in */
   LR_SF_WS_UPGRADE = 1 << 14,   /* h1: upgrade: websocket with connection: upgrade */
+  LR_SF_CHECKED = 1 << 15,      /* send_head got LR_CHECKED: the protocol may skip lr_header_valid */
 };
 
 struct lr_stream_s {
@@ -250,6 +251,9 @@ typedef struct lr_app_hooks_s {
 /* ---- response API used by the application layer ---- */
 /* Flags for send_head / send_data */
 #define LR_FIN 1
+/* send_head: the caller already checked every field (name a token, value
+ * without CR, LF or NUL), so the protocol need not again (LR_SF_CHECKED) */
+#define LR_CHECKED 2
 
 /* headers from the handler: names may be mixed case (lowercased on output);
  * protocol headers are dropped. body may be NULL. */

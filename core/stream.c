@@ -150,9 +150,10 @@ int lr_stream_send_head(lr_stream_t *s, int status, const lr_header_t *h, size_t
     return r;
   }
   s->flags |= LR_SF_REPLIED;
-  if (!fin) s->flags |= LR_SF_STREAMING;
+  if (!(fin & LR_FIN)) s->flags |= LR_SF_STREAMING;
+  if (fin & LR_CHECKED) s->flags |= LR_SF_CHECKED;
   s->status = status;
-  return s->conn->proto->send_head(s, status, h, n, body, len, release, arg, fin);
+  return s->conn->proto->send_head(s, status, h, n, body, len, release, arg, fin & LR_FIN);
 }
 
 int lr_stream_send_data(lr_stream_t *s, const char *data, size_t len, lr_release_cb release, void *arg) {
