@@ -40,6 +40,7 @@ typedef struct h1_conn_s {
   uint8_t is_upgrade;
   uint8_t in_body;    /* head done: header callbacks now carry trailer fields */
   uint8_t switched;   /* lr_http1_switch handed the connection to another protocol */
+  uint8_t expect;     /* the head asks for 100-continue (head_to_pool) */
   const char *exec_start; /* input given to the running llhttp_execute */
   /* the request body's deadline (LR_TO_BODY checks, loop time in ms) */
   uint64_t body_start; /* the body's clock started (moved on while it is paused) */
@@ -78,6 +79,7 @@ static int on_message_begin(llhttp_t *p) {
   h->n_host = 0;
   h->te_unknown = 0;
   h->te_bad = 0;
+  h->expect = 0;
   h->in_body = 0;
   lr_conn_set_timeout(&h->base, LR_TO_HEADER);
   return 0;
@@ -175,6 +177,18 @@ static int on_header_value_complete(llhttp_t *p) {
   return 0;
 }
 
+/* lr_header_is_hop_by_hop for a request's names, which are lowercase here;
+ * content-length stays visible to handlers */
+static int hop_by_hop(const lr_str_t *n) {
+  switch (n->len) {
+    case 7: return memcmp(n->base, "upgrade", 7) == 0;
+    case 10: return memcmp(n->base, "connection", 10) == 0 || memcmp(n->base, "keep-alive", 10) == 0;
+    case 16: return memcmp(n->base, "proxy-connection", 16) == 0;
+    case 17: return memcmp(n->base, "transfer-encoding", 17) == 0;
+    default: return 0;
+  }
+}
+
 static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   lr_worker_t *w = h->base.worker;
   /* one copy of the whole head; slices become pointers */
@@ -184,6 +198,8 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
   s->target.base = raw + UNOFF(s->target.base);
   unsigned kept = 0, ws = 0;
   lr_str_t connv = {NULL, 0};
+  /* the fields the core reads, found in this one pass (names are lowercase) */
+  int host = -1, expect = -1, te = -1;
   for (unsigned i = 0; i < s->n_headers; i++) {
     lr_header_t hd = s->headers[i];
     hd.name.base = raw + UNOFF(hd.name.base);
@@ -192,7 +208,7 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
     while (hd.value.len && (hd.value.base[hd.value.len - 1] == ' ' || hd.value.base[hd.value.len - 1] == '\t'))
       hd.value.len--;
     /* connection-level headers are the core's business, not the handler's */
-    if (lr_header_is_hop_by_hop(hd.name.base, hd.name.len) && !eq(&hd.name, "content-length", 14)) {
+    if (hop_by_hop(&hd.name)) {
       if (eq(&hd.name, "upgrade", 7)) {
         h->is_upgrade = 1;
         if (has_token(hd.value.base, hd.value.len, "websocket")) ws |= 1;
@@ -201,6 +217,11 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
         connv = hd.value;
       }
       continue;
+    }
+    switch (hd.name.len) {
+      case 2: if (te < 0 && eq(&hd.name, "te", 2)) te = (int)kept; break;
+      case 4: if (host < 0 && eq(&hd.name, "host", 4)) host = (int)kept; break;
+      case 6: if (expect < 0 && eq(&hd.name, "expect", 6)) expect = (int)kept; break;
     }
     s->headers[kept++] = hd;
   }
@@ -215,10 +236,21 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
     kept = k2;
   }
   s->n_headers = kept;
+  if (connv.len) { /* the list moved: look again */
+    const lr_str_t *v;
+    host = (v = lr_stream_header(s, "host", 4)) ? (int)(LR_CONTAINER_OF(v, lr_header_t, value) - s->headers) : -1;
+    expect = (v = lr_stream_header(s, "expect", 6)) ? (int)(LR_CONTAINER_OF(v, lr_header_t, value) - s->headers) : -1;
+    te = (v = lr_stream_header(s, "te", 2)) ? (int)(LR_CONTAINER_OF(v, lr_header_t, value) - s->headers) : -1;
+  }
+  if (expect >= 0) {
+    const lr_str_t *v = &s->headers[expect].value;
+    if (v->len == 12 && strncasecmp(v->base, "100-continue", 12) == 0) h->expect = 1;
+  }
+  if (te >= 0 && has_token(s->headers[te].value.base, s->headers[te].value.len, "trailers"))
+    s->flags |= LR_SF_TE_TRAILERS;
   if (ws == 3) s->flags |= LR_SF_WS_UPGRADE; /* RFC 6455 §4.2.1 items 3 and 4 */
   s->body.len = 0;
-  const lr_str_t *host = lr_stream_header(s, "host", 4);
-  if (host) s->authority = *host;
+  if (host >= 0) s->authority = s->headers[host].value;
   /* absolute-form (RFC 9112 §3.2.2): the target's authority wins over Host */
   lr_str_t t = s->target;
   size_t skip = t.len >= 7 && strncasecmp(t.base, "http://", 7) == 0    ? 7
@@ -243,6 +275,12 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
 
 /* RFC 9112 §3.2 / RFC 3986 §3.2: host [ ":" port ]; host is a reg-name
  * (unreserved, pct-encoded, sub-delims) or an IP literal in brackets */
+static const unsigned char reg_name_char[256] = {
+    ['a' ... 'z'] = 1, ['A' ... 'Z'] = 1, ['0' ... '9'] = 1, ['-'] = 1, ['.'] = 1, ['_'] = 1, ['~'] = 1,
+    ['%'] = 1, ['!'] = 1, ['$'] = 1, ['&'] = 1, ['\''] = 1, ['('] = 1, [')'] = 1, ['*'] = 1, ['+'] = 1,
+    [','] = 1, [';'] = 1, ['='] = 1,
+};
+
 static int authority_ok(const lr_str_t *a) {
   const char *p = a->base, *end = a->base + a->len;
   if (p < end && *p == '[') {
@@ -254,11 +292,8 @@ static int authority_ok(const lr_str_t *a) {
         return 0;
     p = close + 1;
   } else {
-    for (; p < end && *p != ':'; p++) {
-      unsigned char c = (unsigned char)*p;
-      if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || strchr("-._~%!$&'()*+,;=", c)))
-        return 0;
-    }
+    for (; p < end && *p != ':'; p++)
+      if (!reg_name_char[(unsigned char)*p]) return 0;
   }
   if (p == end) return 1;
   if (*p++ != ':') return 0;
@@ -313,12 +348,7 @@ static int on_headers_complete(llhttp_t *p) {
     s->content_length = 0;
   }
   if (s->content_length == 0) s->flags |= LR_SF_BODY_DONE;
-  const lr_str_t *v = lr_stream_header(s, "expect", 6);
-  if (v && v->len == 12 && strncasecmp(v->base, "100-continue", 12) == 0 && s->version == 11 &&
-      !(s->flags & LR_SF_BODY_DONE))
-    s->flags |= LR_SF_EXPECT;
-  v = lr_stream_header(s, "te", 2);
-  if (v && has_token(v->base, v->len, "trailers")) s->flags |= LR_SF_TE_TRAILERS;
+  if (h->expect && s->version == 11 && !(s->flags & LR_SF_BODY_DONE)) s->flags |= LR_SF_EXPECT;
   h->keepalive = llhttp_should_keep_alive(p) && !h->closing;
   h->pause = PAUSE_HEADERS;
   return HPE_PAUSED;
