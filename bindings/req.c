@@ -446,9 +446,9 @@ int lr_req_reply_text(lua_State *L, int bi) {
   lr_req_t *r = lua_touserdata(L, 1);
   lr_stream_t *s = r->s;
   if (s == NULL || (s->flags & LR_SF_REPLIED)) return 0;
-  push_set_headers(L, 1);
-  int plain = lua_isnil(L, -1);
-  lua_pop(L, 1);
+  int top = lua_gettop(L);
+  int plain = lua_getiuservalue(L, 1, 1) != LUA_TTABLE || lua_getfield(L, -1, "\1resp_headers") == LUA_TNIL;
+  lua_settop(L, top);
   if (!plain) {
     lua_pushcfunction(L, lr_req_reply_results);
     lua_pushvalue(L, 1);

@@ -177,12 +177,11 @@ static int request_main(lua_State *L) {
  * is answered here; anything else goes through the route's finish(a, b, c),
  * lariat.app's normalisation, then on as in request_k. */
 static int direct_k(lua_State *L, int status, lua_KContext ctx) {
-  lua_settop(L, 4);
+  /* req, a, b, c: the call asked for 3 results */
   if (lua_type(L, 2) == LUA_TSTRING &&
       !(lua_type(L, 3) == LUA_TFUNCTION && strcmp(lua_tostring(L, 2), "websocket") == 0)) {
     lr_req_reply_text(L, 2);
-    lua_settop(L, 1);
-    return 1;
+    return 0; /* what the coroutine returns is not looked at (co_release clears it) */
   }
   if (lua_type(L, 2) == LUA_TSTRING) return request_k(L, status, ctx); /* an upgrade */
   lua_rawgeti(L, LUA_REGISTRYINDEX, lr_direct_finish(lr_co_current(L)->direct));
