@@ -244,6 +244,7 @@ void lr_direct_free(lr_app_t *app);
 const lr_direct_t *lr_direct_find(const lr_app_t *app, const lr_str_t *path, const lr_str_t *method);
 int lr_direct_handler(const lr_direct_t *d); /* registry refs */
 int lr_direct_finish(const lr_direct_t *d);
+unsigned lr_direct_route(const lr_direct_t *d); /* the metrics route id to tag requests with */
 
 /* req.c */
 void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s);

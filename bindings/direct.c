@@ -14,6 +14,7 @@ struct lr_direct_s {
   size_t plen, mlen;
   int handler_ref; /* handler(req) */
   int finish_ref;  /* finish(a, b, c): status, headers, body for a non-string result */
+  unsigned route;  /* metrics route id (lariat.app tags only with metrics on), or 0 */
 };
 
 /* FNV-1a over the path; the method is compared, not hashed (a path has few) */
@@ -36,6 +37,7 @@ const lr_direct_t *lr_direct_find(const lr_app_t *app, const lr_str_t *path, con
 
 int lr_direct_handler(const lr_direct_t *d) { return d->handler_ref; }
 int lr_direct_finish(const lr_direct_t *d) { return d->finish_ref; }
+unsigned lr_direct_route(const lr_direct_t *d) { return d->route; }
 
 void lr_direct_free(lr_app_t *app) {
   if (app->direct == NULL) return;
@@ -45,7 +47,7 @@ void lr_direct_free(lr_app_t *app) {
   app->direct_mask = 0;
 }
 
-/* from the list at idx ({ path, method, handler, finish }, ...); the
+/* from the list at idx ({ path, method, handler, finish, route }, ...); the
  * functions are anchored in the registry for the app's life. An app without
  * literal routes, or memory short, just has no table (dispatch serves all). */
 void lr_direct_load(lr_app_t *app, lua_State *L, int idx) {
@@ -75,8 +77,12 @@ void lr_direct_load(lr_app_t *app, lua_State *L, int idx) {
     memcpy(mem + plen + 1, m, mlen + 1);
     size_t i = hash_path(p, plen) & app->direct_mask;
     while (t[i].path) i = (i + 1) & app->direct_mask;
-    t[i] = (lr_direct_t){mem, mem + plen + 1, plen, mlen, LUA_NOREF, LUA_NOREF};
+    t[i] = (lr_direct_t){mem, mem + plen + 1, plen, mlen, LUA_NOREF, LUA_NOREF, 0};
     lua_pop(L, 2);
+    lua_rawgeti(L, -1, 5);
+    lua_Integer route = lua_tointeger(L, -1);
+    t[i].route = route > 0 ? (unsigned)route : 0;
+    lua_pop(L, 1);
     lua_rawgeti(L, -1, 3);
     t[i].handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_rawgeti(L, -1, 4);

@@ -644,6 +644,7 @@ static void hook_start(lr_stream_t *s) {
   const lr_direct_t *d = app->direct ? lr_direct_find(app, &s->path, &s->method) : NULL;
   co->direct = d;
   if (d) {
+    s->route = lr_direct_route(d); /* what lariat.app's tag would do (t0 is set above) */
     lua_pushcfunction(L, request_direct);
     lr_req_push(L, co, s);
     lua_rawgeti(L, LUA_REGISTRYINDEX, lr_direct_handler(d));

@@ -478,15 +478,18 @@ function App:compile()
   -- the same literal routes for C, which looks them up by the raw path and
   -- method itself and resumes the handler directly: no dispatch frame, no
   -- method or path string per request. Each entry is { path, method,
-  -- handler, finish } where finish(a, b, c) normalises a result that is not
-  -- a plain string (C answers those). Not with on_error: its xpcall wraps
-  -- every request.
+  -- handler, finish, metric id } where finish(a, b, c) normalises a result
+  -- that is not a plain string (C answers those) and C tags the request with
+  -- the metric id itself (the handler is the route's own, not the tagging
+  -- wrapper). Not with on_error: its xpcall wraps every request.
   local direct
   if not on_error then
     direct = {}
     for p, f in pairs(fast) do
-      for m, h in pairs(f) do
-        direct[#direct + 1] = { p, m, h, function(a, b, c) return normalize_direct(p, m, a, b, c) end }
+      for m in pairs(f) do
+        local route = fast_route[p][m]
+        direct[#direct + 1] = { p, m, route.handler, function(a, b, c) return normalize_direct(p, m, a, b, c) end,
+                                tag and route.metric_id or 0 }
       end
     end
   end
