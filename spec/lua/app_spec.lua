@@ -233,6 +233,38 @@ describe("app", function()
       assert.has_error(function() app:get("no-slash", function() end) end)
     end)
 
+    it("lists the literal routes C may run without dispatch, with their finish", function()
+      local app = lariat.app()
+      local hello = function() return "hi" end
+      app:get("/", hello)
+      app:get("/t", function() return { ok = true } end)
+      app:get("/users/:id", function() end)       -- a binding: the router's
+      app:get("/mw", { function(_, nx) return nx() end }, function() end)
+      fake.core()
+      local _, _, direct = lariat.load_app(app, "spec.lua")
+      local by = {}
+      for _, e in ipairs(direct) do by[e[2] .. " " .. e[1]] = e end
+      assert.same({ "GET /", "GET /t", "HEAD /", "HEAD /t" }, (function()
+        local ks = {}
+        for k in pairs(by) do ks[#ks + 1] = k end
+        table.sort(ks)
+        return ks
+      end)())
+      assert.equal(hello, by["GET /"][3])
+      assert.equal(hello, by["HEAD /"][3])             -- HEAD falls back to GET
+      assert.same({ 200, 2, '{"ok":true}' }, { by["GET /t"][4]({ ok = true }) })
+      assert.has_error(function() by["GET /"][4](999) end)
+      -- none where something wraps every request
+      local a2 = lariat.app()
+      a2:get("/", hello)
+      a2:on_error(function() end)
+      assert.is_nil(select(3, lariat.load_app(a2, "spec.lua")))
+      local a3 = lariat.app()
+      a3:get("/", hello)
+      a3:use(function(_, nx) return nx() end)
+      assert.same({}, select(3, lariat.load_app(a3, "spec.lua")))
+    end)
+
     it("installs the request helpers into core.req_methods", function()
       local core = fake.core()
       lariat.load_app(lariat.app(), "a.lua")
