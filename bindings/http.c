@@ -44,6 +44,15 @@ typedef struct exch_s {
   char *ca;
   lr_h2c_stream_t *h2s; /* the exchange runs on an HTTP/2 session */
   int version;          /* opts.version: 11, 20 or 0 (h2 if ALPN picks it) */
+  int refused;          /* the h2 server refused the stream unprocessed (GOAWAY, REFUSED_STREAM) */
+  uint64_t idle_ms;     /* opts.keepalive_timeout: the pooled connection or idle h2 session's life */
+  /* concurrent first requests to one h2 origin share one connection: the first
+   * (leader) connects, the others wait in its list for the session */
+  lr_link_t coal;       /* leader: in pending_h2; waiter: in the leader's waiters */
+  lr_link_t waiters;
+  char *coal_key;       /* leader only */
+  int coal_role;        /* 0, COAL_LEADER or COAL_WAITER */
+  int coalesced;        /* waited once already: connect on its own now */
   /* reverse proxy (lariat.proxy): the request whose stream is forwarded */
   lr_req_t *req;      /* kept alive by the exchange's user value */
   int proxy, chunked_up;
@@ -57,6 +66,37 @@ typedef struct exch_s {
 #define MAX_FREE_EXCH 64
 static __thread exch_t *free_exch[MAX_FREE_EXCH];
 static __thread unsigned n_free_exch;
+
+/* ---- one connection for concurrent first requests to an h2 origin ---- */
+
+enum { COAL_LEADER = 1, COAL_WAITER };
+static __thread lr_link_t pending_h2; /* leaders connecting to an origin that may speak h2 */
+
+static exch_t *coal_leader(const char *key) {
+  if (pending_h2.next == NULL) lr_list_init(&pending_h2);
+  for (lr_link_t *l = pending_h2.next; l != &pending_h2; l = l->next) {
+    exch_t *ld = LR_CONTAINER_OF(l, exch_t, coal);
+    if (strcmp(ld->coal_key, key) == 0) return ld;
+  }
+  return NULL;
+}
+
+/* the leader's connect ended (a session, h1 by ALPN, failure, cancel): its waiters try again */
+static void coal_end(exch_t *ex) {
+  if (ex->coal_role == COAL_WAITER) lr_link_unlink(&ex->coal);
+  if (ex->coal_role == COAL_LEADER) {
+    lr_link_unlink(&ex->coal);
+    while (!lr_list_empty(&ex->waiters)) {
+      exch_t *w = LR_CONTAINER_OF(ex->waiters.next, exch_t, coal);
+      lr_link_unlink(&w->coal);
+      w->coal_role = 0;
+      if (w->co) lr_co_wake(w->co);
+    }
+    free(ex->coal_key);
+    ex->coal_key = NULL;
+  }
+  ex->coal_role = 0;
+}
 
 /* ---- the connection's side: parse, and wake the coroutine when it can proceed ---- */
 
@@ -75,7 +115,7 @@ static int worth_waking(exch_t *ex) {
   if (ex->closed || ex->h.failed || ex->h.done) return 1;
   switch (ex->phase) {
   case PH_CONNECT: return ex->cl && ex->cl->state == LR_CL_OPEN;
-  case PH_SEND: return ex->cl && !lr_client_write_blocked(ex->cl);
+  case PH_SEND: return ex->h2s ? !lr_h2c_write_blocked(ex->h2s) : ex->cl && !lr_client_write_blocked(ex->cl);
   case PH_HEAD: return ex->h.headers_done;
   case PH_BODY: return ex->stream && ex->h.body.len > 0;
   }
@@ -97,6 +137,7 @@ static void exch_notify(lr_client_t *cl, int ev) {
 }
 
 static void exch_release(exch_t *ex, int reuse) {
+  coal_end(ex);
   if (ex->h2s) {
     lr_h2c_release(ex->h2s);
     ex->h2s = NULL;
@@ -105,7 +146,7 @@ static void exch_release(exch_t *ex, int reuse) {
   ex->cl = NULL;
   if (cl == NULL) return;
   if (reuse && ex->h.done && ex->h.keep_alive)
-    lr_client_keepalive(cl, POOL_IDLE_MS, POOL_SIZE);
+    lr_client_keepalive(cl, ex->idle_ms, POOL_SIZE);
   else
     lr_client_close(cl);
 }
@@ -113,6 +154,7 @@ static void exch_release(exch_t *ex, int reuse) {
 static void exch_h2_notify(void *owner) {
   exch_t *ex = owner;
   if (ex->h.headers_done) ex->got_bytes = 1;
+  if (ex->h2s && lr_h2c_refused(ex->h2s)) ex->refused = 1;
   if (ex->h.failed && !ex->h.done && !ex->closed) {
     ex->closed = 1;
     snprintf(ex->err, sizeof ex->err, "closed");
@@ -162,6 +204,7 @@ static int fail(lua_State *L, const char *msg) {
 static uint64_t now_ms(exch_t *ex) { return uv_now(&ex->w->loop); }
 
 static int px_error(lua_State *L, exch_t *ex, const char *err);
+static lr_stream_t *px_stream(exch_t *ex);
 
 /* the exchange failed: nil, err to the caller, or for the proxy, 502/504 to the client */
 static int fail_ex(lua_State *L, exch_t *ex, const char *msg) {
@@ -196,19 +239,28 @@ static int timed_out(lua_State *L, exch_t *ex) {
 
 /* ---- the response ---- */
 
+/* a repeated header (set-cookie above all, which can't be comma-joined) is a
+ * Lua array of its values in order, as lua-resty-http has it; once, a string */
 static void push_headers(lua_State *L, exch_t *ex) {
-  lua_createtable(L, 0, (int)ex->h.n_headers);
-  for (unsigned i = 0; i < ex->h.n_headers; i++) {
+  unsigned nh = ex->h.n_headers - ex->h.n_trailers;
+  lua_createtable(L, 0, (int)nh);
+  for (unsigned i = 0; i < nh; i++) {
     lr_str_t n = lr_h1c_header_name(&ex->h, i), v = lr_h1c_header_value(&ex->h, i);
     char name[256];
     size_t nl = n.len < sizeof name ? n.len : sizeof name - 1;
     for (size_t j = 0; j < nl; j++) name[j] = (char)((n.base[j] >= 'A' && n.base[j] <= 'Z') ? n.base[j] + 32 : n.base[j]);
     lua_pushlstring(L, name, nl);
     lua_pushvalue(L, -1);
-    if (lua_rawget(L, -3) == LUA_TSTRING) { /* repeated: one value, comma-joined (RFC 9110 §5.3) */
-      lua_pushlstring(L, ", ", 2);
+    int t = lua_rawget(L, -3);
+    if (t == LUA_TSTRING) { /* the second: both into an array */
+      lua_createtable(L, 2, 0);
+      lua_insert(L, -2);
+      lua_rawseti(L, -2, 1);
       lua_pushlstring(L, v.base, v.len);
-      lua_concat(L, 3);
+      lua_rawseti(L, -2, 2);
+    } else if (t == LUA_TTABLE) {
+      lua_pushlstring(L, v.base, v.len);
+      lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
     } else {
       lua_pop(L, 1);
       lua_pushlstring(L, v.base, v.len);
@@ -239,7 +291,11 @@ static void push_response(lua_State *L, exch_t *ex) {
 }
 
 static int body_error(lua_State *L, exch_t *ex) {
-  const char *e = ex->h.too_big ? "body too big" : ex->h.failed ? "bad response" : ex->err[0] ? ex->err : "closed";
+  const char *e = ex->h.too_big                ? "body too big"
+                  : ex->h2s && ex->closed       ? "closed" /* the stream was reset */
+                  : ex->h.failed                ? "bad response"
+                  : ex->err[0]                  ? ex->err
+                                                : "closed";
   return fail_ex(L, ex, e);
 }
 
@@ -275,6 +331,7 @@ static int head_k(lua_State *L, int status, lua_KContext ctx) {
     lr_co_current(L)->timed_out = 0;
     return whole_k(L, LUA_OK, 0);
   }
+  if (ex->refused) return retry_or_fail(L, ex);
   if (ex->h.failed) return body_error(L, ex);
   if (ex->closed) return retry_or_fail(L, ex);
   if (late) return timed_out(L, ex);
@@ -301,7 +358,7 @@ static int after_send(lua_State *L, exch_t *ex) {
 /* a pooled connection may have been closed by the server just as we sent:
  * one more try on a fresh connection, when the request can be sent again */
 static int retry_or_fail(lua_State *L, exch_t *ex) {
-  if (ex->reused && !ex->got_bytes && !ex->retried && !ex->body_fn) {
+  if ((ex->reused || ex->refused) && !ex->got_bytes && !ex->retried && !ex->body_fn) {
     ex->retried = 1;
     exch_release(ex, 0);
     lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, ex->h.max_body);
@@ -388,16 +445,19 @@ static size_t collect_headers(lua_State *L, lr_buf_t *text, lr_header_t *hd, siz
   return n;
 }
 
+static int px_h2(lua_State *L, exch_t *ex, lr_h2c_t *hs);
+
 /* the request as an HTTP/2 stream on session hs */
 static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
+  if (ex->proxy) return px_h2(L, ex, hs);
   lr_header_t hd[64];
   lr_buf_t text = {0};
   size_t n = collect_headers(L, &text, hd, 64);
   lua_getfield(L, 1, "body");
   size_t blen = 0;
   const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &blen) : NULL;
-  ex->h2s = lr_h2c_request(hs, ex->method, "https", ex->hosthdr, ex->target, hd, n, body, blen, &ex->h,
-                           exch_h2_notify, ex);
+  ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, hd, n, body, blen,
+                           0, &ex->h, exch_h2_notify, ex);
   lr_buf_free(&text);
   lua_settop(L, 2);
   if (ex->h2s == NULL) return fail_ex(L, ex, "closed");
@@ -412,16 +472,19 @@ static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
 static int send_request(lua_State *L, exch_t *ex) {
   ex->phase = PH_SEND;
   ex->body_sent = 0;
-  if (ex->cl->h2) { /* ALPN picked h2: the connection becomes this origin's session */
+  if (ex->cl->h2 || (!ex->tls && ex->version == 20)) { /* ALPN picked h2 (or h2c by prior knowledge):
+                                                          * the connection becomes this origin's session */
     lr_client_t *cl = ex->cl;
     ex->cl = NULL;
-    lr_h2c_t *hs = lr_h2c_start(cl);
+    lr_h2c_t *hs = lr_h2c_start(cl, ex->idle_ms);
+    coal_end(ex); /* the waiters find the session */
     if (hs == NULL) {
       lr_client_close(cl);
       return fail_ex(L, ex, "out of memory");
     }
     return h2_submit(L, ex, hs);
   }
+  coal_end(ex); /* HTTP/1.1 after all: the waiters connect on their own */
   if (ex->proxy) return px_send(L, ex);
   lr_header_t hd[64];
   lr_buf_t text = {0};
@@ -452,6 +515,19 @@ static int open_k(lua_State *L, int status, lua_KContext ctx) {
   return exch_wait(L, ex, ex->connect_ms, open_k);
 }
 
+static int coal_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  int late;
+  exch_t *ex = woken(L, &late);
+  if (ex->coal_role == COAL_WAITER) { /* still waiting: the connect timeout */
+    coal_end(ex);
+    return timed_out(L, ex);
+  }
+  ex->coalesced = 1;
+  return start_exchange(L, ex);
+}
+
 static int start_exchange(lua_State *L, exch_t *ex) {
   lr_client_opts_t o = {0};
   o.host = ex->host;
@@ -459,22 +535,37 @@ static int start_exchange(lua_State *L, exch_t *ex) {
   o.tls = ex->tls;
   o.verify = ex->verify;
   o.ca = ex->ca;
-  int want_h2 = ex->tls && !ex->proxy && !ex->body_fn && ex->version != 11;
-  o.alpn = ex->tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : NULL;
-  o.fresh = ex->retried;
-  if (want_h2 && !ex->retried) { /* a session to this origin already: one more stream on it */
-    char *key = lr_client_key(&o);
-    lr_h2c_t *hs = key ? lr_h2c_find(ex->w, key) : NULL;
-    free(key);
-    if (hs) {
-      ex->reused = 1;
-      ex->closed = 0;
-      ex->err[0] = 0;
-      return h2_submit(L, ex, hs);
-    }
-  }
+  lr_stream_t *ps = ex->proxy ? px_stream(ex) : NULL;
+  int ws = ps && (ps->flags & LR_SF_WS_UPGRADE); /* an Upgrade is HTTP/1.1's */
+  int want_h2 = ex->tls ? (ex->proxy || !ex->body_fn) && ex->version != 11 && !ws : ex->version == 20 && !ws;
+  o.alpn = ex->tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : want_h2 ? "h2c" : NULL;
+  o.fresh = ex->retried && !ex->refused;
   ex->closed = 0;
   ex->err[0] = 0;
+  if (want_h2 && !o.fresh) { /* a session to this origin already: one more stream on it */
+    char *key = lr_client_key(&o);
+    lr_h2c_t *hs = key ? lr_h2c_find(ex->w, key) : NULL;
+    if (hs) {
+      free(key);
+      ex->reused = 1;
+      return h2_submit(L, ex, hs);
+    }
+    exch_t *ld = key && !ex->coalesced ? coal_leader(key) : NULL;
+    if (ld) { /* its connection is on the way: wait for it rather than open another */
+      free(key);
+      ex->coal_role = COAL_WAITER;
+      lr_list_push(&ld->waiters, &ex->coal);
+      ex->phase = PH_CONNECT;
+      lua_settop(L, 2);
+      return exch_wait(L, ex, ex->connect_ms, coal_k);
+    }
+    if (key) {
+      ex->coal_key = key;
+      ex->coal_role = COAL_LEADER;
+      lr_list_init(&ex->waiters);
+      lr_list_push(&pending_h2, &ex->coal);
+    }
+  }
   ex->phase = PH_CONNECT;
   char err[160];
   if (lr_client_open(ex->w, &o, exch_notify, ex, &ex->cl, err, sizeof err) < 0) return fail_ex(L, ex, err);
@@ -595,8 +686,10 @@ static int px_body(lua_State *L, exch_t *ex) {
       exch_release(ex, 0);
       return 0;
     }
-    if (ex->cl == NULL) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
-    if (lr_client_write_blocked(ex->cl)) return exch_wait(L, ex, 0, px_body_k);
+    if (ex->h2s ? ex->closed : ex->cl == NULL) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
+    if (ex->h2s && ex->h.done) return after_send(L, ex); /* answered already: the rest is not wanted */
+    if (ex->h2s ? lr_h2c_write_blocked(ex->h2s) : lr_client_write_blocked(ex->cl))
+      return exch_wait(L, ex, 0, px_body_k);
     int fin;
     ex->scratch.len = 0;
     int n = lr_stream_read_body(s, &ex->scratch, 64 * 1024, &fin);
@@ -604,14 +697,16 @@ static int px_body(lua_State *L, exch_t *ex) {
       exch_release(ex, 0);
       return 0;
     }
-    if (n > 0) {
+    if (ex->h2s) {
+      if (n > 0 || fin) lr_h2c_write(ex->h2s, ex->scratch.base, (size_t)n, fin);
+    } else if (n > 0) {
       if (ex->chunked_up)
         lr_h1c_write_chunk(ex->cl, ex->scratch.base, ex->scratch.len);
       else
         lr_client_write(ex->cl, ex->scratch.base, ex->scratch.len);
     }
     if (fin) {
-      if (ex->chunked_up) lr_h1c_write_chunk(ex->cl, NULL, 0);
+      if (ex->chunked_up && !ex->h2s) lr_h1c_write_chunk(ex->cl, NULL, 0);
       ex->body_sent = 1;
       return after_send(L, ex);
     }
@@ -622,18 +717,21 @@ static int px_body(lua_State *L, exch_t *ex) {
   }
 }
 
+typedef struct px_head_s {
+  lr_header_t hd[PX_MAX_HEADERS];
+  size_t n;
+  lr_buf_t text; /* the caller's overrides */
+  char peer[64], fwd[1024];
+} px_head_t;
+
 /* the request head: the client's headers minus hop-by-hop ones, plus x-forwarded-*
  * and the caller's overrides (opts.headers) */
-static int px_send(lua_State *L, exch_t *ex) {
-  lr_stream_t *s = px_stream(ex);
-  if (s == NULL) {
-    exch_release(ex, 0);
-    return 0;
-  }
-  lr_header_t hd[PX_MAX_HEADERS];
+static void px_build(lua_State *L, lr_stream_t *s, px_head_t *ph) {
+  lr_header_t *hd = ph->hd;
+  char *peer = ph->peer, *fwd = ph->fwd;
   lr_header_t over[64];
-  lr_buf_t text = {0};
-  size_t n_over = collect_headers(L, &text, over, 64);
+  ph->text = (lr_buf_t){0};
+  size_t n_over = collect_headers(L, &ph->text, over, 64);
   const lr_str_t *conn = lr_stream_header(s, "connection", 10);
   const lr_str_t *xff = lr_stream_header(s, "x-forwarded-for", 15);
   size_t n = 0;
@@ -648,12 +746,11 @@ static int px_send(lua_State *L, exch_t *ex) {
     if (!overridden) hd[n++] = s->headers[i];
   }
   /* x-forwarded-for: what the client sent, then the client */
-  char peer[64], fwd[1024];
   int port;
-  if (lr_stream_peer(s, peer, sizeof peer, &port) != 0) snprintf(peer, sizeof peer, "unknown");
-  int fl = xff ? snprintf(fwd, sizeof fwd, "%.*s, %s", (int)xff->len, xff->base, peer)
-               : snprintf(fwd, sizeof fwd, "%s", peer);
-  if (fl >= (int)sizeof fwd) fl = (int)sizeof fwd - 1;
+  if (lr_stream_peer(s, peer, sizeof ph->peer, &port) != 0) snprintf(peer, sizeof ph->peer, "unknown");
+  int fl = xff ? snprintf(fwd, sizeof ph->fwd, "%.*s, %s", (int)xff->len, xff->base, peer)
+               : snprintf(fwd, sizeof ph->fwd, "%s", peer);
+  if (fl >= (int)sizeof ph->fwd) fl = (int)sizeof ph->fwd - 1;
   hd[n++] = (lr_header_t){{"x-forwarded-for", 15}, {fwd, (size_t)fl}};
   const char *scheme = lr_stream_scheme(s);
   hd[n++] = (lr_header_t){{"x-forwarded-proto", 17}, {scheme, strlen(scheme)}};
@@ -663,11 +760,28 @@ static int px_send(lua_State *L, exch_t *ex) {
     hd[n++] = (lr_header_t){{"connection", 10}, {"upgrade", 7}};
     hd[n++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
   }
+  ph->n = n;
+}
+
+/* the request body's length: -1 unknown (it streams), 0 none */
+static int64_t px_body_len(const lr_stream_t *s) {
   int64_t blen = s->content_length;
   if (blen < 0 && (s->flags & LR_SF_BODY_DONE) && s->body.len == 0) blen = 0;
+  return blen;
+}
+
+static int px_send(lua_State *L, exch_t *ex) {
+  lr_stream_t *s = px_stream(ex);
+  if (s == NULL) {
+    exch_release(ex, 0);
+    return 0;
+  }
+  px_head_t ph;
+  px_build(L, s, &ph);
+  int64_t blen = px_body_len(s);
   ex->chunked_up = blen < 0;
-  int r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, hd, n, blen);
-  lr_buf_free(&text);
+  int r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, ph.hd, ph.n, blen);
+  lr_buf_free(&ph.text);
   lua_settop(L, 2);
   if (r < 0) return retry_or_fail(L, ex);
   if (blen == 0) return after_send(L, ex);
@@ -675,7 +789,39 @@ static int px_send(lua_State *L, exch_t *ex) {
   return px_body(L, ex);
 }
 
+/* the same as one stream of an HTTP/2 session (no Host, no hop-by-hop: lr_h2c_request drops them) */
+static int px_h2(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
+  lr_stream_t *s = px_stream(ex);
+  if (s == NULL) {
+    exch_release(ex, 0);
+    return 0;
+  }
+  px_head_t ph;
+  px_build(L, s, &ph);
+  int64_t blen = px_body_len(s);
+  ex->phase = PH_SEND;
+  ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, ph.hd, ph.n, NULL, 0,
+                           blen != 0, &ex->h, exch_h2_notify, ex);
+  lr_buf_free(&ph.text);
+  lua_settop(L, 2);
+  if (ex->h2s == NULL) return fail_ex(L, ex, "closed");
+  if (blen == 0) return after_send(L, ex);
+  ex->body_fn = 1;
+  return px_body(L, ex);
+}
+
 static int px_resp(lua_State *L, exch_t *ex);
+
+/* an h2 upstream's trailers (grpc-status, …): the client's side carries them if it can */
+static void px_trailers(exch_t *ex, lr_stream_t *s) {
+  lr_header_t hd[LR_H1C_MAX_HEADERS];
+  size_t n = 0;
+  for (unsigned i = ex->h.n_headers - ex->h.n_trailers; i < ex->h.n_headers; i++) {
+    lr_str_t name = lr_h1c_header_name(&ex->h, i);
+    if (!px_hop(name, NULL)) hd[n++] = (lr_header_t){name, lr_h1c_header_value(&ex->h, i)};
+  }
+  lr_stream_send_trailers(s, hd, n);
+}
 
 static int px_resp_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
@@ -702,12 +848,14 @@ static int px_resp(lua_State *L, exch_t *ex) {
         return lr_co_wait(L, ex->co, 0, exch_cancel, ex, px_resp_k);
       }
       lr_stream_send_data(s, ex->h.body.base, ex->h.body.len, NULL, NULL);
+      if (ex->h2s) lr_h2c_consume(ex->h2s, ex->h.body.len);
       ex->h.body.len = 0;
       pump(ex);
       continue;
     }
     if (ex->h.done) {
-      lr_stream_finish(s);
+      if (ex->h.n_trailers) px_trailers(ex, s);
+      else lr_stream_finish(s);
       exch_release(ex, 1);
       return 0;
     }
@@ -725,9 +873,10 @@ static int px_head(lua_State *L, exch_t *ex) {
   lr_header_t hd[LR_H1C_MAX_HEADERS];
   size_t n = 0;
   lr_str_t conn = {0};
-  for (unsigned i = 0; i < ex->h.n_headers; i++)
+  unsigned nh = ex->h.n_headers - ex->h.n_trailers;
+  for (unsigned i = 0; i < nh; i++)
     if (eq_ci(lr_h1c_header_name(&ex->h, i), "connection")) conn = lr_h1c_header_value(&ex->h, i);
-  for (unsigned i = 0; i < ex->h.n_headers && n < LR_H1C_MAX_HEADERS - 2; i++) {
+  for (unsigned i = 0; i < nh && n < LR_H1C_MAX_HEADERS - 2; i++) {
     lr_str_t name = lr_h1c_header_name(&ex->h, i);
     if (px_hop(name, conn.len ? &conn : NULL) || eq_ci(name, "date")) continue;
     hd[n++] = (lr_header_t){name, lr_h1c_header_value(&ex->h, i)};
@@ -743,7 +892,7 @@ static int px_head(lua_State *L, exch_t *ex) {
     }
     return fail_ex(L, ex, "bad upgrade");
   }
-  if (ex->h.done) { /* all of it is here: one write, with content-length */
+  if (ex->h.done && !ex->h.n_trailers) { /* all of it is here: one write, with content-length */
     lr_stream_send_head(s, ex->h.status, hd, n, ex->h.body.base, ex->h.body.len, NULL, NULL, LR_FIN);
     ex->h.body.len = 0;
     exch_release(ex, 1);
@@ -892,6 +1041,7 @@ static exch_t *exch_new(lua_State *L, int proxy) {
   ex->deadline = uv_now(&ex->w->loop) + opt_ms(L, "timeout", proxy ? 24 * 3600 * 1000 : DEFAULT_TIMEOUT_MS);
   ex->connect_ms = opt_ms(L, "connect_timeout", proxy ? 60000 : 0);
   ex->read_ms = opt_ms(L, "read_timeout", proxy ? 60000 : 0);
+  ex->idle_ms = opt_ms(L, "keepalive_timeout", POOL_IDLE_MS);
   lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, max_body);
   return ex;
 }

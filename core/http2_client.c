@@ -6,7 +6,12 @@
  *
  * Flow control: windows are not reopened automatically; the owner's
  * lr_h2c_consume reopens them as it takes body bytes, so a slow reader
- * holds the server back instead of growing a buffer. */
+ * holds the server back instead of growing a buffer. A request body may
+ * stream too (lr_h2c_write): at most UP_HIGH bytes wait here for the
+ * server's window, the owner waits above that.
+ *
+ * A session with no stream left is idle: it closes after idle_ms (the pool
+ * sweep in pool.c asks lr__h2c_sweep), as a pooled HTTP/1.1 connection. */
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -17,6 +22,7 @@
 #include "outbound.h"
 
 #define WINDOW (1 << 20) /* per stream; the connection gets 16x */
+#define UP_HIGH (64 * 1024) /* request body bytes queued per stream before the owner waits */
 
 struct lr_h2c_s {
   nghttp2_session *ng;
@@ -27,6 +33,7 @@ struct lr_h2c_s {
   unsigned n_streams;
   int dead;          /* GOAWAY received or connection lost: no new streams */
   int busy;          /* inside nghttp2: don't free */
+  uint64_t idle_ms, idle_deadline; /* closes at idle_deadline once n_streams is 0 */
 };
 
 struct lr_h2c_stream_s {
@@ -37,9 +44,12 @@ struct lr_h2c_stream_s {
   void (*notify)(void *owner);
   void *owner;
   int told;          /* news arrived while nghttp2 ran: told after it returns */
-  char *body;
-  size_t body_len, body_off;
-  int closed;
+  lr_buf_t up;       /* request body bytes not yet framed, from up_off */
+  size_t up_off;
+  int up_more;       /* the owner has more body to write (lr_h2c_write ... fin) */
+  int deferred;      /* nghttp2 waits for more body: resume on the next write */
+  size_t unacked;    /* body bytes received and not yet given back to the windows */
+  int closed, refused;
 };
 
 static nghttp2_session_callbacks *callbacks;
@@ -74,21 +84,30 @@ static void tell_deferred(lr_h2c_t *h) {
 
 static void stream_free(lr_h2c_stream_t *st) {
   lr_link_unlink(&st->link);
-  if (st->h && --st->h->n_streams == 0 && st->h->cl) uv_unref((uv_handle_t *)&st->h->cl->conn.tcp); /* idle */
-  free(st->body);
+  lr_h2c_t *h = st->h;
+  if (h && --h->n_streams == 0 && h->cl) { /* idle */
+    uv_unref((uv_handle_t *)&h->cl->conn.tcp);
+    h->idle_deadline = uv_now(&h->cl->conn.worker->loop) + h->idle_ms;
+    lr_outbound_t *ob = lr__outbound(h->cl->conn.worker);
+    if (ob) lr__pool_sweep_start(ob);
+  }
+  lr_buf_free(&st->up);
   free(st);
 }
 
 static void flush(lr_h2c_t *h) {
   if (h->cl == NULL) return;
+  h->busy++;
   for (;;) {
     const uint8_t *d;
     ssize_t n = nghttp2_session_mem_send(h->ng, &d);
     if (n <= 0) break;
     lr_client_write(h->cl, d, (size_t)n);
   }
+  h->busy--;
   if (h->cl && h->n_streams == 0 && !nghttp2_session_want_read(h->ng) && !nghttp2_session_want_write(h->ng))
     h->dead = 1;
+  if (!h->busy) tell_deferred(h); /* request body room (read_body) */
 }
 
 /* ---- nghttp2 callbacks ---- */
@@ -100,7 +119,11 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *f, const uint8_t 
   lr_h2c_stream_t *st = nghttp2_session_get_stream_user_data(ng, f->hd.stream_id);
   if (st == NULL || st->res == NULL || f->hd.type != NGHTTP2_HEADERS) return 0;
   lr_h1c_t *r = st->res;
-  if (r->headers_done) return 0; /* trailers: not kept */
+  if (r->headers_done) { /* trailers: after the head in the same list */
+    if (nlen && name[0] == ':') return 0;
+    if (lr_h1c_add_header(r, (const char *)name, nlen, (const char *)value, vlen) == 0) r->n_trailers++;
+    return 0;
+  }
   if (nlen == 7 && memcmp(name, ":status", 7) == 0) {
     int s = 0;
     for (size_t i = 0; i < vlen; i++) s = s * 10 + (value[i] - '0');
@@ -156,6 +179,7 @@ static int on_data(nghttp2_session *ng, uint8_t flags, int32_t id, const uint8_t
   }
   if (lr_buf_append(&r->body, data, len)) return NGHTTP2_ERR_CALLBACK_FAILURE;
   if (!r->stream) nghttp2_session_consume(ng, id, len); /* whole bodies are bounded by max_body */
+  else st->unacked += len;
   tell(st);
   return 0;
 }
@@ -171,7 +195,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
     return 0;
   }
   if (!st->res->done) st->res->failed = 1; /* reset (code) before the end */
-  (void)code;
+  st->refused = code == NGHTTP2_REFUSED_STREAM; /* not processed (RFC 9113 §8.7): safe to retry */
   tell(st);
   return 0;
 }
@@ -182,11 +206,19 @@ static ssize_t read_body(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
   (void)id;
   (void)ud;
   lr_h2c_stream_t *st = src->ptr;
-  size_t n = st->body_len - st->body_off;
+  size_t was = st->up.len - st->up_off;
+  size_t n = was;
   if (n > len) n = len;
-  if (n) memcpy(buf, st->body + st->body_off, n);
-  st->body_off += n;
-  if (st->body_off == st->body_len) *flags |= NGHTTP2_DATA_FLAG_EOF;
+  if (n) memcpy(buf, st->up.base + st->up_off, n);
+  st->up_off += n;
+  if (st->up_off == st->up.len) st->up.len = st->up_off = 0;
+  if (was >= UP_HIGH && was - n < UP_HIGH && st->res) st->told = 1; /* room again: told after flush */
+  if (st->up.len == 0 && !st->up_more) {
+    *flags |= NGHTTP2_DATA_FLAG_EOF;
+  } else if (n == 0) {
+    st->deferred = 1;
+    return NGHTTP2_ERR_DEFERRED;
+  }
   return (ssize_t)n;
 }
 
@@ -250,13 +282,14 @@ static void conn_notify(lr_client_t *cl, int ev) {
   }
 }
 
-lr_h2c_t *lr_h2c_start(lr_client_t *cl) {
+lr_h2c_t *lr_h2c_start(lr_client_t *cl, uint64_t idle_ms) {
   static uv_once_t once = UV_ONCE_INIT;
   uv_once(&once, global_init);
   if (callbacks == NULL) return NULL;
   lr_h2c_t *h = calloc(1, sizeof *h);
   if (h == NULL) return NULL;
   h->key = strdup(cl->key ? cl->key : "");
+  h->idle_ms = idle_ms;
   lr_list_init(&h->streams);
   if (nghttp2_session_client_new2(&h->ng, callbacks, h, options) != 0) {
     free(h->key);
@@ -294,7 +327,7 @@ lr_h2c_t *lr_h2c_find(lr_worker_t *w, const char *key) {
 
 lr_h2c_stream_t *lr_h2c_request(lr_h2c_t *h, const char *method, const char *scheme, const char *authority,
                                 const char *path, const lr_header_t *hd, size_t n, const char *body, size_t blen,
-                                lr_h1c_t *res, void (*notify)(void *), void *owner) {
+                                int more, lr_h1c_t *res, void (*notify)(void *), void *owner) {
   if (h->dead || h->cl == NULL) return NULL;
   lr_h2c_stream_t *st = calloc(1, sizeof *st);
   nghttp2_nv *nv = calloc(n + 4, sizeof *nv);
@@ -337,22 +370,18 @@ lr_h2c_stream_t *lr_h2c_request(lr_h2c_t *h, const char *method, const char *sch
     off += nv[i].namelen;
   }
   nghttp2_data_provider dp = {.source.ptr = st, .read_callback = read_body};
-  if (blen) {
-    st->body = malloc(blen);
-    if (st->body == NULL) {
-      free(lower);
-      free(st);
-      free(nv);
-      return NULL;
-    }
-    memcpy(st->body, body, blen);
-    st->body_len = blen;
+  if (blen && lr_buf_append(&st->up, body, blen)) {
+    free(lower);
+    free(st);
+    free(nv);
+    return NULL;
   }
-  int32_t id = nghttp2_submit_request(h->ng, NULL, nv, k, blen ? &dp : NULL, st);
+  st->up_more = more;
+  int32_t id = nghttp2_submit_request(h->ng, NULL, nv, k, blen || more ? &dp : NULL, st);
   free(lower);
   free(nv);
   if (id < 0) {
-    free(st->body);
+    lr_buf_free(&st->up);
     free(st);
     return NULL;
   }
@@ -367,20 +396,45 @@ lr_h2c_stream_t *lr_h2c_request(lr_h2c_t *h, const char *method, const char *sch
   return st;
 }
 
+/* also once the stream closed: the connection's window counts these bytes too */
 void lr_h2c_consume(lr_h2c_stream_t *st, size_t n) {
   lr_h2c_t *h = st->h;
-  if (h == NULL || h->cl == NULL || st->closed || n == 0) return;
+  if (n > st->unacked) n = st->unacked;
+  if (h == NULL || h->cl == NULL || n == 0) return;
+  st->unacked -= n;
   nghttp2_session_consume(h->ng, st->id, n);
   flush(h);
 }
+
+int lr_h2c_write(lr_h2c_stream_t *st, const char *p, size_t n, int fin) {
+  lr_h2c_t *h = st->h;
+  if (h == NULL || h->cl == NULL || st->closed || !st->up_more) return LR_ECLOSED;
+  if (n && lr_buf_append(&st->up, p, n)) return UV_ENOMEM;
+  if (fin) st->up_more = 0;
+  if (st->deferred) {
+    st->deferred = 0;
+    nghttp2_session_resume_data(h->ng, st->id);
+  }
+  flush(h);
+  return 0;
+}
+
+int lr_h2c_write_blocked(const lr_h2c_stream_t *st) { return st->up.len - st->up_off >= UP_HIGH; }
+
+int lr_h2c_refused(const lr_h2c_stream_t *st) { return st->refused; }
 
 void lr_h2c_release(lr_h2c_stream_t *st) {
   st->res = NULL;
   st->notify = NULL;
   st->owner = NULL;
   lr_h2c_t *h = st->h;
+  if (h && h->cl && st->unacked) { /* what the owner never took still counts against the connection */
+    nghttp2_session_consume_connection(h->ng, st->unacked);
+    st->unacked = 0;
+  }
   if (st->closed || h == NULL || h->cl == NULL) {
     stream_free(st);
+    if (h && h->cl) flush(h);
     return;
   }
   /* still open: the server is told to stop; freed when nghttp2 closes it */
@@ -396,6 +450,34 @@ static void global_init(void) {
   nghttp2_session_callbacks_set_on_stream_close_callback(callbacks, on_stream_close);
   nghttp2_option_new(&options);
   nghttp2_option_set_no_auto_window_update(options, 1);
+}
+
+static void session_close(lr_h2c_t *h) {
+  lr_client_t *cl = h->cl;
+  h->dead = 1;
+  if (cl) {
+    nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng),
+                          NGHTTP2_NO_ERROR, NULL, 0);
+    flush(h);
+    h->cl = NULL;
+    lr_client_close(cl);
+  }
+  session_free(h);
+}
+
+/* the sweep's turn: idle sessions past their deadline close (and dead ones
+ * with nothing left on them); returns how many idle sessions remain */
+unsigned lr__h2c_sweep(lr_outbound_t *ob, uint64_t now) {
+  unsigned idle = 0;
+  lr_link_t *l = ob->h2.next;
+  while (l != &ob->h2) {
+    lr_h2c_t *h = LR_CONTAINER_OF(l, lr_h2c_t, link);
+    l = l->next;
+    if (h->n_streams || h->busy) continue;
+    if (h->dead || h->cl == NULL || h->idle_deadline <= now) session_close(h);
+    else idle++;
+  }
+  return idle;
 }
 
 void lr__h2c_free_all(lr_outbound_t *ob) {

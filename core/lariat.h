@@ -679,6 +679,7 @@ typedef struct lr_h1c_s {
   int head_req;        /* the request was HEAD: no body */
   int stream;          /* parse at most 256 KiB of body ahead of the owner (else all of it) */
   int headers_done, done, keep_alive, failed, too_big;
+  unsigned n_trailers; /* HTTP/2: the last n_trailers of the headers came after the body */
   lr_buf_t body;       /* body bytes the owner has not taken yet (at most 256 KiB parsed ahead) */
   uint64_t body_total, max_body; /* max_body 0 = none */
 } lr_h1c_t;
@@ -699,11 +700,15 @@ int lr_h1c_write_chunk(lr_client_t *cl, const char *p, size_t n); /* n == 0: the
  * connection whose ALPN picked h2; responses fill the owner's lr_h1c_t (version 20) */
 typedef struct lr_h2c_s lr_h2c_t;
 typedef struct lr_h2c_stream_s lr_h2c_stream_t;
-lr_h2c_t *lr_h2c_start(lr_client_t *cl);                 /* takes cl over */
+lr_h2c_t *lr_h2c_start(lr_client_t *cl, uint64_t idle_ms); /* takes cl over; closes idle_ms after its last stream */
 lr_h2c_t *lr_h2c_find(lr_worker_t *w, const char *key);  /* a live session for this origin with room */
 lr_h2c_stream_t *lr_h2c_request(lr_h2c_t *h, const char *method, const char *scheme, const char *authority,
                                 const char *path, const lr_header_t *hd, size_t n, const char *body, size_t blen,
-                                lr_h1c_t *res, void (*notify)(void *owner), void *owner);
+                                int more, lr_h1c_t *res, void (*notify)(void *owner), void *owner);
+/* more: the body goes on with lr_h2c_write (the last call with fin) */
+int lr_h2c_write(lr_h2c_stream_t *st, const char *p, size_t n, int fin);
+int lr_h2c_write_blocked(const lr_h2c_stream_t *st); /* wait for notify before writing more */
+int lr_h2c_refused(const lr_h2c_stream_t *st);       /* the server refused it unprocessed: retry is safe */
 void lr_h2c_consume(lr_h2c_stream_t *st, size_t n); /* the owner took n body bytes: reopen the window */
 void lr_h2c_release(lr_h2c_stream_t *st);           /* done with it (reset if still open) */
 char *lr_client_key(const lr_client_opts_t *o);     /* the pool key of o, malloc'd */

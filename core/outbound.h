@@ -19,6 +19,8 @@ typedef struct lr_outbound_s {
 lr_outbound_t *lr__outbound(lr_worker_t *w); /* created on first use; NULL when out of memory */
 void lr__dns_free(lr_worker_t *w, struct lr_dns_s *d);
 void lr__h2c_free_all(lr_outbound_t *ob);
+unsigned lr__h2c_sweep(lr_outbound_t *ob, uint64_t now); /* close idle sessions past their time */
+void lr__pool_sweep_start(lr_outbound_t *ob);            /* the sweep runs while anything is idle */
 
 lr_client_t *lr__pool_take(lr_outbound_t *ob, const char *key);
 void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned size);

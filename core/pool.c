@@ -68,10 +68,16 @@ static void on_sweep(uv_timer_t *t) {
       lr_conn_close(&cl->conn);
     }
   }
-  if (ob->n_idle == 0) {
+  if (lr__h2c_sweep(ob, now) == 0 && ob->n_idle == 0) {
     uv_timer_stop(&ob->sweep);
     ob->sweep_on = 0;
   }
+}
+
+void lr__pool_sweep_start(lr_outbound_t *ob) {
+  if (ob->sweep_on) return;
+  uv_timer_start(&ob->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+  ob->sweep_on = 1;
 }
 
 void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned size) {
@@ -94,10 +100,7 @@ void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned
   ob->n_idle++;
   uv_unref((uv_handle_t *)&cl->conn.tcp);
   lr_conn_read_start(&cl->conn); /* to see the server close it */
-  if (!ob->sweep_on) {
-    uv_timer_start(&ob->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
-    ob->sweep_on = 1;
-  }
+  lr__pool_sweep_start(ob);
 }
 
 void lr__pool_close_all(lr_outbound_t *ob) {
