@@ -360,6 +360,7 @@ static int after_send(lua_State *L, exch_t *ex) {
 static int retry_or_fail(lua_State *L, exch_t *ex) {
   if ((ex->reused || ex->refused) && !ex->got_bytes && !ex->retried && !ex->body_fn) {
     ex->retried = 1;
+    ex->coalesced = 0; /* refused streams retried together share the next connection too */
     exch_release(ex, 0);
     lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, ex->h.max_body);
     return start_exchange(L, ex);
@@ -798,6 +799,8 @@ static int px_h2(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   }
   px_head_t ph;
   px_build(L, s, &ph);
+  if (ph.n < PX_MAX_HEADERS) /* the proxy takes trailers: down to h2 clients, and h1 ones that accept them */
+    ph.hd[ph.n++] = (lr_header_t){{"te", 2}, {"trailers", 8}};
   int64_t blen = px_body_len(s);
   ex->phase = PH_SEND;
   ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, ph.hd, ph.n, NULL, 0,

@@ -493,7 +493,7 @@ int lr_l_stats(lua_State *L) {
   lr_lworker_t *lw = co->app->lw;
   unsigned waiting = 0;
   for (lr_link_t *l = lw->waiting.next; l != &lw->waiting; l = l->next) waiting++;
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 6);
   lua_pushinteger(L, (lua_Integer)lw->n_live);
   lua_setfield(L, -2, "handlers");
   lua_pushinteger(L, (lua_Integer)waiting);
@@ -504,6 +504,8 @@ int lr_l_stats(lua_State *L) {
   lua_setfield(L, -2, "versions"); /* app versions alive: old ones go once their requests end */
   lua_pushinteger(L, (lua_Integer)lr_tasks_count(lw));
   lua_setfield(L, -2, "tasks");
+  lua_pushinteger(L, (lua_Integer)lr_client_count(lw->w));
+  lua_setfield(L, -2, "outbound"); /* outbound connections open, pooled and h2 sessions included */
   return 1;
 }
 

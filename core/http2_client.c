@@ -344,9 +344,11 @@ lr_h2c_stream_t *lr_h2c_request(lr_h2c_t *h, const char *method, const char *sch
   nv[k++] = NV(":path", 5, path, strlen(path));
   for (size_t i = 0; i < n; i++) {
     /* connection-specific and Host don't exist in h2 (RFC 9113 §8.2.2, §8.3.1) */
+    /* TE only as "trailers" (§8.2.2) */
     if (lr_header_is_hop_by_hop(hd[i].name.base, hd[i].name.len) ||
         (hd[i].name.len == 4 && strncasecmp(hd[i].name.base, "host", 4) == 0) ||
-        (hd[i].name.len == 2 && strncasecmp(hd[i].name.base, "te", 2) == 0))
+        (hd[i].name.len == 2 && strncasecmp(hd[i].name.base, "te", 2) == 0 &&
+         !(hd[i].value.len == 8 && strncasecmp(hd[i].value.base, "trailers", 8) == 0)))
       continue;
     nv[k++] = NV(hd[i].name.base, hd[i].name.len, hd[i].value.base, hd[i].value.len);
     nv[k - 1].flags = NGHTTP2_NV_FLAG_NONE;

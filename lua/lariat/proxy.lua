@@ -9,7 +9,9 @@
 -- opts: headers = { name = value } set on the upstream request;
 --       before = function(req, o) … end may change o.url, o.headers per request;
 --       timeout (whole exchange, default none), connect_timeout (60), read_timeout
---       (60: each wait for the upstream), verify, ca for https upstreams.
+--       (60: each wait for the upstream), verify, ca for https upstreams;
+--       version: nil (https: HTTP/2 if ALPN picks it, http: HTTP/1.1), "1.1", or "2"
+--       (http: h2c with prior knowledge); keepalive_timeout (60) for idle upstream connections.
 -- Upstream failures answer 502, timeouts 504, with a log line naming the upstream.
 return function(core_or_fail)
   return function(upstream, opts)
@@ -22,6 +24,7 @@ return function(core_or_fail)
       local o = {
         req = req, headers = opts.headers, timeout = opts.timeout, connect_timeout = opts.connect_timeout,
         read_timeout = opts.read_timeout, verify = opts.verify, ca = opts.ca,
+        version = opts.version, keepalive_timeout = opts.keepalive_timeout,
       }
       if base == "" then
         o.url, o.same_target = origin .. "/", true

@@ -239,9 +239,11 @@ class Nginx:
     """Debian's nginx on a generated config in a temp dir: `port` speaks
     HTTP/1.1, `tls_port` TLS (ALPN h2 and http/1.1) with a certificate from
     `ca` for localhost and 127.0.0.1. Files under /files/: 0, 1, 2m (random).
-    /short/ closes idle keep-alive connections after 1 s."""
+    /short/ closes idle keep-alive connections after 1 s. /trail/NAME is /files/NAME
+    with a trailer `x-trail: done` (HTTP/2 only), /cookies/NAME with two set-cookie
+    fields, and with `upstream` (a port) /up/ proxies there unbuffered."""
 
-    def __init__(self, ca):
+    def __init__(self, ca, upstream=None):
         self.dir = tempfile.mkdtemp(prefix="lariat-nginx-")
         www = os.path.join(self.dir, "www", "files")
         os.makedirs(www)
@@ -281,10 +283,20 @@ http {
     ssl_certificate_key %(key)s;
     root %(d)s/www;
     location /short/ { keepalive_timeout 1s; }
+    location /trail/ { alias %(d)s/www/files/; add_trailer x-trail done; }
+    location /cookies/ {
+      alias %(d)s/www/files/;
+      add_header set-cookie "a=1; Path=/";
+      add_header set-cookie "b=2, c=3";
+    }
+    %(up)s
   }
 }
 """ % {"d": d, "port": self.port, "tls_port": self.tls_port, "cert": cert, "key": key,
-       "user": "user root;" if os.geteuid() == 0 else ""})
+       "user": "user root;" if os.geteuid() == 0 else "",
+       "up": ("location /up/ { proxy_pass http://127.0.0.1:%d/; proxy_http_version 1.1; "
+              "proxy_request_buffering off; proxy_buffering off; client_max_body_size 0; }" % upstream)
+       if upstream else ""})
         self.proc = subprocess.Popen(["nginx", "-p", d, "-c", conf], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         if not wait_for(lambda: self._up(), 10):
@@ -324,3 +336,118 @@ http {
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+
+class H2Peer:
+    """An h2c server (prior knowledge, python-h2) on a loopback port, for what
+    nginx can't be made to do on cue. GET /hang is never answered; /slow?s=S
+    answers after S seconds; anything else answers "ok PATH" at once. Streams
+    the client resets are recorded in `resets` as (stream id, error code).
+    goaway_after=N: on each connection the first N requests are served; the
+    next one gets GOAWAY(last-stream-id = the Nth), which refuses it and any
+    later stream."""
+
+    def __init__(self, goaway_after=None):
+        self.goaway_after = goaway_after
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.open = 0
+        self.served = 0
+        self.resets = []
+        self.stopped = False
+        self.conns = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while not self.stopped:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.accepted += 1
+                self.open += 1
+                self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, s):
+        import urllib.parse
+        import h2.config
+        import h2.connection
+        import h2.events
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        due = {}  # stream id -> (time, body)
+        n, last_ok, goaway = 0, 0, False
+        try:
+            s.sendall(conn.data_to_send())
+            s.settimeout(0.01)
+            while True:
+                try:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                except socket.timeout:
+                    data = None
+                if data:
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.RequestReceived):
+                            n += 1
+                            if self.goaway_after and n > self.goaway_after:
+                                if not goaway:  # by hand: python-h2 would stop serving the rest
+                                    from hyperframe.frame import GoAwayFrame
+                                    s.sendall(conn.data_to_send() + GoAwayFrame(0, last_stream_id=last_ok).serialize())
+                                    goaway = True
+                                continue
+                            last_ok = ev.stream_id
+                            hd = dict((k.decode() if isinstance(k, bytes) else k,
+                                       v.decode() if isinstance(v, bytes) else v) for k, v in ev.headers)
+                            u = urllib.parse.urlsplit(hd[":path"])
+                            if u.path.endswith("/hang"):
+                                continue
+                            delay = 0.0
+                            if u.path.endswith("/slow"):
+                                delay = float(urllib.parse.parse_qs(u.query).get("s", ["1"])[0])
+                            due[ev.stream_id] = (time.monotonic() + delay, ("ok " + u.path).encode())
+                        elif isinstance(ev, h2.events.DataReceived):
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        elif isinstance(ev, h2.events.StreamReset):
+                            with self.lock:
+                                self.resets.append((ev.stream_id, ev.error_code))
+                            due.pop(ev.stream_id, None)
+                now = time.monotonic()
+                for sid, (t, body) in list(due.items()):
+                    if t <= now:
+                        del due[sid]
+                        conn.send_headers(sid, [(":status", "200"), ("content-length", str(len(body)))])
+                        conn.send_data(sid, body, end_stream=True)
+                        with self.lock:
+                            self.served += 1
+                out = conn.data_to_send()
+                if out:
+                    s.sendall(out)
+                if goaway and not due:
+                    break
+        except Exception as e:  # noqa: BLE001 - the peer's own failures show in the test's output
+            import traceback
+            traceback.print_exc()
+        finally:
+            with self.lock:
+                self.open -= 1
+            s.close()
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+        with self.lock:
+            conns, self.conns = self.conns, []
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass

@@ -27,4 +27,14 @@ app:ws("/ws/echo", function(ws)
   for msg, kind in ws:each() do ws:send(msg, kind) end
 end)
 app:get("/hello", function() return "hello" end)
+app:get("/cookies", function(req)
+  req:set_cookie("a", "1", { path = "/" })
+  req:set_cookie("b", "2")
+  return "cookies"
+end)
+app:get("/trailers", function(req)
+  req:stream_reply(200, { ["content-type"] = "text/plain" })
+  req:write("body")
+  req:trailers({ ["x-trail"] = "done" })
+end)
 return app
