@@ -11,6 +11,8 @@
 #define DEFAULT_TIMEOUT_MS 60000
 #define DEFAULT_IDLE_MS 60000
 #define DEFAULT_POOL 32
+#define DEFAULT_MAX_LINE (1u << 20) /* receive("*l") */
+#define DEFAULT_MAX_ALL (8u << 20)  /* receive("*a"), as lariat.http's max_body */
 
 typedef struct sock_s {
   lr_client_t *cl;   /* NULL once closed or pooled */
@@ -20,6 +22,7 @@ typedef struct sock_s {
   char err[160];     /* why it closed */
   uint64_t timeout_ms; /* sock:settimeout: each following operation; 0 = none */
   uint64_t deadline;   /* the operation under way */
+  size_t max_line, max_all; /* bounds of receive("*l") / ("*a"): a peer can't grow our buffer without end */
   lr_worker_t *w;
 } sock_t;
 
@@ -140,7 +143,7 @@ static const char *opt_string(lua_State *L, int t, const char *k) {
   return v;
 }
 
-/* lariat.tcp.connect(host, port[, {tls=, sni=, verify=true, ca=, timeout=}]) → sock | nil, err */
+/* lariat.tcp.connect(host, port[, {tls=, sni=, verify=true, ca=, timeout=, max_line=, max_all=}]) → sock | nil, err */
 int lr_l_tcp_connect(lua_State *L) {
   const char *host = luaL_checkstring(L, 1);
   lua_Integer port = luaL_checkinteger(L, 2);
@@ -156,10 +159,15 @@ int lr_l_tcp_connect(lua_State *L) {
   o.ca = opt_string(L, 3, "ca");
   o.alpn = opt_string(L, 3, "alpn");
   double t = opt_number(L, 3, "timeout", DEFAULT_TIMEOUT_MS / 1000.0);
+  double max_line = opt_number(L, 3, "max_line", DEFAULT_MAX_LINE);
+  double max_all = opt_number(L, 3, "max_all", DEFAULT_MAX_ALL);
+  luaL_argcheck(L, max_line >= 1 && max_all >= 1, 3, "max_line and max_all must be positive");
   lua_settop(L, 3);
   sock_t *s = lua_newuserdatauv(L, sizeof *s, 0);
   memset(s, 0, sizeof *s);
   s->w = w;
+  s->max_line = (size_t)max_line;
+  s->max_all = (size_t)max_all;
   luaL_setmetatable(L, SOCK_MT);
   lua_replace(L, 1);
   lua_settop(L, 1);
@@ -248,14 +256,27 @@ static int rx_try(lua_State *L, sock_t *s, lua_Integer want, int late) {
     sock_consume(s, (size_t)want);
     return 1;
   }
+  const char *over = NULL;
   if (want == RX_LINE) {
     char *nl = in->len ? memchr(in->base, '\n', in->len) : NULL;
-    if (nl) {
+    if (nl && (size_t)(nl - in->base) <= s->max_line) {
       size_t n = (size_t)(nl - in->base);
       lua_pushlstring(L, in->base, n && nl[-1] == '\r' ? n - 1 : n);
       sock_consume(s, n + 1);
       return 1;
     }
+    if (nl || in->len > s->max_line) over = "line too long";
+  }
+  if (want == RX_ALL && in->len > s->max_all) over = "too large";
+  if (over) { /* the rest of it is still coming: the socket can't be used after this */
+    size_t n = want == RX_LINE ? s->max_line : s->max_all;
+    luaL_pushfail(L);
+    lua_pushstring(L, over);
+    lua_pushlstring(L, in->base, n);
+    sock_close(s);
+    lr_buf_free(&s->rest);
+    snprintf(s->err, sizeof s->err, "closed");
+    return 3;
   }
   if (want == RX_ALL && eof) {
     lua_pushlstring(L, in->base ? in->base : "", in->len);
@@ -264,7 +285,7 @@ static int rx_try(lua_State *L, sock_t *s, lua_Integer want, int late) {
   }
   if (!eof && !late) {
     /* the whole answer must fit in the buffer: let it grow past the default pause */
-    if (s->cl) lr_client_want(s->cl, want >= 0 ? (size_t)want : SIZE_MAX);
+    if (s->cl) lr_client_want(s->cl, want >= 0 ? (size_t)want : (want == RX_LINE ? s->max_line : s->max_all) + 1);
     return 0;
   }
   luaL_pushfail(L);
@@ -308,6 +329,18 @@ static int l_receive(lua_State *L) {
 }
 
 /* ---- the rest ---- */
+
+/* sock:setlimits(max_line, max_all): bytes receive("*l") and receive("*a") may take (nil: unchanged) */
+static int l_setlimits(lua_State *L) {
+  sock_t *s = check_sock(L);
+  lua_Integer line = luaL_optinteger(L, 2, (lua_Integer)s->max_line);
+  lua_Integer all = luaL_optinteger(L, 3, (lua_Integer)s->max_all);
+  luaL_argcheck(L, line > 0, 2, "limit must be positive");
+  luaL_argcheck(L, all > 0, 3, "limit must be positive");
+  s->max_line = (size_t)line;
+  s->max_all = (size_t)all;
+  return 0;
+}
 
 static int l_settimeout(lua_State *L) {
   sock_t *s = check_sock(L);
@@ -462,6 +495,7 @@ int lr_l_dns_resolve(lua_State *L) {
 static const luaL_Reg sock_methods[] = {
     {"send", l_send},
     {"receive", l_receive},
+    {"setlimits", l_setlimits},
     {"settimeout", l_settimeout},
     {"setkeepalive", l_setkeepalive},
     {"close", l_close},

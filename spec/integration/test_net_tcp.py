@@ -116,6 +116,32 @@ def test_peer_closing_mid_line_returns_partial(srv, peers):
     assert r["err"] == "closed" and r["partial"] == "no newline here", r
 
 
+@pytest.mark.parametrize("payload,query,want", [
+    (b"x" * (1 << 20) + b"\n", "", {"len": 1 << 20}),                     # the default: 1 MiB a line
+    (b"x" * ((1 << 20) + 1) + b"\n", "", {"err": "line too long", "partial": 1 << 20}),
+    (b"y" * 3000000, "", {"err": "line too long", "partial": 1 << 20}),  # and no newline at all
+    (b"0123456789\n", "&max_line=10", {"len": 10}),
+    (b"0123456789a\n", "&max_line=10", {"err": "line too long", "partial": 10}),
+    (b"abcdefg\n", "&set_line=5", {"err": "line too long", "partial": 5}),
+    (b"z" * 5000, "&pattern=*a&max_all=1000", {"err": "too large", "partial": 1000}),
+    (b"z" * 5000, "&pattern=*a&set_all=4999", {"err": "too large", "partial": 4999}),
+    (b"z" * 5000, "&pattern=*a&max_all=5000", {"len": 5000}),
+], ids=["1MiB-line", "line-over-1MiB", "no-newline", "max_line-fits", "max_line-over", "setlimits-line",
+        "max_all-over", "setlimits-all", "max_all-fits"])
+def test_receive_line_and_all_are_bounded(srv, peers, payload, query, want):
+    """A peer can't make receive("*l") / ("*a") buffer without end: past the limit,
+    nil, "line too long" | "too large", and the first `limit` bytes; the socket is closed."""
+    p = peers("burst", payload=payload)
+    for _ in range(2):
+        r = get(srv, "/tcp/limit?port=%d%s" % (p.port, query))
+        for k, v in want.items():
+            assert r.get(k) == v, r
+        if "err" in want:
+            assert r["after"] == "closed", r
+    r = get(srv, "/tcp/echo?port=%d" % peers("echo").port)
+    assert r["line"] == "hello"
+
+
 @pytest.mark.parametrize("size", [0, 1, 2 * 1024 * 1024])
 def test_bulk_bytes_both_ways(srv, peers, size):
     p = peers("raw")

@@ -96,6 +96,17 @@ app:get("/tcp/spawned", function(req)
   return { line = msg }
 end)
 
+-- receive bounds: max_line/max_all on connect, or sock:setlimits; then one more receive
+app:get("/tcp/limit", function(req)
+  local q = req:query()
+  local sock = assert(lariat.tcp.connect("127.0.0.1", tonumber(q.port),
+    { max_line = tonumber(q.max_line), max_all = tonumber(q.max_all) }))
+  if q.set_line or q.set_all then sock:setlimits(tonumber(q.set_line), tonumber(q.set_all)) end
+  local data, err, partial = sock:receive(q.pattern or "*l")
+  local _, after = sock:receive(1)
+  return { len = data and #data, err = err, partial = partial and #partial, after = after }
+end)
+
 app:get("/dns", function(req)
   local addrs, err = lariat.dns.resolve(req:query().name)
   if not addrs then return { err = err } end
