@@ -55,10 +55,11 @@ def _popen(cmd, log, **kw):
                                 stdout=out, stderr=subprocess.STDOUT, **kw)
 
 
-def _upstream(tmp):
-    """nginx, C only, `return 200` at /: what both lariat and the nginx anchor proxy to."""
+def _upstream(tmp, name="upstream", h2=False):
+    """nginx, C only, `return 200` at /: what both lariat and the nginx anchor proxy to.
+    h2: the same speaking h2c (prior knowledge) for the HTTP/2-upstream rows."""
     _need("/usr/sbin/nginx", "nginx")
-    prefix = os.path.join(tmp, "upstream")
+    prefix = os.path.join(tmp, name)
     os.makedirs(f"{prefix}/tmp")
     port = servers.free_port()
     with open(f"{prefix}/nginx.conf", "w") as f:
@@ -69,14 +70,14 @@ http {{ access_log off; keepalive_requests 1000000; keepalive_timeout 120s;
   default_type text/plain; client_body_temp_path {prefix}/tmp/body;
   proxy_temp_path {prefix}/tmp/proxy; fastcgi_temp_path {prefix}/tmp/fastcgi;
   uwsgi_temp_path {prefix}/tmp/uwsgi; scgi_temp_path {prefix}/tmp/scgi;
-  server {{ listen 127.0.0.1:{port} backlog=4096;
+  server {{ listen 127.0.0.1:{port} backlog=4096{" http2" if h2 else ""};
     location / {{ return 200 "{GREETING}"; }} }} }}
 """)
     log = f"{prefix}/server.log"
     proc = _popen(["/usr/sbin/nginx", "-p", prefix, "-e", f"{prefix}/error.log",
                    "-c", f"{prefix}/nginx.conf"], log)
     _wait(lambda: servers._accepts(port), proc, "upstream nginx", log)
-    return Backend("upstream", proc, port, f"http://127.0.0.1:{port}")
+    return Backend(name, proc, port, f"http://127.0.0.1:{port}")
 
 
 def _resp(port, *args):
@@ -148,7 +149,8 @@ def _sqlite(tmp):
     return Backend("sqlite", None, 0, os.path.join(tmp, "bench.db"))
 
 
-_START = {"upstream": _upstream, "redis": _redis, "pg": _pg, "sqlite": _sqlite}
+_START = {"upstream": _upstream, "upstream_h2": lambda tmp: _upstream(tmp, "upstream_h2", h2=True),
+          "redis": _redis, "pg": _pg, "sqlite": _sqlite}
 _failed = {}
 
 

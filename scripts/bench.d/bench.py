@@ -79,6 +79,14 @@ def make_rows(args):
             callgrind=True),
         Row("h1-pg", "HTTP/1.1 handler, one PostgreSQL PK SELECT", "wrk", path="/pg",
             needs=("pg",), kinds=("lariat",), labels={"lariat": "lariat.pg"}, callgrind=True),
+        # the same upstream speaking h2c: every request one stream of one connection.
+        # nginx can't proxy to an HTTP/2 upstream, so no anchor: reported only
+        Row("h2up-proxy", "HTTP/1.1 reverse proxy to nginx over h2c", "wrk", path="/proxy2/",
+            needs=("upstream_h2",), kinds=("lariat",),
+            labels={"lariat": "lariat.proxy, version 2"}, callgrind=True),
+        Row("h2up-fetch", "HTTP/1.1 handler, one upstream GET over h2c", "wrk", path="/fetch2",
+            needs=("upstream_h2",), kinds=("lariat",),
+            labels={"lariat": "lariat.http.get, version 2"}, callgrind=True),
     ]
     if args.only:
         wanted = args.only.split(",")

@@ -19,6 +19,17 @@ if upstream then
   end)
 end
 
+local upstream_h2 = os.getenv("BENCH_UPSTREAM_H2")   -- the same nginx speaking h2c
+if upstream_h2 then
+  app:get("/proxy2/*", lariat.proxy(upstream_h2 .. "/", { version = "2" }))
+  local url = upstream_h2 .. "/"
+  app:get("/fetch2", function()
+    local res, err = lariat.http.get(url, { version = "2" })
+    if not res then return 502, {}, err end
+    return res.body
+  end)
+end
+
 local redis_url = os.getenv("BENCH_REDIS")
 if redis_url then
   local r = assert(lariat.redis.connect(redis_url))
