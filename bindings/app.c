@@ -204,10 +204,11 @@ void lr_app_unref(lr_app_t *app) {
   if (--app->refs) return;
   free_cos(app);
   lr_timers_free(app);
-  __atomic_sub_fetch(&app->lw->n_apps, 1, __ATOMIC_RELAXED);
+  unsigned left = __atomic_sub_fetch(&app->lw->n_apps, 1, __ATOMIC_RELAXED);
   lua_close(app->L);
   app->L = NULL;
   lr_direct_free(app);
+  if (left == 0) lr_http_cache_free();
   lr_buf_free(&app->warning);
   free(app);
 }

@@ -288,6 +288,7 @@ void lr_pg_lua_free_all(void);    /* same */
 /* tcp.c: lariat.tcp (sockets) and lariat.dns; http.c: lariat.http client */
 void lr_tcp_open(lua_State *L);
 void lr_http_open(lua_State *L);
+void lr_http_cache_free(void); /* the calling thread's cache of exchanges: at worker exit, after the last lua_close */
 
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);

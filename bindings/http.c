@@ -1085,6 +1085,16 @@ int lr_l_http_proxy(lua_State *L) {
   return start_exchange(L, ex);
 }
 
+/* the reuse cache of this thread, once its last app's state is closed */
+void lr_http_cache_free(void) {
+  while (n_free_exch) {
+    exch_t *ex = free_exch[--n_free_exch];
+    lr_h1c_free(&ex->h);
+    lr_buf_free(&ex->scratch);
+    free(ex);
+  }
+}
+
 void lr_http_open(lua_State *L) {
   if (luaL_newmetatable(L, EXCH_MT)) {
     lua_pushcfunction(L, exch_gc);

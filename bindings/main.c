@@ -70,6 +70,7 @@ static void worker_main(void *arg) {
   ws->lw.started = on_app_started;
   lr_app_start(&ws->lw, ws->lw.app);
   lr_worker_run(&ws->w);
+  lr_http_cache_free(); /* this thread's; the app's state is closed later, on the main thread */
   uv_async_send(&worker_exited);
 }
 
