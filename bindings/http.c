@@ -272,7 +272,7 @@ static void push_headers(lua_State *L, exch_t *ex) {
 static int res_read(lua_State *L);
 static int retry_or_fail(lua_State *L, exch_t *ex);
 static int px_head(lua_State *L, exch_t *ex);
-static int px_send(lua_State *L, exch_t *ex);
+static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs);
 
 /* res = { status=, headers=, version=, body= | read= } */
 static void push_response(lua_State *L, exch_t *ex) {
@@ -446,11 +446,10 @@ static size_t collect_headers(lua_State *L, lr_buf_t *text, lr_header_t *hd, siz
   return n;
 }
 
-static int px_h2(lua_State *L, exch_t *ex, lr_h2c_t *hs);
 
 /* the request as an HTTP/2 stream on session hs */
 static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
-  if (ex->proxy) return px_h2(L, ex, hs);
+  if (ex->proxy) return px_send(L, ex, hs);
   lr_header_t hd[64];
   lr_buf_t text = {0};
   size_t n = collect_headers(L, &text, hd, 64);
@@ -486,7 +485,7 @@ static int send_request(lua_State *L, exch_t *ex) {
     return h2_submit(L, ex, hs);
   }
   coal_end(ex); /* HTTP/1.1 after all: the waiters connect on their own */
-  if (ex->proxy) return px_send(L, ex);
+  if (ex->proxy) return px_send(L, ex, NULL);
   lr_header_t hd[64];
   lr_buf_t text = {0};
   size_t n = collect_headers(L, &text, hd, 64);
@@ -771,7 +770,8 @@ static int64_t px_body_len(const lr_stream_t *s) {
   return blen;
 }
 
-static int px_send(lua_State *L, exch_t *ex) {
+/* the request head up (HTTP/1.1 on ex->cl, or a stream of session hs), then its body */
+static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   lr_stream_t *s = px_stream(ex);
   if (s == NULL) {
     exch_release(ex, 0);
@@ -780,36 +780,23 @@ static int px_send(lua_State *L, exch_t *ex) {
   px_head_t ph;
   px_build(L, s, &ph);
   int64_t blen = px_body_len(s);
-  ex->chunked_up = blen < 0;
-  int r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, ph.hd, ph.n, blen);
+  int r;
+  if (hs) { /* no Host, no hop-by-hop: lr_h2c_request drops them */
+    if (ph.n < PX_MAX_HEADERS) /* the proxy takes trailers: down to h2 clients, and h1 ones that accept them */
+      ph.hd[ph.n++] = (lr_header_t){{"te", 2}, {"trailers", 8}};
+    ex->phase = PH_SEND;
+    ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, ph.hd, ph.n,
+                             NULL, 0, blen != 0, &ex->h, exch_h2_notify, ex);
+    r = ex->h2s ? 0 : -1;
+  } else {
+    ex->chunked_up = blen < 0;
+    r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, ph.hd, ph.n, blen);
+  }
   lr_buf_free(&ph.text);
   lua_settop(L, 2);
-  if (r < 0) return retry_or_fail(L, ex);
+  if (r < 0) return hs ? fail_ex(L, ex, "closed") : retry_or_fail(L, ex);
   if (blen == 0) return after_send(L, ex);
   ex->body_fn = 1; /* the body is read once from the client: no retry after this */
-  return px_body(L, ex);
-}
-
-/* the same as one stream of an HTTP/2 session (no Host, no hop-by-hop: lr_h2c_request drops them) */
-static int px_h2(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
-  lr_stream_t *s = px_stream(ex);
-  if (s == NULL) {
-    exch_release(ex, 0);
-    return 0;
-  }
-  px_head_t ph;
-  px_build(L, s, &ph);
-  if (ph.n < PX_MAX_HEADERS) /* the proxy takes trailers: down to h2 clients, and h1 ones that accept them */
-    ph.hd[ph.n++] = (lr_header_t){{"te", 2}, {"trailers", 8}};
-  int64_t blen = px_body_len(s);
-  ex->phase = PH_SEND;
-  ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, ph.hd, ph.n, NULL, 0,
-                           blen != 0, &ex->h, exch_h2_notify, ex);
-  lr_buf_free(&ph.text);
-  lua_settop(L, 2);
-  if (ex->h2s == NULL) return fail_ex(L, ex, "closed");
-  if (blen == 0) return after_send(L, ex);
-  ex->body_fn = 1;
   return px_body(L, ex);
 }
 

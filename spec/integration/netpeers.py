@@ -338,48 +338,29 @@ http {
                 self.proc.wait(5)
 
 
-class H2Peer:
+class H2Peer(Peer):
     """An h2c server (prior knowledge, python-h2) on a loopback port, for what
     nginx can't be made to do on cue. GET /hang is never answered; /slow?s=S
     answers after S seconds; anything else answers "ok PATH" at once. Streams
     the client resets are recorded in `resets` as (stream id, error code).
     goaway_after=N: on each connection the first N requests are served; the
     next one gets GOAWAY(last-stream-id = the Nth), which refuses it and any
-    later stream."""
+    later stream. `open`: connections open now."""
 
     def __init__(self, goaway_after=None):
         self.goaway_after = goaway_after
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.lock = threading.Lock()
-        self.accepted = 0
         self.open = 0
         self.served = 0
         self.resets = []
-        self.stopped = False
-        self.conns = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while not self.stopped:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            with self.lock:
-                self.accepted += 1
-                self.open += 1
-                self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+        super().__init__(mode="h2")
 
     def _serve(self, s):
         import urllib.parse
         import h2.config
         import h2.connection
         import h2.events
+        with self.lock:
+            self.open += 1
         conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         due = {}  # stream id -> (time, body)
@@ -440,14 +421,3 @@ class H2Peer:
             with self.lock:
                 self.open -= 1
             s.close()
-
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
-        with self.lock:
-            conns, self.conns = self.conns, []
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
