@@ -374,7 +374,7 @@ static int drain_k(lua_State *L, int status, lua_KContext ctx) {
   int late;
   exch_t *ex = woken(L, &late);
   if (ex->closed) return retry_or_fail(L, ex);
-  if (ex->cl && lr_client_write_blocked(ex->cl)) {
+  if (ex->h2s ? lr_h2c_write_blocked(ex->h2s) : ex->cl && lr_client_write_blocked(ex->cl)) {
     if (late) return timed_out(L, ex);
     return exch_wait(L, ex, 0, drain_k);
   }
@@ -389,12 +389,15 @@ static int body_fn_k(lua_State *L, int status, lua_KContext ctx) {
   size_t n = 0;
   const char *p = lua_tolstring(L, -1, &n);
   if (!lua_isnil(L, -1) && p == NULL) return luaL_error(L, "lariat.http.request: body function must return strings");
-  if (ex->cl == NULL) return retry_or_fail(L, ex);
-  lr_h1c_write_chunk(ex->cl, p, p ? n : 0);
+  if (ex->h2s ? ex->closed : ex->cl == NULL) return retry_or_fail(L, ex);
   int last = p == NULL || n == 0;
+  if (ex->h2s)
+    lr_h2c_write(ex->h2s, p, p ? n : 0, last);
+  else
+    lr_h1c_write_chunk(ex->cl, p, p ? n : 0);
   lua_settop(L, 2);
   if (last) ex->body_sent = 1;
-  if (lr_client_write_blocked(ex->cl)) return exch_wait(L, ex, 0, drain_k);
+  if (ex->h2s ? lr_h2c_write_blocked(ex->h2s) : lr_client_write_blocked(ex->cl)) return exch_wait(L, ex, 0, drain_k);
   if (last) return after_send(L, ex);
   return send_body_fn(L, ex);
 }
@@ -457,10 +460,14 @@ static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   size_t blen = 0;
   const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &blen) : NULL;
   ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, hd, n, body, blen,
-                           0, &ex->h, exch_h2_notify, ex);
+                           ex->body_fn, &ex->h, exch_h2_notify, ex);
   lr_buf_free(&text);
   lua_settop(L, 2);
   if (ex->h2s == NULL) return fail_ex(L, ex, "closed");
+  if (ex->body_fn) { /* DATA frames as the function hands out chunks (h2c: no HTTP/1.1 to fall back to) */
+    ex->phase = PH_SEND;
+    return send_body_fn(L, ex);
+  }
   ex->phase = PH_HEAD;
   if (worth_waking(ex)) {
     lr_co_current(L)->timed_out = 0;
