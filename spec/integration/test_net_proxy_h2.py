@@ -38,12 +38,14 @@ def env():
     os.environ["LARIAT_TEST_H2PEER"] = "http://127.0.0.1:%d" % peer.port
     os.environ["LARIAT_TEST_H2PEER2"] = "http://127.0.0.1:%d" % peer2.port
     px = LariatServer(app_path("proxy_h2.lua"), "--workers", "1", "--max-body", "3000000").start()
-    yield {"px": px, "up": up, "nginx": ng, "peer": peer, "peer2": peer2}
-    px.check_healthy()
-    up.check_healthy()
-    ng.stop()
-    peer.stop()
-    peer2.stop()
+    try:
+        yield {"px": px, "up": up, "nginx": ng, "peer": peer, "peer2": peer2}
+        px.check_healthy()
+        up.check_healthy()
+    finally:  # the peers go even when a server was found unhealthy
+        ng.stop()
+        peer.stop()
+        peer2.stop()
 
 
 def sha(b):
