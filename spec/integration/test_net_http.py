@@ -115,11 +115,14 @@ def test_post_to_lariat(srv, up, size):
         assert st == 200 and sha(body) == sha(data), (st, h, len(body))
 
 
-def test_streamed_request_body(srv, up):
-    n, size = 40, 65536
-    st, h, body = call(srv, "/http/upload", url=up.url("/echo"), n=n, size=size)
-    want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
-    assert st == 200 and sha(body) == sha(want), (st, len(body))
+@pytest.mark.parametrize("version", ["1.1", "2"])
+def test_streamed_request_body(srv, up, version):
+    """version = "2" on http:// (h2c) has no HTTP/1.1 to fall back to: the chunks go as DATA."""
+    for n, size in ((0, 1), (1, 1), (40, 65536)):
+        st, h, body = call(srv, "/http/upload", url=up.url("/echo"), n=n, size=size, version=version)
+        want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
+        assert st == 200 and sha(body) == sha(want), (st, len(body))
+        assert h["x-version"] == ("HTTP/2" if version == "2" else "HTTP/1.1")
 
 
 def test_streamed_response(srv, up, nginx):

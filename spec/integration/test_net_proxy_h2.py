@@ -98,14 +98,6 @@ def test_chunked_upload_streams_up_to_h2(env):
     assert st == 200 and sha(body) == sha(b"".join(parts))
 
 
-def test_http_request_body_function_streams_over_h2c(env):
-    """version = "2" on http:// has no HTTP/1.1 to fall back to: the function's chunks go as DATA."""
-    for n, size in ((0, 1), (1, 1), (40, 65536)):
-        st, h, body = http_call(env["px"], "/upload", n=n, size=size, version="2")
-        want = b"".join(bytes([97 + i % 26]) * size for i in range(n))
-        assert st == 200 and h["x-version"] == "HTTP/2" and sha(body) == sha(want), (n, st, len(body))
-
-
 def test_connection_specific_headers_dropped_forwarded_added(env):
     c = socket.create_connection(("127.0.0.1", env["px"].port), timeout=10)
     c.sendall(b"GET /c/headers HTTP/1.1\r\nhost: front.example\r\nx-forwarded-for: 1.2.3.4\r\n"
