@@ -376,11 +376,12 @@ def test_out_of_descriptors_pauses_accepting_and_recovers(tmp_path):
 
 def test_websocket_peer_that_never_reads_is_closed_by_the_send_timeout(start_server):
     """The send timeout is the connection's: a WebSocket whose peer stops
-    reading while the handler sends 4 MiB is closed too, three times."""
+    reading while the handler sends 32 MiB (more than the kernel buffers hold:
+    the send buffer alone grows to 4 MiB on loopback) is closed too, three times."""
     from wsclient import WS
     srv = start_server("ws.lua", "-w", "1", "--send-timeout", "1")
     for rnd in range(3):
-        ws = WS(srv.port, path="/big", timeout=10)
+        ws = WS(srv.port, path="/big?n=512", timeout=10)
         try:
             ws.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             assert ws.status == 101

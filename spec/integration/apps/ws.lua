@@ -43,10 +43,12 @@ app:ws("/closeinfo_watch", function(ws)
   ws:send("ready")
   ws:send(sub:recv(5) or "nothing")
 end)
-app:ws("/big", function(ws)
+app:ws("/big", function(ws, req)
   -- more than the connection's output high-water mark: send must wait for the peer
+  -- (?n=: chunks of 64 KiB; more than the kernel's socket buffers can absorb, up to
+  -- 4 MiB of send buffer on loopback, for a test that needs output left queued)
   local chunk = string.rep("x", 64 * 1024)
-  for i = 1, 64 do assert(ws:send(chunk, "binary")) end
+  for i = 1, tonumber(req:query().n) or 64 do assert(ws:send(chunk, "binary")) end
   ws:send("end")
   ws:recv()
 end, { compress = false })
