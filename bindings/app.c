@@ -147,6 +147,8 @@ lr_app_t *lr_app_load(lr_lworker_t *lw, char *err, size_t errlen) {
     lua_pushcfunction(L, luaopen_lariat_zlib);
     lua_setfield(L, -2, "lariat.zlib");
   }
+  lua_pushcfunction(L, luaopen_lariat_compress);
+  lua_setfield(L, -2, "lariat.compress");
   lua_pop(L, 1);
   lua_newtable(L);
   app->spawns_ref = luaL_ref(L, LUA_REGISTRYINDEX);

@@ -293,5 +293,7 @@ void lr_http_cache_free(void); /* the calling thread's cache of exchanges: at wo
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);
 int luaopen_lariat_zlib(lua_State *L);
+/* compress.c: lariat.compress (gzip, br, zstd streams) */
+int luaopen_lariat_compress(lua_State *L);
 
 #endif

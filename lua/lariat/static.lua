@@ -6,8 +6,10 @@
 --   the file is the request path minus opts.prefix; missing → next().
 --
 -- opts: index ({"index.html"}, false for none), dotfiles (false: 404 for any
--- segment starting with "."), precompressed (true: serve `file.gz` to clients
--- accepting gzip), cache_control (header value), types (extension → type),
+-- segment starting with "."), precompressed (true: serve `file.br`,
+-- `file.zst` or `file.gz` to clients accepting that coding, chosen by
+-- lariat.encoding; a list such as {"zstd", "gzip"}: those, preferred first;
+-- false: never), cache_control (header value), types (extension → type),
 -- max_buffer (bytes read at once; larger files are streamed in 64 KiB writes),
 -- prefix (middleware mode), stat/realpath (injected file system functions).
 --
@@ -16,6 +18,7 @@
 -- percent-encoded; and the resolved real path of the file must lie inside the
 -- real path of `dir`, so a symlink pointing out of the tree serves nothing.
 -- Reads are synchronous io.* calls (fast for page-cached files).
+local encoding = require "lariat.encoding"
 local fs = require "lariat.fs"
 local headers_util = require "lariat.headers"
 local httpdate = require "lariat.httpdate"
@@ -130,6 +133,8 @@ return function(dir, opts)
   if index == nil then index = { "index.html" } elseif index == false then index = {} end
   if type(index) == "string" then index = { index } end
   local precompressed = opts.precompressed ~= false
+  -- true: lariat.encoding's order; a list: the codings to look for, preferred first
+  local precompressed_order = type(opts.precompressed) == "table" and opts.precompressed or nil
   local max_buffer = opts.max_buffer or 1024 * 1024
   local prefix = opts.prefix and lpath.prefix(opts.prefix)
   local root, err = realpath(dir)
@@ -222,15 +227,9 @@ return function(dir, opts)
     if st.type ~= "file" then return not_found(next) end
     local ctype = mime.for_path(full, opts.types)
     if precompressed then
-      local gz = lookup(full .. ".gz")
-      if gz and gz.type == "file" then
-        -- ranges are served from the identity file: byte offsets of a gzip
-        -- stream are of no use to a client that wanted the content
-        if not req.headers.range and headers_util.accepts_gzip(req) then
-          return serve(req, full .. ".gz", gz, ctype, "accept-encoding", "gzip")
-        end
-        return serve(req, full, st, ctype, "accept-encoding")
-      end
+      local zpath, zst, coding, vary = encoding.precompressed(req, full, lookup, precompressed_order)
+      if zpath then return serve(req, zpath, zst, ctype, vary, coding) end
+      return serve(req, full, st, ctype, vary)
     end
     return serve(req, full, st, ctype)
   end

@@ -1,4 +1,4 @@
--- The shipped middlewares: access_log, request_id, cors, gzip, basic_auth.
+-- The shipped middlewares: access_log, request_id, cors, compress (gzip), basic_auth.
 local fake = dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "fake.lua")
 local lariat = require "lariat"
 local mw = lariat.middleware
@@ -125,51 +125,120 @@ describe("cors", function()
   end)
 end)
 
-describe("gzip", function()
-  -- a fake compressor: the real one (lariat.zlib) is C, covered by integration tests
+describe("compress (gzip)", function()
+  -- a fake backend: the real one (lariat.compress) is C, covered by
+  -- spec/integration/test_compression.py
   local calls
-  local function compressor(data, level)
-    calls[#calls + 1] = level
-    return "GZ(" .. #data .. ")"
+  local backend = { encodings = { "zstd", "br", "gzip" } }
+  function backend.encode(e, data, level)
+    if data ~= "" then calls[#calls + 1] = e .. level end
+    return e:upper() .. "(" .. #data .. ")"
   end
-  local gzip = mw.gzip { threshold = 1000, level = 5, compressor = compressor }
-  local ACCEPT = { ["accept-encoding"] = "br;q=1.0, gzip;q=0.8" }
+  function backend.new(e, level)
+    calls[#calls + 1] = "new " .. e .. level
+    local z = {}
+    function z:write(d) return "<" .. d .. ">" end
+    function z:update(d) return "" end
+    function z:finish() return "<end>" end
+    return z
+  end
+  local gzip = mw.gzip { threshold = 1000, level = 5, backend = backend }
+  local ACCEPT = { ["accept-encoding"] = "br;q=0.9, gzip;q=0.8" }
 
   before_each(function() calls = {} end)
 
   it("compresses compressible bodies above the threshold", function()
     local req, status, h, body = call(gzip, { path = "/big", headers = ACCEPT })
     assert.equal(200, status)
-    assert.equal("gzip", h["content-encoding"])
+    assert.equal("br", h["content-encoding"])
     assert.equal("text/html", h["content-type"])
     assert.equal('W/"v1"', h.etag)
-    assert.equal("GZ(2600)", body)
-    assert.same({ 5 }, calls)
+    assert.equal("BR(2600)", body)
+    assert.same({ "br4" }, calls)
     assert.equal("accept-encoding", req.set_headers.vary)
   end)
 
-  it("adds vary but does not compress for clients not accepting gzip", function()
-    for _, ae in ipairs { false, "identity", "gzip;q=0", "br" } do
+  it("picks the coding by q-value, then by the server's order", function()
+    local cases = {
+      { "gzip", "gzip" }, { "gzip, br", "br" }, { "gzip, deflate, br, zstd", "zstd" },
+      { "br;q=0.5, gzip", "gzip" }, { "zstd;q=0, *", "br" }, { "*;q=0.1, gzip;q=0.2", "gzip" },
+      { "X-GZIP", "gzip" }, { "gzip;q=0.5", "gzip" }, { "identity, gzip;q=0.5", false },
+      { "identity;q=0.5, gzip", "gzip" }, { "*;q=0", false }, { "deflate", false }, { "", false },
+    }
+    for _, c in ipairs(cases) do
+      local _, _, h = call(gzip, { path = "/big", headers = { ["accept-encoding"] = c[1] } })
+      assert.equal(c[2] or nil, h["content-encoding"], c[1])
+    end
+    local only = mw.compress { encodings = { "gzip", "br" }, backend = backend }
+    local _, _, h = call(only, { path = "/big", headers = { ["accept-encoding"] = "zstd, br, gzip" } })
+    assert.equal("gzip", h["content-encoding"])
+  end)
+
+  it("adds vary but does not compress for clients not accepting a coding", function()
+    for _, ae in ipairs { false, "identity", "gzip;q=0", "compress" } do
       local req, _, h, body = call(gzip, { path = "/big", headers = { ["accept-encoding"] = ae or nil } })
       assert.is_nil(h["content-encoding"])
       assert.equal(2600, #body)
       assert.equal("accept-encoding", req.set_headers.vary)
     end
     local _, _, h = call(gzip, { path = "/big", headers = { ["accept-encoding"] = "*" } })
-    assert.equal("gzip", h["content-encoding"])
+    assert.equal("zstd", h["content-encoding"])
   end)
 
-  it("leaves small, incompressible, encoded, partial and HEAD responses alone", function()
+  it("leaves small, incompressible, encoded and partial responses alone", function()
     for _, t in ipairs {
       { path = "/" }, { path = "/png" }, { path = "/encoded" }, { path = "/partial" },
-      { path = "/big", method = "HEAD" },
     } do
       t.headers = ACCEPT
       local req, _, h = call(gzip, t)
-      assert.is_true(h == nil or h["content-encoding"] ~= "gzip" or t.path == "/encoded", t.path)
+      assert.is_true(h == nil or h["content-encoding"] == nil or t.path == "/encoded", t.path)
       assert.is_nil(req.set_headers.vary, t.path)
     end
     assert.same({}, calls)
+  end)
+
+  it("gives HEAD the headers of GET and a 304 the validators of its 200", function()
+    local _, _, h = call(gzip, { path = "/big", method = "HEAD", headers = ACCEPT })
+    assert.equal("br", h["content-encoding"])
+    local req, status
+    req, status, h = call(gzip, { path = "/nm", headers = ACCEPT }, function(app)
+      app:get("/nm", function() return 304, { etag = '"v1"' } end)
+    end)
+    assert.equal(304, status)
+    assert.equal('W/"v1"', h.etag)
+    assert.equal("accept-encoding", req.set_headers.vary)
+  end)
+
+  it("compresses streamed replies write by write and ends the stream", function()
+    local function stream(app)
+      app:get("/s", function(req)
+        req:stream_reply(200, { ["content-type"] = "text/event-stream", ["content-length"] = "5000", etag = '"e"' })
+        req:write("data: 1\n\n")
+        req:write("data: 2\n\n")
+      end)
+      app:get("/t", function(req)
+        req:stream_reply(200, { ["content-type"] = "text/plain" })
+        req:write("a")
+        req:trailers({ ["x-sum"] = "1" })
+      end)
+      app:get("/small", function(req)
+        req:stream_reply(200, { ["content-type"] = "text/plain", ["content-length"] = "1" })
+        req:write("a")
+      end)
+    end
+    local req = call(gzip, { path = "/s", headers = ACCEPT }, stream)
+    local h = req.replied.headers
+    assert.equal("br", h["content-encoding"])
+    assert.is_nil(h["content-length"])
+    assert.equal('W/"e"', h.etag)
+    assert.same({ "<data: 1\n\n>", "<data: 2\n\n>", "<end>" }, req.written)
+    assert.same({ "new br4" }, calls)
+    req = call(gzip, { path = "/t", headers = ACCEPT }, stream)
+    assert.same({ "<a>", "<end>" }, req.written)
+    assert.same({ ["x-sum"] = "1" }, req.trailers_sent)
+    req = call(gzip, { path = "/small", headers = ACCEPT }, stream)
+    assert.same({ "a" }, req.written)
+    assert.is_nil(req.replied.headers["content-encoding"])
   end)
 
   it("does not modify the handler's (possibly shared) header table", function()
@@ -178,7 +247,14 @@ describe("gzip", function()
       app:get("/s", function() return 200, shared, string.rep("a", 2000) end)
     end)
     assert.is_nil(shared["content-encoding"])
-    assert.equal("gzip", h["content-encoding"])
+    assert.equal("br", h["content-encoding"])
+  end)
+
+  it("rejects unknown encodings and bad levels when built", function()
+    assert.has_error(function() mw.compress { encodings = { "lzma" }, backend = backend } end)
+    local strict = { encodings = { "gzip" }, new = backend.new,
+      encode = function(_, _, level) assert(level <= 9, "level must be 0..9") return "" end }
+    assert.has_error(function() mw.compress { level = 11, backend = strict } end)
   end)
 end)
 
