@@ -50,6 +50,12 @@ local default_types = {
 local default_encodings = { "zstd", "br", "gzip" }
 local default_levels = { gzip = 6, br = 4, zstd = 3 }
 
+-- per request: { z = encoder } closed with the middleware's frame
+local stream_state = { __close = function(st)
+  local z = st.z
+  if z then st.z = nil; z:close() end
+end }
+
 local function compressible(ctype, types)
   if type(ctype) ~= "string" then return false end
   ctype = ctype:lower()
@@ -148,13 +154,16 @@ return function(opts)
 
   return function(req, next)
     local c_reply, c_stream_reply, c_write, c_trailers = req.reply, req.stream_reply, req.write, req.trailers
-    local z -- the encoder of a streamed reply being compressed
+    -- st.z: the encoder of a streamed reply being compressed. <close>: a
+    -- handler that fails or is cancelled (client gone) frees it at once; its
+    -- memory is outside Lua's accounting, the GC would take its time.
+    local st <close> = setmetatable({}, stream_state)
 
     -- writes what is left in the encoder: the end of the coded stream
     local function finish(self)
-      local zz = z
-      z = nil
-      local tail = zz:finish()
+      local z = st.z
+      st.z = nil
+      local tail = z:finish()
       if #tail > 0 then return c_write(self, tail) end
       return true
     end
@@ -171,10 +180,11 @@ return function(opts)
       local coding = choose(self)
       if not coding then return c_stream_reply(self, status, h) end
       -- HEAD: the headers GET would get; the core sends no body
-      if self.method ~= "HEAD" then z = backend.new(coding, levels[coding]) end
+      if self.method ~= "HEAD" then st.z = backend.new(coding, levels[coding]) end
       return c_stream_reply(self, status, encoded_headers(h, coding))
     end
     req.write = function(self, data)
+      local z = st.z
       if not z then return c_write(self, data) end
       local out
       if flush then out = z:write(data) else out = z:update(data) end
@@ -182,7 +192,7 @@ return function(opts)
       return c_write(self, out)
     end
     req.trailers = function(self, t)
-      if z then
+      if st.z then
         local ok, err = finish(self)
         if not ok then return ok, err end
       end
@@ -190,7 +200,7 @@ return function(opts)
     end
 
     local status, h, body = next()
-    if z then
+    if st.z then
       -- the handler returned with the stream open: end the coded stream. The
       -- client may be gone (the write says so; a finished request raises)
       pcall(finish, req)
