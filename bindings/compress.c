@@ -13,7 +13,7 @@
  *   z:finish([data])-> string   the end of the stream; z is closed after it
  *   z:close()                   frees the encoder now (the GC would later)
  *
- * Levels: gzip 0..9 (default 6), br 0..11 (default 4), zstd 1..19 (default 3).
+ * Levels: gzip 0..9 (default 6), br 0..11 (default 5), zstd 1..19 (default 3).
  * The only Lua allocation per call is the output string: input is read in
  * place and the encoder writes straight into a luaL_Buffer.
  */
@@ -36,7 +36,7 @@ typedef enum { LR_GZIP, LR_BR, LR_ZSTD } lr_coding_t;
 typedef enum { LR_OP_NONE, LR_OP_FLUSH, LR_OP_FINISH } lr_op_t;
 
 static const char *const coding_names[] = {"gzip", "br", "zstd", NULL};
-static const int level_min[] = {0, 0, 1}, level_max[] = {9, 11, 19}, level_def[] = {6, 4, 3};
+static const int level_min[] = {0, 0, 1}, level_max[] = {9, 11, 19}, level_def[] = {6, 5, 3};
 
 typedef struct {
     lr_coding_t coding;

@@ -88,6 +88,22 @@ def make_rows(args):
             needs=("upstream_h2",), kinds=("lariat",),
             labels={"lariat": "lariat.http.get, version 2"}, callgrind=True),
     ]
+    # Compression (issue 13 item 6): a ~100 KB JSON response through
+    # lariat.middleware.compress vs nginx's static file with `gzip on`, both at
+    # gzip level 6; br and zstd for lariat alone; identity as the baseline.
+    # callgrind: 1,000 requests (each costs milliseconds; the count is per request)
+    cz = dict(path="/json", anchor="compress", labels={"nginx": "nginx gzip on (static file)"},
+              cg_requests=1000)
+    rows += [
+        Row("compress-json-identity", "100 KB JSON, no accept-encoding", "wrk",
+            kinds=("lariat", "nginx"), **cz),
+        Row("compress-json-gzip", "100 KB JSON, gzip level 6", "wrk", kinds=("lariat", "nginx"),
+            headers=("accept-encoding: gzip",), callgrind=True, **cz),
+        Row("compress-json-br", "100 KB JSON, br level 5", "wrk", kinds=("lariat",),
+            headers=("accept-encoding: br",), callgrind=True, **cz),
+        Row("compress-json-zstd", "100 KB JSON, zstd level 3", "wrk", kinds=("lariat",),
+            headers=("accept-encoding: zstd",), callgrind=True, **cz),
+    ]
     if args.only:
         wanted = args.only.split(",")
         rows = [r for r in rows if any(r.name == w or r.name.startswith(w + "-") for w in wanted)]
@@ -110,6 +126,10 @@ def summary(r):
         return f"{r['kib_per_conn']:.2f} KiB/conn, {r['errors']} errors"
     return (f"{r['rps']:.0f} req/s, {r['user_us']:.2f} + {r['sys_us']:.2f} µs/req, "
             f"{r['errors']} errors")
+
+
+def label_of(row, kind):
+    return report.label(row, kind)
 
 
 def notes(args, rows, cells):
@@ -154,6 +174,24 @@ def notes(args, rows, cells):
         "an `/echo` mruby handler and nginx's 120 s idle timeouts (its default 10 s); both get a "
         "TLS listener.",
     ]
+    sizes = []
+    for row in rows:
+        if row.anchor != "compress":
+            continue
+        for kind in row.kinds:
+            cell = cells[row.name][kind]
+            if cell.results:
+                sizes.append(f"{row.title.split(', ')[-1]}, {label_of(row, kind)}: "
+                             f"{cell.med('bytes_per_req'):,.0f}")
+    if sizes:
+        lines.append("- compress-json rows: a handler returning a 100 KB JSON body "
+                     "(`scripts/bench.d/compress_body.py`, seeded, API-listing shaped) through "
+                     "`lariat.middleware.compress` (`scripts/bench.d/compress.lua`) vs nginx "
+                     "serving the same file with `gzip on; gzip_comp_level 6` (C only); wrk "
+                     "sends the accept-encoding named in the row. Bytes per response (wrk's bytes "
+                     "read ÷ requests, headers included, wrk rounds to 3 digits; instr/req over "
+                     "1,000 requests): "
+                     + "; ".join(sizes) + ".")
     one = cells.get("h1-hello", {}).get("lariat")
     two = cells.get("h1-2workers", {}).get("lariat")
     if one and two and one.results and two.results:

@@ -35,10 +35,13 @@ def _ms(text):
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def wrk(port, path="/", duration=10, connections=50, post=False, pin=True):
-    """wrk -t1 -cN -dS --latency; returns requests, rps, p50/p99 (ms), errors, bytes/request."""
+def wrk(port, path="/", duration=10, connections=50, post=False, pin=True, headers=()):
+    """wrk -t1 -cN -dS --latency; returns requests, rps, p50/p99 (ms), errors, bytes/request.
+    headers: ("name: value", ...) sent with every request."""
     cmd = (["taskset", "-c", "0"] if pin else []) + [
         "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
     if post:
         cmd += ["-s", POST_SCRIPT]
     out = _run(cmd + [f"http://127.0.0.1:{port}{path}"], timeout=duration + 30)
@@ -62,11 +65,15 @@ def wrk(port, path="/", duration=10, connections=50, post=False, pin=True):
             "bytes_per_req": bytes_read / requests if requests else 0}
 
 
-def h2load(url, n=200000, connections=50, streams=10, pin=True, h1=False, timeout=120):
+def h2load(url, n=200000, connections=50, streams=10, pin=True, h1=False, timeout=120,
+           headers=()):
     """h2load -cN -mM -t1 -nR (--h1: HTTP/1.1, one request at a time per
     connection); returns requests (2xx), rps, errors."""
     cmd = (["taskset", "-c", "0"] if pin else []) + [
-        "h2load", f"-c{connections}", f"-m{1 if h1 else streams}", "-t1", f"-n{n}", url]
+        "h2load", f"-c{connections}", f"-m{1 if h1 else streams}", "-t1", f"-n{n}"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(url)
     if h1:
         cmd.insert(-1, "--h1")
     out = _run(cmd, timeout=timeout)

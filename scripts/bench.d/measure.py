@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 import backends
+import compress_body
 import load
 import procstat
 import servers
@@ -33,6 +34,8 @@ class Row:
     kinds: tuple = servers.SERVERS   # servers measured (anchors that have the work)
     labels: dict = field(default_factory=dict)   # kind -> table label, if not servers.LABELS
     callgrind: bool = False  # also count instructions per request (full runs only)
+    headers: tuple = ()      # request headers, "name: value" (wrk -H, h2load -H)
+    cg_requests: int = 0     # callgrind requests when not CG_REQUESTS (rows costing ms each)
 
     def path_for(self, kind):
         return self.path if kind == "lariat" else (self.anchor_path or self.path)
@@ -50,6 +53,12 @@ def _spec(env, row, kind, opts):
     """servers.Spec for this row: the backends it needs started, their ports and
     URLs handed to the anchor template or to lariat's outbound app."""
     spec = servers.Spec(anchor=row.anchor)
+    if row.anchor == "compress":
+        # both servers serve the same JSON file: lariat through its middleware
+        spec.files["json"] = compress_body.path(opts.tmp)
+        if kind == "lariat":
+            spec.app = os.path.join(HERE, "compress.lua")
+            spec.app_env["BENCH_JSON"] = spec.files["json"]
     if not row.needs:
         return spec
     if kind == "lariat":
@@ -84,7 +93,8 @@ def _run_load(server, row, opts, warmup=False):
     if row.kind in ("wrk", "wrk-post"):
         return load.wrk(server.h1_port,
                         "/echo" if row.kind == "wrk-post" else row.path_for(server.kind),
-                        duration=duration, post=row.kind == "wrk-post", pin=row.pin)
+                        duration=duration, post=row.kind == "wrk-post", pin=row.pin,
+                        headers=row.headers)
     if row.kind == "h2c":
         return load.h2load(f"http://127.0.0.1:{server.h2c_port}/", n=n, pin=row.pin)
     return load.h2load(f"https://127.0.0.1:{server.tls_port}/", n=n, pin=row.pin)
@@ -150,10 +160,11 @@ def instructions(env, row, kind, opts):
            else f"http://127.0.0.1:{server.h1_port}{row.path_for(kind)}")
     pid = str(server.proc.pid)   # taskset and valgrind exec: the serving process's PID
     try:
-        load.h2load(url, n=2000, h1=not h2c, timeout=600)   # warm-up
+        n = row.cg_requests or CG_REQUESTS
+        load.h2load(url, n=min(2000, n), h1=not h2c, timeout=600, headers=row.headers)   # warm-up
         subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True,
                        timeout=120)
-        r = load.h2load(url, n=CG_REQUESTS, h1=not h2c, timeout=900)
+        r = load.h2load(url, n=n, h1=not h2c, timeout=900, headers=row.headers)
         subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True,
                        timeout=120)
         dumps = [p for p in glob.glob(f"{out_dir}/callgrind.out*")

@@ -75,11 +75,45 @@ def _fill(template, words):
     return text
 
 
+_COMPRESS_CONF = """daemon off;
+master_process on;
+worker_processes {workers};
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  keepalive_timeout 120s;
+  client_body_temp_path {prefix}/tmp/body;
+  proxy_temp_path {prefix}/tmp/proxy;
+  fastcgi_temp_path {prefix}/tmp/fastcgi;
+  uwsgi_temp_path {prefix}/tmp/uwsgi;
+  scgi_temp_path {prefix}/tmp/scgi;
+  server {{
+    listen 127.0.0.1:{port} reuseport backlog=4096;
+    location = /json {{
+      default_type application/json;
+      gzip on; gzip_comp_level 6; gzip_min_length 1024; gzip_types application/json;
+      gzip_vary on;
+      alias {json};
+    }}
+  }}
+}}
+"""
+
+
 def _nginx(env, prefix, workers, tls, spec):
     h1, h2c = free_port(), free_port()
     tls_port = free_port() if tls else 0
     os.makedirs(f"{prefix}/tmp")
-    if spec.anchor == "upstream":
+    if spec.anchor == "compress":
+        # no template in ../shared/anchors: nginx's own static file path with
+        # `gzip on` at the level lariat's row uses, C only (its cheapest way)
+        h2c = h1
+        conf = _COMPRESS_CONF.format(prefix=prefix, workers=workers, port=h1,
+                                     json=spec.files["json"])
+    elif spec.anchor == "upstream":
         # one port; ports of backends a row doesn't use point nowhere (port 1)
         h2c = h1
         conf = _fill(f"{env.anchors}/nginx-upstream.conf.in",
@@ -196,6 +230,7 @@ class Spec:
     app_env: dict = field(default_factory=dict)  # environment of the lariat process
     wrap: list = field(default_factory=list)     # command prefix (valgrind ...)
     single_process: bool = False                 # nginx master_process off
+    files: dict = field(default_factory=dict)    # name -> path of a file the row serves
 
 
 def start(env, kind, workers=1, tls=False, pin=True, spec=None, timeout=15):

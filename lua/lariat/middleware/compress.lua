@@ -23,7 +23,7 @@
 --   encodings  the server's order of preference among codings the client
 --              rates equally (default { "zstd", "br", "gzip" }); leaving one
 --              out never uses it
---   levels     { gzip = 6, br = 4, zstd = 3 } (merged over these defaults);
+--   levels     { gzip = 6, br = 5, zstd = 3 } (merged over these defaults);
 --              `level = n` alone sets gzip's (the old option)
 --   min_size   bytes (default 1024; `threshold` is the old name): smaller
 --              bodies, and streams whose content-length is smaller, go as they
@@ -48,7 +48,7 @@ local default_types = {
 -- zstd at level 3 is both the fastest and smaller than gzip at 6; brotli at 4
 -- is smaller than gzip at 6 for about the same CPU; gzip is for the rest.
 local default_encodings = { "zstd", "br", "gzip" }
-local default_levels = { gzip = 6, br = 4, zstd = 3 }
+local default_levels = { gzip = 6, br = 5, zstd = 3 }
 
 -- per request: { z = encoder } closed with the middleware's frame
 local stream_state = { __close = function(st)
