@@ -274,3 +274,22 @@ def test_precompressed_behind_the_middleware_is_not_compressed_twice(srv):
     assert resp.header("content-encoding") == "br"
     assert resp.header("vary") == "accept-encoding"
     assert decode("br", resp.body) == plain
+
+
+@pytest.mark.parametrize("coding", ["gzip", "zstd"])
+def test_sse_events_decode_one_by_one_over_h2c(srv, coding):
+    """The same over HTTP/2 (httpx, prior knowledge): DATA frames carry each
+    flushed event; the raw bytes are decoded here."""
+    with httpx.Client(http1=False, http2=True, timeout=10 * SLOW, trust_env=False) as c:
+        with c.stream("GET", srv.url("/sse"), headers={"accept-encoding": coding}) as r:
+            assert r.http_version == "HTTP/2"
+            assert r.headers["content-encoding"] == coding
+            feed, done = decoder(coding)
+            text, n = b"", 1
+            for chunk in r.iter_raw():
+                text += feed(chunk)
+                if n <= 3 and b"id: %d\n" % n in text and text.endswith(b"\n\n"):
+                    assert not done()
+                    assert c.get(srv.url("/sse/next")).text == "ok"
+                    n += 1
+            assert n == 4 and done()
