@@ -91,9 +91,9 @@ def make_rows(args):
     # Compression (issue 13 item 6): a ~100 KB JSON response through
     # lariat.middleware.compress vs nginx's static file with `gzip on`, both at
     # gzip level 6; br and zstd for lariat alone; identity as the baseline.
-    # callgrind: 1,000 requests (each costs milliseconds; the count is per request)
+    # callgrind: 200 requests (each costs milliseconds; the count is per request)
     cz = dict(path="/json", anchor="compress", labels={"nginx": "nginx gzip on (static file)"},
-              cg_requests=1000)
+              cg_requests=200)
     rows += [
         Row("compress-json-identity", "100 KB JSON, no accept-encoding", "wrk",
             kinds=("lariat", "nginx"), **cz),
@@ -190,7 +190,7 @@ def notes(args, rows, cells):
                      "serving the same file with `gzip on; gzip_comp_level 6` (C only); wrk "
                      "sends the accept-encoding named in the row. Bytes per response (wrk's bytes "
                      "read ÷ requests, headers included, wrk rounds to 3 digits; instr/req over "
-                     "1,000 requests): "
+                     "200 requests): "
                      + "; ".join(sizes) + ".")
     one = cells.get("h1-hello", {}).get("lariat")
     two = cells.get("h1-2workers", {}).get("lariat")
