@@ -42,7 +42,7 @@ void lr_buf_free(lr_buf_t *b) {
 
 /* ---- arena ---- */
 
-#define LR_MAX_FREE_BLOCKS 256
+#define LR_MAX_FREE_BLOCKS 1024 /* one per request in flight: an h2 worker has hundreds */
 
 static lr_block_t *block_get(lr_worker_t *w, size_t need) {
   if (need <= LR_BLOCK_SIZE - sizeof(lr_block_t) && w->free_blocks) {
