@@ -53,7 +53,7 @@ def make_rows(args):
         Row("h1-hello", "HTTP/1.1 hello", "wrk", callgrind=True),
         Row("h2c-hello", "h2c hello", "h2c", callgrind=True),
         Row("h1-echo-64k", "HTTP/1.1 POST echo 64 KiB", "wrk-post"),
-        Row("h2-tls-hello", "HTTPS h2 hello", "h2-tls"),
+        Row("h2-tls-hello", "HTTPS h2 hello", "h2-tls", callgrind=True),
     ]
     for proto in ("h1", "h2c"):
         for n in ([100] if args.smoke else [1000, 10000]):
@@ -156,7 +156,7 @@ def notes(args, rows, cells):
         "- instr/req: instructions per request of the serving process, every thread, under "
         "`valgrind --tool=callgrind --smc-check=all-non-file` (nginx with `master_process off`): "
         "a 2,000-request warm-up, `callgrind_control -z`, "
-        f"`h2load --h1 -c50 -n{measure.CG_REQUESTS}` (h2c: `-c50 -m10`), `callgrind_control -d`, "
+        f"`h2load --h1 -c50 -n{measure.CG_REQUESTS}` (h2c and HTTPS h2: `-c50 -m10`), `callgrind_control -d`, "
         "dumped totals ÷ requests served. One run per row and server after the timed rounds: "
         "the count repeats within ~1 % run to run, loaded machine or not, while the timings "
         "here swing ±30 % (the machine is shared).",

@@ -154,9 +154,11 @@ def instructions(env, row, kind, opts):
     spec.wrap = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file",
                  f"--callgrind-out-file={out_dir}/callgrind.out"]
     spec.single_process = True
-    server = servers.start(env, kind, spec=spec, timeout=120)
-    h2c = row.kind == "h2c"
-    url = (f"http://127.0.0.1:{server.h2c_port}/" if h2c
+    tls = row.kind == "h2-tls"
+    server = servers.start(env, kind, tls=tls, spec=spec, timeout=120)
+    h2c = row.kind in ("h2c", "h2-tls")
+    url = (f"https://127.0.0.1:{server.tls_port}/" if tls
+           else f"http://127.0.0.1:{server.h2c_port}/" if h2c
            else f"http://127.0.0.1:{server.h1_port}{row.path_for(kind)}")
     pid = str(server.proc.pid)   # taskset and valgrind exec: the serving process's PID
     try:

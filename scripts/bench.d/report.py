@@ -129,6 +129,10 @@ def targets(rows, cells):
         lines.append(check("h2c hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)",
                            ratio(get("h2c-hello", "lariat", "instr"),
                                  get("h2c-hello", "h2o", "instr")), 0.5))
+    if "h2-tls-hello" in cells:
+        lines.append(check("HTTPS h2 hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)",
+                           ratio(get("h2-tls-hello", "lariat", "instr"),
+                                 get("h2-tls-hello", "h2o", "instr")), 0.5))
     for name, what, limit in (("h1-proxy", "lariat.proxy ÷ nginx proxy_pass", 0.8),
                               ("h1-fetch", "lariat.http.get ÷ nginx + lua-resty-http", 0.25),
                               ("h1-redis", "lariat.redis GET ÷ nginx + lua-resty-redis", 0.4)):
