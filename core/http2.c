@@ -88,6 +88,7 @@ typedef struct h2_stream_s {
   uint8_t aborted;   /* the handler aborted it (RST_STREAM INTERNAL_ERROR, not the peer's doing) */
   uint8_t got_data;  /* request DATA arrived */
   uint8_t rst_on_data; /* response complete, request not: RST_STREAM(NO_ERROR) if DATA comes (lingering) */
+  uint8_t rst_sent;  /* our RST_STREAM went out: its id is in h2_conn_t.closed already */
   nghttp2_nv *trailers; /* sent when the data provider reaches the end */
   size_t n_trailers;
   unsigned pend;
@@ -99,6 +100,7 @@ struct h2_conn_s {
   lr_conn_t *c;
   nghttp2_session *ng;
   lr_link_t pending; /* h2_stream_t.pend_link */
+  h2_stream_t *hdr_st; /* the stream whose request head is being decoded (on_header: no lookup per field) */
   lr_link_t streams; /* h2_stream_t.all */
   unsigned n_streams;
   uint8_t goaway;       /* GOAWAY sent: finish in-flight streams, then close */
@@ -545,9 +547,13 @@ static void closed_peer_reset(h2_conn_t *h, int32_t id) {
     if (h->closed[i] == ((uint32_t)id | CLOSED_IGNORE)) h->closed[i] = (uint32_t)id;
 }
 
+static void closed_push(h2_conn_t *h, int32_t id, int in_flight) {
+  h->closed[h->n_closed++ % CLOSED_N] = (uint32_t)id | (in_flight ? CLOSED_IGNORE : 0);
+}
+
 static void closed_add(h2_conn_t *h, int32_t id, int in_flight) {
   if (!(id & 1) || closed_find(h, id) != CLOSED_UNKNOWN) return;
-  h->closed[h->n_closed++ % CLOSED_N] = (uint32_t)id | (in_flight ? CLOSED_IGNORE : 0);
+  closed_push(h, id, in_flight);
 }
 
 /* a DATA frame's header, before nghttp2 sees it (it never calls
@@ -687,6 +693,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
   s->id = (uint32_t)st->id;
   s->proto_data = st;
   nghttp2_session_set_stream_user_data(ng, st->id, st);
+  h->hdr_st = st;
   lr_conn_set_timeout(h->c, LR_TO_NONE);
   return 0;
 }
@@ -701,7 +708,9 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
   (void)flags;
   h2_conn_t *h = ud;
   if (frame->hd.type != NGHTTP2_HEADERS) return 0;
-  h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+  h2_stream_t *st = h->hdr_st && h->hdr_st->id == frame->hd.stream_id
+                        ? h->hdr_st
+                        : nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
   if (st == NULL || st->s == NULL) return 0;
   lr_stream_t *s = st->s;
   const lr_config_t *cfg = h->c->worker->cfg;
@@ -792,7 +801,8 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
   h2_stream_t *st;
   switch (frame->hd.type) {
     case NGHTTP2_HEADERS:
-      st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+      st = h->hdr_st && h->hdr_st->id == frame->hd.stream_id ? h->hdr_st
+                                                              : nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
       if (st == NULL || st->s == NULL) return 0;
       if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         head_done(h, st, end_stream);
@@ -850,8 +860,12 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
   (void)code;
   h2_conn_t *h = ud;
   /* not finished by the peer: reset, by it or by us (RST_STREAM is recorded as sent, in on_frame_send) */
-  closed_add(h, id, nghttp2_session_get_stream_remote_close(ng, id) != 1);
   h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, id);
+  int in_flight = nghttp2_session_get_stream_remote_close(ng, id) != 1;
+  if (st && !st->rst_sent && (id & 1))
+    closed_push(h, id, in_flight); /* not there yet: only our RST_STREAM (on_frame_send) adds a stream of ours */
+  else
+    closed_add(h, id, in_flight);
   if (st == NULL) return 0;
   st->closed = 1;
   pend(st, PEND_CLOSED);
@@ -868,6 +882,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
      * too many handlers run...) frees its slot like a reset of its own: the
      * same guard counts both. Not a response that ended early, nor a handler's abort. */
     h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+    if (st) st->rst_sent = 1;
     if (frame->rst_stream.error_code != NGHTTP2_NO_ERROR && !(st && st->aborted) &&
         token(h, &h->rst_tokens, RST_BURST, RST_RATE))
       h->calm_due = 1;
@@ -1103,6 +1118,7 @@ static void reject(h2_stream_t *st) {
 
 static void stream_free(h2_stream_t *st) {
   h2_conn_t *h = st->h;
+  if (h->hdr_st == st) h->hdr_st = NULL;
   lr_link_unlink(&st->pend_link);
   lr_link_unlink(&st->all);
   h->n_streams--;
