@@ -183,11 +183,8 @@ static void small_drain(void *unused) {
 
 static void small_init(void) { pthread_key_create(&small_key, small_drain); }
 
-static int small_class(size_t n) {
-  int c = 0;
-  while ((32u << c) < n) c++;
-  return c;
-}
+/* the smallest class holding n bytes (n <= 1024) */
+static int small_class(size_t n) { return n <= 32 ? 0 : 64 - __builtin_clzll((unsigned long long)n - 1) - 5; }
 
 static void *small_alloc(size_t n) {
   if (n > (32u << (SMALL_CLASSES - 1))) return malloc(n);
@@ -212,8 +209,7 @@ static void small_free(void *p) {
     free(p);
     return;
   }
-  int c = SMALL_CLASSES - 1;
-  while ((32u << c) > u) c--;
+  int c = u >= (32u << (SMALL_CLASSES - 1)) ? SMALL_CLASSES - 1 : 63 - __builtin_clzll((unsigned long long)u) - 5; /* the largest class u holds */
   if (!small.keyed) {
     pthread_once(&small_once, small_init);
     pthread_setspecific(small_key, &small);
@@ -590,10 +586,16 @@ static ssize_t recv_frames(h2_conn_t *h, const uint8_t *p, size_t len) {
       continue;
     }
     size_t start = i;
-    while (i < len && h->rx_hlen < 9) h->rx_hd[h->rx_hlen++] = p[i++];
-    if (h->rx_hlen < 9) break;
-    const uint8_t *hd = h->rx_hd;
-    h->rx_hlen = 0;
+    const uint8_t *hd;
+    if (h->rx_hlen == 0 && len - i >= 9) { /* the whole frame header is here: read it in place */
+      hd = p + i;
+      i += 9;
+    } else {
+      while (i < len && h->rx_hlen < 9) h->rx_hd[h->rx_hlen++] = p[i++];
+      if (h->rx_hlen < 9) break;
+      hd = h->rx_hd;
+      h->rx_hlen = 0;
+    }
     h->rx_left = (uint32_t)hd[0] << 16 | (uint32_t)hd[1] << 8 | hd[2];
     /* extension frames are ignored by nghttp2 without a callback: noise */
     if (hd[3] > NGHTTP2_CONTINUATION && token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE))
@@ -703,6 +705,26 @@ static lr_str_t pool_str(lr_stream_t *s, const uint8_t *p, size_t n) {
   return d ? (lr_str_t){d, n} : (lr_str_t){"", 0};
 }
 
+/* names and methods most requests carry point to constants instead of copies */
+static lr_str_t common_str(lr_stream_t *s, const uint8_t *p, size_t n) {
+  const char *a = NULL, *b = NULL; /* the candidates of this length */
+  switch (n) {
+    case 3: a = "GET"; break;
+    case 4: a = "POST", b = "HEAD"; break;
+    case 6: a = "accept", b = "cookie"; break;
+    case 7: a = "referer"; break;
+    case 10: a = "user-agent"; break;
+    case 12: a = "content-type"; break;
+    case 13: a = "cache-control", b = "if-none-match"; break;
+    case 14: a = "content-length"; break;
+    case 15: a = "accept-encoding", b = "accept-language"; break;
+    case 17: a = "if-modified-since"; break;
+  }
+  if (a && memcmp(a, p, n) == 0) return (lr_str_t){a, n};
+  if (b && memcmp(b, p, n) == 0) return (lr_str_t){b, n};
+  return pool_str(s, p, n);
+}
+
 static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint8_t *name, size_t nlen,
                      const uint8_t *value, size_t vlen, uint8_t flags, void *ud) {
   (void)flags;
@@ -727,8 +749,10 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
   }
   if (nlen && name[0] == ':') {
     lr_str_t *dst = NULL;
-    if (nlen == 7 && memcmp(name, ":method", 7) == 0)
-      dst = &s->method;
+    if (nlen == 7 && memcmp(name, ":method", 7) == 0) {
+      s->method = vlen ? common_str(s, value, vlen) : pool_str(s, value, vlen);
+      return 0;
+    }
     else if (nlen == 5 && memcmp(name, ":path", 5) == 0) {
       if (vlen > cfg->max_request_line) { /* as HTTP/1.1's request line */
         st->reject = 414;
@@ -743,7 +767,7 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     if (dst) *dst = pool_str(s, value, vlen);
     return 0;
   }
-  lr_str_t n = pool_str(s, name, nlen), v = pool_str(s, value, vlen);
+  lr_str_t n = common_str(s, name, nlen), v = pool_str(s, value, vlen);
   if (lr__stream_add_header(s, n.base, n.len, v.base, v.len)) st->reject = 503;
   return 0;
 }
