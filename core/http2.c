@@ -262,7 +262,8 @@ static void *mem_calloc(size_t k, size_t n, void *ud) {
 }
 
 static void mem_free(void *p, void *ud) {
-  struct h2_big_s *b = p ? big_find(ud, p) : NULL;
+  /* big blocks are whole pages: most frees needn't look */
+  struct h2_big_s *b = p && ((uintptr_t)p & (page_size - 1)) == 0 ? big_find(ud, p) : NULL;
   if (b == NULL) {
     small_free(p);
     return;
@@ -786,11 +787,23 @@ static int has_token(const char *v, size_t len, const char *tok) { return lr_tok
 static void head_done(h2_conn_t *h, h2_stream_t *st, int end_stream) {
   lr_stream_t *s = st->s;
   const lr_config_t *cfg = h->c->worker->cfg;
-  if (s->method.len == 4 && memcmp(s->method.base, "HEAD", 4) == 0) s->flags |= LR_SF_HEAD;
-  if (s->authority.base == NULL) {
-    const lr_str_t *host = lr_stream_header(s, "host", 4);
-    s->authority = host ? *host : (lr_str_t){"", 0};
+  /* the fields the core reads, first of each, in one pass */
+  const lr_str_t *host = NULL, *cl = NULL, *expect = NULL, *te = NULL;
+  for (unsigned i = 0; i < s->n_headers; i++) {
+    const lr_header_t *f = &s->headers[i];
+    const lr_str_t **slot;
+    const char *name;
+    switch (f->name.len) {
+      case 2: slot = &te, name = "te"; break;
+      case 4: slot = &host, name = "host"; break;
+      case 6: slot = &expect, name = "expect"; break;
+      case 14: slot = &cl, name = "content-length"; break;
+      default: continue;
+    }
+    if (*slot == NULL && memcmp(f->name.base, name, f->name.len) == 0) *slot = &f->value;
   }
+  if (s->method.len == 4 && memcmp(s->method.base, "HEAD", 4) == 0) s->flags |= LR_SF_HEAD;
+  if (s->authority.base == NULL) s->authority = host ? *host : (lr_str_t){"", 0};
   if (s->method.base == NULL) s->method = (lr_str_t){"-", 1};
   /* a WebSocket's CONNECT routes like the GET of an HTTP/1.1 upgrade (app:ws) */
   if ((s->flags & LR_SF_WS_UPGRADE) && s->method.len == 7 && memcmp(s->method.base, "CONNECT", 7) == 0)
@@ -801,7 +814,6 @@ static void head_done(h2_conn_t *h, h2_stream_t *st, int end_stream) {
   s->path = (lr_str_t){t.base, q ? (size_t)(q - t.base) : t.len};
   if (s->path.len == 0) s->path = (lr_str_t){"/", 1};
   s->query = q ? (lr_str_t){q + 1, t.len - (size_t)(q - t.base) - 1} : (lr_str_t){"", 0};
-  const lr_str_t *cl = lr_stream_header(s, "content-length", 14);
   if (cl) {
     int64_t n = 0;
     for (size_t i = 0; i < cl->len && cl->base[i] >= '0' && cl->base[i] <= '9'; i++) n = n * 10 + (cl->base[i] - '0');
@@ -811,10 +823,9 @@ static void head_done(h2_conn_t *h, h2_stream_t *st, int end_stream) {
     s->flags |= LR_SF_BODY_DONE;
     if (s->content_length < 0) s->content_length = 0;
   }
-  const lr_str_t *v = lr_stream_header(s, "expect", 6);
-  if (v && v->len == 12 && strncasecmp(v->base, "100-continue", 12) == 0 && !end_stream) s->flags |= LR_SF_EXPECT;
-  v = lr_stream_header(s, "te", 2);
-  if (v && has_token(v->base, v->len, "trailers")) s->flags |= LR_SF_TE_TRAILERS;
+  if (expect && expect->len == 12 && strncasecmp(expect->base, "100-continue", 12) == 0 && !end_stream)
+    s->flags |= LR_SF_EXPECT;
+  if (te && has_token(te->base, te->len, "trailers")) s->flags |= LR_SF_TE_TRAILERS;
   if (!st->reject && s->content_length > 0 && (uint64_t)s->content_length > cfg->max_body) st->reject = 413;
   pend(st, st->reject ? PEND_REJECT : PEND_START);
 }
