@@ -89,6 +89,7 @@ typedef struct h2_stream_s {
   uint8_t got_data;  /* request DATA arrived */
   uint8_t rst_on_data; /* response complete, request not: RST_STREAM(NO_ERROR) if DATA comes (lingering) */
   uint8_t rst_sent;  /* our RST_STREAM went out: its id is in h2_conn_t.closed already */
+  uint8_t peer_done; /* the request's END_STREAM arrived (nghttp2: remote closed) */
   nghttp2_nv *trailers; /* sent when the data provider reaches the end */
   size_t n_trailers;
   unsigned pend;
@@ -101,6 +102,7 @@ struct h2_conn_s {
   nghttp2_session *ng;
   lr_link_t pending; /* h2_stream_t.pend_link */
   h2_stream_t *hdr_st; /* the stream whose request head is being decoded (on_header: no lookup per field) */
+  h2_stream_t *data_st; /* the stream of the DATA frame on_send_data wrote last (on_frame_send: no lookup) */
   lr_link_t streams; /* h2_stream_t.all */
   unsigned n_streams;
   uint8_t goaway;       /* GOAWAY sent: finish in-flight streams, then close */
@@ -468,6 +470,7 @@ static int on_send_data(nghttp2_session *ng, nghttp2_frame *frame, const uint8_t
     char zeros[256] = {0};
     lr_conn_write(c, zeros, pad - 1);
   }
+  h->data_st = st;
   h->maybe_drained = 1;
   h->sent_data = 1;
   if (h->wu_credit < WU_CREDIT_MAX) h->wu_credit += 2;
@@ -838,6 +841,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
     case NGHTTP2_HEADERS:
       st = h->hdr_st && h->hdr_st->id == frame->hd.stream_id ? h->hdr_st
                                                               : nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+      if (st) st->peer_done |= (uint8_t)end_stream;
       if (st == NULL || st->s == NULL) return 0;
       if (frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
         head_done(h, st, end_stream);
@@ -848,6 +852,7 @@ static int on_frame_recv(nghttp2_session *ng, const nghttp2_frame *frame, void *
       break;
     case NGHTTP2_DATA:
       st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+      if (st) st->peer_done |= (uint8_t)end_stream;
       if (st && st->s && end_stream) {
         st->s->flags |= LR_SF_BODY_DONE;
         pend(st, PEND_WAKE);
@@ -926,7 +931,9 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
   if ((frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS) ||
       !(frame->hd.flags & NGHTTP2_FLAG_END_STREAM))
     return 0;
-  h2_stream_t *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+  h2_stream_t *st = frame->hd.type == NGHTTP2_DATA && h->data_st && h->data_st->id == frame->hd.stream_id
+                        ? h->data_st
+                        : nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
   /* RFC 9113 §8.1: a complete response may end a request still being sent,
    * by RST_STREAM(NO_ERROR). Only once a body is being sent, though: until
    * then the stream stays half-closed (local) and what the peer sends on it
@@ -934,7 +941,7 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
    * second HEADERS... are errors), not the silence due to frames in flight
    * after our RST_STREAM. Such a stream doesn't keep the connection from
    * its idle timeout (n_lingering). */
-  if (st && !st->closed && !nghttp2_session_get_stream_remote_close(ng, st->id)) {
+  if (st && !st->closed && !st->peer_done && !nghttp2_session_get_stream_remote_close(ng, st->id)) {
     if (st->got_data) {
       pend(st, PEND_RST);
     } else if (!st->rst_on_data) {
@@ -985,7 +992,13 @@ static int submit_head(h2_stream_t *st, int status, const lr_header_t *hs, size_
   nghttp2_nv *nv = n + 4 <= 40 ? stackv : malloc((n + 4) * sizeof *nv);
   if (nv == NULL) return UV_ENOMEM;
   char st_buf[8], cl_buf[24];
-  char *sp = fmt_u64(st_buf + sizeof st_buf, (uint64_t)(status > 0 ? status : 0));
+  char *sp = st_buf + 5;
+  if (status >= 100 && status <= 999) { /* always, from the core and the bindings alike */
+    unsigned u = (unsigned)status;
+    sp[0] = (char)('0' + u / 100), sp[1] = (char)('0' + u / 10 % 10), sp[2] = (char)('0' + u % 10);
+  } else {
+    sp = fmt_u64(st_buf + sizeof st_buf, (uint64_t)(status > 0 ? status : 0));
+  }
   size_t k = 0;
   nv[k++] = NV_STATIC(":status", sp, (size_t)(st_buf + sizeof st_buf - sp), 0);
   int has_server = 0;
@@ -1154,6 +1167,7 @@ static void reject(h2_stream_t *st) {
 static void stream_free(h2_stream_t *st) {
   h2_conn_t *h = st->h;
   if (h->hdr_st == st) h->hdr_st = NULL;
+  if (h->data_st == st) h->data_st = NULL;
   lr_link_unlink(&st->pend_link);
   lr_link_unlink(&st->all);
   h->n_streams--;
