@@ -962,11 +962,11 @@ static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *
 
 /* handler fields as nghttp2_nv, protocol fields dropped: nghttp2 copies them
  * and lowercases the names as it does (nghttp2_nv_array_copy) */
-static size_t build_fields(const lr_header_t *hs, size_t n, nghttp2_nv *nv, int *has_server) {
+static size_t build_fields(const lr_header_t *hs, size_t n, nghttp2_nv *nv, int *has_server, int checked) {
   size_t k = 0;
   for (size_t i = 0; i < n; i++) {
     const lr_header_t *hd = &hs[i];
-    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || !lr_header_valid(hd)) continue;
+    if (lr_header_is_hop_by_hop(hd->name.base, hd->name.len) || (!checked && !lr_header_valid(hd))) continue;
     /* RFC 9113 §8.2.2: te is the only connection-ish field allowed, and only "trailers" */
     if (hd->name.len == 2 && strncasecmp(hd->name.base, "te", 2) == 0) continue;
     if (hd->name.len == 6 && strncasecmp(hd->name.base, "server", 6) == 0) *has_server = 1;
@@ -1002,7 +1002,7 @@ static int submit_head(h2_stream_t *st, int status, const lr_header_t *hs, size_
   size_t k = 0;
   nv[k++] = NV_STATIC(":status", sp, (size_t)(st_buf + sizeof st_buf - sp), 0);
   int has_server = 0;
-  k += build_fields(hs, n, nv + k, &has_server);
+  k += build_fields(hs, n, nv + k, &has_server, st->s && (st->s->flags & LR_SF_CHECKED));
   if (!has_server) nv[k++] = NV_STATIC("server", "lariat", 6, NGHTTP2_NV_FLAG_NO_COPY_VALUE);
   /* the worker's buffer: if the second turns before the frame is made, it says the new one */
   nv[k++] = NV_STATIC("date", lr_worker_date(w), 29, NGHTTP2_NV_FLAG_NO_COPY_VALUE);
