@@ -112,6 +112,13 @@ int lr_req_closed(lua_State *L, lr_req_t *r);
 
 #define LR_REQ_MT "lariat.req"
 
+/* req.c: the response fields for a reply whose headers table is at index hi
+ * (req at 1), set_header fields merged as req:reply does; they live in the
+ * worker's scratch array and the Lua strings on the stack: use them at once */
+size_t lr_req_head_fields(lua_State *L, lr_stream_t *s, int hi, lr_header_t **out);
+/* file.c: req:sendfile and core.file_info */
+void lr_file_lua_open(lua_State *L);
+
 extern const lr_app_hooks_t lr_lua_hooks;
 
 /* app.c */

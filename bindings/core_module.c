@@ -103,6 +103,7 @@ int luaopen_lariat_core(lua_State *L) {
   lr_http_open(L);   /* lariat.http */
   lr_timer_open(L);
   lr_metrics_open(L);
+  lr_file_lua_open(L); /* req:sendfile, core.file_info */
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table behind __index */

@@ -524,6 +524,14 @@ int lr_req_reply_results(lua_State *L) {
   return 0;
 }
 
+size_t lr_req_head_fields(lua_State *L, lr_stream_t *s, int hi, lr_header_t **out) {
+  merge_set_headers(L, hi);
+  hlist_t hl = {s->worker->scratch, 0, s->worker->scratch_cap, s};
+  if (lua_istable(L, hi)) hlist_add_table(L, &hl, hi);
+  *out = hl.h;
+  return hl.n;
+}
+
 static int m_reply(lua_State *L) {
   lr_stream_t *s = check_stream(L, 1);
   lua_settop(L, 4);

@@ -237,12 +237,15 @@ void lr__conn_timeout(lr_conn_t *c, int kind) {
     lr_conn_close(c);
 }
 
-static void build_iov(lr_outq_t *q, uv_buf_t *iov, unsigned n) {
+/* iovecs for the first n segments, stopping before a file body; returns how many */
+static unsigned build_iov(lr_outq_t *q, uv_buf_t *iov, unsigned n) {
   for (unsigned i = 0; i < n; i++) {
     lr_seg_t *s = &q->segs[i];
+    if (s->ext == lr_seg_file) return i;
     iov[i].base = (char *)(s->ext ? s->ext : q->bytes.base + s->off);
     iov[i].len = s->len;
   }
+  return n;
 }
 
 /* drop the first `done` bytes of q (the part the kernel took) */
@@ -334,13 +337,63 @@ static void tls_seal(lr_conn_t *c) {
   }
 }
 
+/* A file body at the head of the queue (plain connections only): sendfile
+ * until it is done (0) or the socket is full (1). Then one byte of it leaves
+ * through uv_write: libuv has no sendfile and allows one watcher per
+ * descriptor, so a one-byte write is how the loop waits for writability, and
+ * the send timeout and back-pressure see an ordinary write in flight. */
+static int flush_file(lr_conn_t *c) {
+  lr_seg_t *s = &c->out.segs[0];
+  uv_os_fd_t fd;
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd)) return UV_EBADF;
+  size_t before = s->len;
+  int r = lr__file_sendfile(fd, s);
+  if (r == 1) {
+    char *d = outq_reserve(&c->inflight, 1);
+    if (d == NULL) r = UV_ENOMEM;
+    else if (lr__file_take_byte(s, d)) r = UV_EIO;
+    else outq_commit(&c->inflight, 1);
+  }
+  c->out.total -= before - s->len;
+  if (s->len == 0) outq_advance(&c->out, 0); /* done: the file is released */
+  return r;
+}
+
+/* hand the first n segments of c->inflight to uv_write */
+static int write_inflight(lr_conn_t *c, unsigned n) {
+  uv_buf_t wiov[LR_IOV_MAX];
+  n = build_iov(&c->inflight, wiov, n);
+  c->wreq = malloc(sizeof *c->wreq);
+  if (c->wreq == NULL) return UV_ENOMEM;
+  c->wreq->data = c;
+  int r = uv_write(c->wreq, (uv_stream_t *)&c->tcp, wiov, n, on_write);
+  if (r < 0) {
+    free(c->wreq);
+    c->wreq = NULL;
+    return r;
+  }
+  c->flags |= LR_CF_WRITING;
+  if (c->inflight.n > n) requeue_tail(c, n);
+  send_timer_update(c);
+  return 0;
+}
+
 void lr__conn_flush(lr_conn_t *c) {
   if (c->flags & (LR_CF_CLOSING | LR_CF_WRITING)) return;
   if (c->tls) tls_seal(c);
   while (c->out.n) {
+    if (c->out.segs[0].ext == lr_seg_file) {
+      int r = flush_file(c);
+      if (r == 1) r = write_inflight(c, 1);
+      if (r == 0 && !(c->flags & LR_CF_WRITING)) continue;
+      if (r < 0) {
+        LR_DEBUG("sendfile failed: %s", uv_strerror(r));
+        lr_conn_close(c);
+      }
+      return;
+    }
     uv_buf_t iov[LR_IOV_MAX];
-    unsigned n = c->out.n < LR_IOV_MAX ? c->out.n : LR_IOV_MAX;
-    build_iov(&c->out, iov, n);
+    unsigned n = build_iov(&c->out, iov, c->out.n < LR_IOV_MAX ? c->out.n : LR_IOV_MAX);
     size_t want = 0;
     for (unsigned i = 0; i < n; i++) want += iov[i].len;
     int r = uv_try_write((uv_stream_t *)&c->tcp, iov, n);
@@ -356,25 +409,7 @@ void lr__conn_flush(lr_conn_t *c) {
       lr_outq_t tmp = c->inflight;
       c->inflight = c->out;
       c->out = tmp;
-      n = c->inflight.n < LR_IOV_MAX ? c->inflight.n : LR_IOV_MAX;
-      uv_buf_t wiov[LR_IOV_MAX];
-      build_iov(&c->inflight, wiov, n);
-      c->wreq = malloc(sizeof *c->wreq);
-      if (c->wreq == NULL) {
-        lr_conn_close(c);
-        return;
-      }
-      c->wreq->data = c;
-      r = uv_write(c->wreq, (uv_stream_t *)&c->tcp, wiov, n, on_write);
-      if (r < 0) {
-        free(c->wreq);
-        c->wreq = NULL;
-        lr_conn_close(c);
-        return;
-      }
-      c->flags |= LR_CF_WRITING;
-      if (c->inflight.n > n) requeue_tail(c, n);
-      send_timer_update(c);
+      if (write_inflight(c, c->inflight.n < LR_IOV_MAX ? c->inflight.n : LR_IOV_MAX)) lr_conn_close(c);
       return;
     }
   }

@@ -164,6 +164,10 @@ typedef struct lr_seg_s {
   void *arg;
 } lr_seg_t;
 
+/* a file body (core/file.c): ext == lr_seg_file, arg its file and start, off
+ * the bytes of it already sent; conn.c sends it with sendfile(2) */
+extern const char lr_seg_file[1];
+
 typedef struct lr_outq_s {
   lr_buf_t bytes;
   lr_seg_t *segs;
@@ -465,7 +469,41 @@ typedef struct lr_worker_s {
   /* outbound side (core/client.c): DNS cache, keep-alive pool, TLS client contexts;
    * created on first use, freed by lr_worker_destroy */
   struct lr_outbound_s *outbound;
+  /* open files (core/file.c): created on first use, freed by lr_worker_destroy */
+  struct lr_files_s *files;
 } lr_worker_t;
+
+/* ---- files as response bodies (core/file.c) ---- */
+typedef struct lr_files_s lr_files_t;
+typedef struct lr_file_s {
+  int fd;            /* -1: a cached failure to open (err), so a missing file costs no open either */
+  int err;
+  unsigned refs;     /* the cache's (while cached) + queued bodies + reads in flight */
+  uint64_t size;     /* from fstat at open; the cache checks it against stat(2) */
+  int64_t mtime_ns;
+  uint64_t dev, ino;
+  uint64_t checked;  /* loop ms of the last open or stat */
+  uint64_t used;     /* loop ms of the last lookup */
+  uint32_t hash;
+  struct lr_file_s *next; /* hash chain */
+  lr_link_t lru;
+  char *real;        /* its realpath, filled on first need by a user (bindings/file.c); freed with it */
+  size_t path_len;
+  char path[];
+} lr_file_t;
+/* a reference to the regular file at path (0) or a negative errno; from this
+ * worker's cache when checked less than valid_ms ago. lr_file_unref when done */
+int lr_file_open(lr_worker_t *w, const char *path, size_t len, uint64_t valid_ms, lr_file_t **out);
+void lr_file_unref(lr_file_t *f);
+/* plain HTTP/1.x: the kernel can copy the file to the socket */
+int lr_stream_can_sendfile(const lr_stream_t *s);
+/* a complete response whose body is bytes [off, off+len) of f, sent with
+ * sendfile(2) (takes its own reference); LR_ESTATE where it can't be used */
+int lr_stream_send_file(lr_stream_t *s, int status, const lr_header_t *h, size_t n, lr_file_t *f, uint64_t off,
+                        uint64_t len);
+int lr__file_sendfile(int sock, lr_seg_t *s); /* 0: all sent, 1: the socket is full, <0: error */
+int lr__file_take_byte(lr_seg_t *s, char *out); /* the next byte, to wait for writability with */
+void lr__files_free(lr_worker_t *w);
 
 /* proxy_protocol.c: --proxy-protocol (HAProxy's PROXY v1 and v2) */
 int lr__proxy_start(lr_conn_t *c);

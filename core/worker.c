@@ -425,6 +425,7 @@ void lr_worker_destroy(lr_worker_t *w) {
     free(w->spare_out[w->n_spare_out].bytes);
     free(w->spare_out[w->n_spare_out].segs);
   }
+  lr__files_free(w);
   lr_buf_free(&w->access_buf);
   if (w->access_fd > STDERR_FILENO) close(w->access_fd);
 }

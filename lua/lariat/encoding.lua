@@ -2,7 +2,7 @@
 -- the compression middleware and lariat.static's precompressed files.
 --
 --   encoding.negotiate(accept_encoding, { "zstd", "br", "gzip" }) → "br" | nil
---   encoding.precompressed(req, path, lookup, order) → path .. ".br", st, "br", vary
+--   encoding.precompressed(req, path, lookup, order) → path .. ".br", "br", vary, size, mtime
 --
 -- negotiate picks, among the codings the server offers (in its order of
 -- preference), the one the client rates highest; nil means identity. Rules:
@@ -83,34 +83,33 @@ M.suffix = { gzip = ".gz", br = ".br", zstd = ".zst" }
 M.static_order = { "br", "zstd", "gzip" }
 
 -- precompressed(req, path, lookup, order) → the sibling to serve: its path,
--- its stat, its coding, vary; or nil, nil, nil, vary (serve path itself).
+-- its coding, vary, its size and mtime; or nil, nil, vary (serve path itself).
 -- vary is "accept-encoding" when any sibling exists (the answer depends on
--- the header), nil otherwise. lookup(path) → stat of a regular
--- file inside the served tree, or nil. A Range request gets the identity
+-- the header), nil otherwise. lookup(path) → kind ("file", "directory",
+-- "other"), size, mtime of a path inside the served tree, or nil. A Range request gets the identity
 -- file: byte offsets into a compressed stream are of no use to a client that
 -- wanted the content.
 function M.precompressed(req, path, lookup, order)
   order = order or M.static_order
   local found -- codings with a sibling, in order
-  local stats
+  local sizes, mtimes
   for _, coding in ipairs(order) do
-    local st = lookup(path .. M.suffix[coding])
-    if st and st.type == "file" then
-      found = found or {}
-      stats = stats or {}
+    local kind, size, mtime = lookup(path .. M.suffix[coding])
+    if kind == "file" then
+      found, sizes, mtimes = found or {}, sizes or {}, mtimes or {}
       found[#found + 1] = coding
-      stats[coding] = st
+      sizes[coding], mtimes[coding] = size, mtime
     end
   end
   if not found then return nil end
   local vary = "accept-encoding"
-  if req.headers.range then return nil, nil, nil, vary end
+  if req.headers.range then return nil, nil, vary end
   local ae = req.headers["accept-encoding"]
   if type(ae) == "table" then ae = table.concat(ae, ", ") end
   -- not cached: `found` is a new list each time
   local coding = ae and ae ~= "" and choose(ae, found)
-  if not coding then return nil, nil, nil, vary end
-  return path .. M.suffix[coding], stats[coding], coding, vary
+  if not coding then return nil, nil, vary end
+  return path .. M.suffix[coding], coding, vary, sizes[coding], mtimes[coding]
 end
 
 return M

@@ -17,13 +17,19 @@
 -- (by default) dotfile segments are refused, whether they arrived plain or
 -- percent-encoded; and the resolved real path of the file must lie inside the
 -- real path of `dir`, so a symlink pointing out of the tree serves nothing.
--- Reads are synchronous io.* calls (fast for page-cached files).
+-- Inside the server the body is sent by req:sendfile (sendfile(2) on plain
+-- HTTP/1.1; a read on libuv's thread pool for TLS and HTTP/2, never on the
+-- loop), files are looked up through the worker's open-file cache (checked
+-- again after opts.open_file_cache_valid seconds, 2 by default), and a wrapping
+-- middleware's next() returns nothing for a file (the response is out).
+-- Outside it (specs with a fake req) files are read with io.*.
 local encoding = require "lariat.encoding"
 local fs = require "lariat.fs"
 local headers_util = require "lariat.headers"
 local httpdate = require "lariat.httpdate"
 local lpath = require "lariat.path"
 local mime = require "lariat.mime"
+local runtime = require "lariat.runtime"
 
 local TEXT = "text/plain; charset=utf-8"
 local CHUNK = 65536
@@ -43,8 +49,8 @@ local function inside(real, root)
   return real == root or real:sub(1, #root + 1) == (root == "/" and "/" or root .. "/")
 end
 
-local function etag_of(st)
-  return ('"%x-%x"'):format(st.size, math.floor(st.mtime or 0))
+local function etag_of(size, mtime)
+  return ('"%x-%x"'):format(size, math.floor(mtime or 0))
 end
 
 -- If-None-Match list contains etag (weak comparison, RFC 9110 §13.1.2)?
@@ -137,6 +143,9 @@ return function(dir, opts)
   local precompressed_order = type(opts.precompressed) == "table" and opts.precompressed or nil
   local max_buffer = opts.max_buffer or 1024 * 1024
   local prefix = opts.prefix and lpath.prefix(opts.prefix)
+  local core = runtime.core()
+  local file_info = not opts.stat and not opts.realpath and core and core.file_info
+  local valid = opts.open_file_cache_valid or 2
   local root, err = realpath(dir)
   if not root then error(("lariat.static: %s: %s"):format(dir, tostring(err)), 2) end
   local st_root, serr = stat(root)
@@ -145,40 +154,65 @@ return function(dir, opts)
     error(("lariat.static: %s is not a directory"):format(dir), 2)
   end
 
-  -- a regular file below root (after resolving symlinks), or nil
-  local function lookup(full)
-    local st = stat(full)
-    if not st then return nil end
-    local real = realpath(full)
-    if not real or not inside(real, root) then return nil end
-    return st
+  -- lookup(full) → kind ("file"|"directory"|"other"), size, mtime for a
+  -- path below root (after resolving symlinks), or nil
+  local lookup
+  if file_info then
+    lookup = function(full) return file_info(full, valid, root) end
+  else
+    lookup = function(full)
+      local st = stat(full)
+      if not st then return nil end
+      local real = realpath(full)
+      if not real or not inside(real, root) then return nil end
+      return st.type, st.size, st.mtime
+    end
   end
 
-  local function serve(req, full, st, ctype, vary, encoding)
+  -- validators of a path, remade only when its size or mtime moved
+  -- (httpdate.format is the costly part); bounded by starting afresh
+  local validators, n_validators = {}, 0
+  local function validators_of(full, size, mtime)
+    local v = validators[full]
+    if v and v[1] == size and v[2] == mtime then return v[3], v[4] end
+    if n_validators >= 1024 then validators, n_validators = {}, 0 end
+    if not v then n_validators = n_validators + 1 end
+    local etag = etag_of(size, mtime)
+    local last_modified = mtime and httpdate.format(mtime) or nil
+    validators[full] = { size, mtime, etag, last_modified }
+    return etag, last_modified
+  end
+
+  local function serve(req, full, size, mtime, ctype, vary, encoding)
     local h = { ["content-type"] = ctype, ["accept-ranges"] = "bytes",
                 ["cache-control"] = opts.cache_control, vary = vary,
                 ["content-encoding"] = encoding }
-    local etag = etag_of(st)
-    local last_modified = st.mtime and httpdate.format(st.mtime) or nil
+    local etag, last_modified = validators_of(full, size, mtime)
     h.etag, h["last-modified"] = etag, last_modified
-    if not_modified(req, etag, st.mtime) then
+    if not_modified(req, etag, mtime) then
       return 304, { etag = etag, ["last-modified"] = last_modified,
                     ["cache-control"] = opts.cache_control, vary = vary }
     end
-    local first, last = 0, st.size - 1
+    local first, last = 0, size - 1
     local status = 200
     local range = req.headers.range
     if range and not encoding and if_range_ok(req, etag, last_modified) then
-      local a, b = parse_range(headers_util.join(range), st.size)
+      local a, b = parse_range(headers_util.join(range), size)
       if a == "unsatisfiable" then
-        return 416, { ["content-range"] = "bytes */" .. st.size, ["content-type"] = TEXT },
+        return 416, { ["content-range"] = "bytes */" .. size, ["content-type"] = TEXT },
                "range not satisfiable\n"
       elseif a then
         first, last, status = a, b, 206
-        h["content-range"] = ("bytes %d-%d/%d"):format(a, b, st.size)
+        h["content-range"] = ("bytes %d-%d/%d"):format(a, b, size)
       end
     end
     local len = last - first + 1
+    if file_info then
+      local ok, serr = req:sendfile(full, { status = status, headers = h, offset = first,
+                                            length = len, valid = valid })
+      if ok or serr == "closed" then return end
+      return 404, { ["content-type"] = TEXT }, "not found\n" -- gone since the lookup
+    end
     if len > max_buffer then return stream_file(req, status, h, full, first, len) end
     local data = read_range(full, first, len)
     if not data then return 404, { ["content-type"] = TEXT }, "not found\n" end
@@ -207,9 +241,9 @@ return function(dir, opts)
     local segs = safe_segments(rel, opts.dotfiles)
     if not segs then return not_found(next) end
     local full = #segs > 0 and (root .. "/" .. table.concat(segs, "/")) or root
-    local st = lookup(full)
-    if not st then return not_found(next) end
-    if st.type == "directory" then
+    local kind, size, mtime = lookup(full)
+    if not kind then return not_found(next) end
+    if kind == "directory" then
       local raw = req.path
       if raw:sub(-1) ~= "/" then
         -- relative links in the index page need the trailing slash
@@ -219,18 +253,18 @@ return function(dir, opts)
       local found
       for _, name in ipairs(index) do
         local p = full .. "/" .. name
-        local s = lookup(p)
-        if s and s.type == "file" then full, st, found = p, s, true; break end
+        local k, sz, mt = lookup(p)
+        if k == "file" then full, kind, size, mtime, found = p, k, sz, mt, true; break end
       end
       if not found then return not_found(next) end
     end
-    if st.type ~= "file" then return not_found(next) end
+    if kind ~= "file" then return not_found(next) end
     local ctype = mime.for_path(full, opts.types)
     if precompressed then
-      local zpath, zst, coding, vary = encoding.precompressed(req, full, lookup, precompressed_order)
-      if zpath then return serve(req, zpath, zst, ctype, vary, coding) end
-      return serve(req, full, st, ctype, vary)
+      local zpath, coding, vary, zsize, zmtime = encoding.precompressed(req, full, lookup, precompressed_order)
+      if zpath then return serve(req, zpath, zsize, zmtime, ctype, vary, coding) end
+      if vary then return serve(req, full, size, mtime, ctype, vary) end
     end
-    return serve(req, full, st, ctype)
+    return serve(req, full, size, mtime, ctype)
   end
 end
