@@ -236,6 +236,19 @@ class LariatServer:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def open_files(self, prefix="/"):
+        """what the server's descriptors point to, for those starting with
+        prefix (a file deleted while open reads "path (deleted)")"""
+        out = []
+        for f in os.listdir("/proc/%d/fd" % self.pid):
+            try:
+                link = os.readlink("/proc/%d/fd/%s" % (self.pid, f))
+            except OSError:
+                continue
+            if link.startswith(prefix):
+                out.append(link)
+        return sorted(out)
+
     def url(self, path="/", port=None):
         return "http://127.0.0.1:%d%s" % (port or self.port, path)
 
