@@ -104,6 +104,16 @@ def make_rows(args):
         Row("compress-json-zstd", "100 KB JSON, zstd level 3", "wrk", kinds=("lariat",),
             headers=("accept-encoding: zstd",), callgrind=True, **cz),
     ]
+    # Static files (issue 13 item 5): nginx with sendfile and open_file_cache
+    # (nginx-static.conf.in) against lariat.static (static.lua); h2o not measured.
+    st = dict(anchor="static", kinds=("lariat", "nginx"),
+              labels={"lariat": "lariat.static", "nginx": "nginx sendfile"})
+    rows += [
+        Row("static-200m", "200 MB file × 5 downloads (CPU µs/req = per download)", "download",
+            path="/s/200m.bin", **st),
+        Row("static-4k", "4 KiB static file, 50 conns", "wrk", path="/s/4k.bin", callgrind=True,
+            **st),
+    ]
     if args.only:
         wanted = args.only.split(",")
         rows = [r for r in rows if any(r.name == w or r.name.startswith(w + "-") for w in wanted)]

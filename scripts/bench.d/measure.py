@@ -22,7 +22,7 @@ PY = "/usr/bin/python3"   # Debian's, not the one first on PATH
 class Row:
     name: str       # what --only matches
     title: str      # what the table says
-    kind: str       # "wrk" | "wrk-post" | "h2c" | "h2-tls" | "idle"
+    kind: str       # "wrk" | "wrk-post" | "h2c" | "h2-tls" | "idle" | "download"
     workers: int = 1
     pin: bool = True
     proto: str = "h1"   # idle rows: h1 | h2c
@@ -49,6 +49,25 @@ class Opts:
     tmp: str = ""       # the bench's temp dir (backends live there)
 
 
+STATIC_FILES = {"4k.bin": 4096, "200m.bin": 200 * 1000 * 1000}
+
+
+def static_dir(tmp):
+    """the static rows' files (random bytes), made once per bench run"""
+    d = os.path.join(tmp, "static")
+    if not os.path.isdir(d):
+        os.makedirs(d)
+        # nginx's workers run as nobody: let them through the bench's 0700 temp
+        # dir (traverse only, no listing) into this one
+        os.chmod(tmp, 0o711)
+        os.chmod(d, 0o755)
+        for name, size in STATIC_FILES.items():
+            with open(os.path.join(d, name), "wb") as f:
+                for off in range(0, size, 1 << 20):
+                    f.write(os.urandom(min(1 << 20, size - off)))
+    return d
+
+
 def _spec(env, row, kind, opts):
     """servers.Spec for this row: the backends it needs started, their ports and
     URLs handed to the anchor template or to lariat's outbound app."""
@@ -59,6 +78,10 @@ def _spec(env, row, kind, opts):
         if kind == "lariat":
             spec.app = os.path.join(HERE, "compress.lua")
             spec.app_env["BENCH_JSON"] = spec.files["json"]
+    if row.anchor == "static":
+        spec.app = os.path.join(HERE, "static.lua")
+        spec.app_env["BENCH_STATIC_DIR"] = static_dir(opts.tmp)
+        return spec
     if not row.needs:
         return spec
     if kind == "lariat":
@@ -87,8 +110,29 @@ def _check_h2(server, row):
         raise load.LoadError(f"{server.kind} does not answer {what}")
 
 
+DOWNLOADS = 5   # the large-file row: this many downloads, one after the other
+
+
+def _downloads(port, path, n):
+    """n downloads with curl on the load core; the body is discarded"""
+    t0 = time.monotonic()
+    size = 0
+    for _ in range(n):
+        p = subprocess.run(["taskset", "-c", "0", "curl", "-s", "-S", "-o", "/dev/null", "-w",
+                            "%{size_download} %{http_code}", f"http://127.0.0.1:{port}{path}"],
+                           capture_output=True, text=True, timeout=300)
+        got, code = (p.stdout.split() + ["0", "0"])[:2]
+        if p.returncode or code != "200":
+            raise load.LoadError(f"download failed: {p.stderr.strip() or code}")
+        size += int(got)
+    wall = time.monotonic() - t0
+    return {"requests": n, "errors": 0, "rps": n / wall, "bytes_per_req": size / n}
+
+
 def _run_load(server, row, opts, warmup=False):
     duration = 1 if warmup else opts.duration
+    if row.kind == "download":
+        return _downloads(server.h1_port, row.path_for(server.kind), 1 if warmup else DOWNLOADS)
     n = max(opts.h2_requests // 10, 1000) if warmup else opts.h2_requests
     if row.kind in ("wrk", "wrk-post"):
         return load.wrk(server.h1_port,

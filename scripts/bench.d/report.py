@@ -148,6 +148,14 @@ def targets(rows, cells):
         lines.append(check("SQLite PK SELECT req/s ÷ lariat hello's ≥ 0.5 (issue 11)",
                            ratio(get("h1-sqlite", "lariat", "rps"),
                                  get("h1-hello", "lariat", "rps")), 0.5, le=False))
+    if "static-200m" in cells:
+        lines.append(check("200 MB static file, server CPU ÷ nginx sendfile ≤ 0.8 (issue 13)",
+                           ratio(get("static-200m", "lariat", "cpu_us"),
+                                 get("static-200m", "nginx", "cpu_us")), 0.8))
+    if "static-4k" in cells:
+        lines.append(check("4 KiB static file, req/s ÷ nginx sendfile ≥ 1.0 (issue 13)",
+                           ratio(get("static-4k", "lariat", "rps"),
+                                 get("static-4k", "nginx", "rps")), 1.0, le=False))
     for row in rows:
         if row.kind == "idle":
             limit = 1.0 if row.proto == "h1" else 2.0

@@ -121,6 +121,11 @@ def _nginx(env, prefix, workers, tls, spec):
                       "LUALIB": f"{env.anchors}/lualib",
                       "UPSTREAM_PORT": spec.ports.get("upstream", 1),
                       "REDIS_PORT": spec.ports.get("redis", 1)})
+    elif spec.anchor == "static":
+        h2c = h1
+        conf = _fill(os.path.join(os.path.dirname(os.path.abspath(__file__)), "nginx-static.conf.in"),
+                     {"PREFIX": prefix, "WORKERS": workers, "H1_PORT": h1,
+                      "ROOT": spec.app_env["BENCH_STATIC_DIR"]})
     else:
         conf = _fill(f"{env.anchors}/nginx-lua.conf.in",
                      {"PREFIX": prefix, "WORKERS": workers, "H1_PORT": h1, "H2C_PORT": h2c})
@@ -228,7 +233,7 @@ def _tail(path, n=6):
 @dataclass
 class Spec:
     """What a row asks of the server beyond the hello anchors' defaults."""
-    anchor: str = "lua"         # nginx template: "lua" (nginx-lua.conf.in) | "upstream"
+    anchor: str = "lua"         # nginx template: "lua" (nginx-lua.conf.in) | "upstream" | "static"
     ports: dict = field(default_factory=dict)   # backend name -> port, for the template
     app: str = ""               # lariat app (default env.app)
     app_env: dict = field(default_factory=dict)  # environment of the lariat process
