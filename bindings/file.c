@@ -86,6 +86,22 @@ static int l_file_info(lua_State *L) {
   return 3;
 }
 
+/* core.file_conditional(req): does the request carry range, if-range,
+ * if-none-match or if-modified-since? (lariat.static's fast path: one scan
+ * in C instead of building req.headers) */
+static int l_file_conditional(lua_State *L) {
+  lr_req_t *r = luaL_checkudata(L, 1, LR_REQ_MT);
+  int found = 0;
+  for (unsigned i = 0; r->s && i < r->s->n_headers && !found; i++) {
+    const lr_str_t *n = &r->s->headers[i].name;
+    found = (n->len == 5 && memcmp(n->base, "range", 5) == 0) || (n->len == 8 && memcmp(n->base, "if-range", 8) == 0) ||
+            (n->len == 13 && memcmp(n->base, "if-none-match", 13) == 0) ||
+            (n->len == 17 && memcmp(n->base, "if-modified-since", 17) == 0);
+  }
+  lua_pushboolean(L, found);
+  return 1;
+}
+
 /* ---- reading for TLS and HTTP/2 ---- */
 
 static void rd_free(rd_t *rd) {
@@ -296,6 +312,8 @@ static int m_sendfile(lua_State *L) {
 void lr_file_lua_open(lua_State *L) {
   lua_pushcfunction(L, l_file_info);
   lua_setfield(L, -2, "file_info");
+  lua_pushcfunction(L, l_file_conditional);
+  lua_setfield(L, -2, "file_conditional");
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table */

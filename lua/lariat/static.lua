@@ -219,6 +219,24 @@ return function(dir, opts)
     return status, h, data
   end
 
+  -- In the server, a path once served whole is remembered (its checked
+  -- relative path → file, validators, the response's header table), so the
+  -- next plain GET of it costs two cache lookups in C and req:sendfile: no
+  -- path splitting, no string building, no table. Any change of size or
+  -- mtime, a .gz sibling appearing, or a conditional or range request takes
+  -- the full path below.
+  local memo, n_memo = file_info and {}, 0
+  local conditional = file_info and core.file_conditional
+  local function remember(rel, full, size, mtime, ctype, gzfull)
+    if n_memo >= 1024 then memo, n_memo = {}, 0 end
+    n_memo = n_memo + 1
+    local etag, last_modified = validators_of(full, size, mtime)
+    local h = { ["content-type"] = ctype, ["accept-ranges"] = "bytes",
+                ["cache-control"] = opts.cache_control, etag = etag,
+                ["last-modified"] = last_modified }
+    memo[rel] = { full, size, mtime, gzfull, { headers = h, valid = valid } }
+  end
+
   return function(req, next)
     local method = req.method
     if method ~= "GET" and method ~= "HEAD" then
@@ -237,6 +255,16 @@ return function(dir, opts)
         cpath = cpath:sub(#prefix + 1)
       end
       rel = cpath
+    end
+    local m = memo and memo[rel]
+    if m then
+      local kind, size, mtime = file_info(m[1], valid, root)
+      if kind == "file" and size == m[2] and mtime == m[3] and not (m[4] and file_info(m[4], valid, root))
+         and not conditional(req) then
+        local ok, serr = req:sendfile(m[1], m[5])
+        if ok or serr == "closed" then return end
+      end
+      memo[rel] = nil
     end
     local segs = safe_segments(rel, opts.dotfiles)
     if not segs then return not_found(next) end
@@ -265,6 +293,7 @@ return function(dir, opts)
       if zpath then return serve(req, zpath, zsize, zmtime, ctype, vary, coding) end
       if vary then return serve(req, full, size, mtime, ctype, vary) end
     end
+    if memo then remember(rel, full, size, mtime, ctype, precompressed and full .. ".gz") end
     return serve(req, full, size, mtime, ctype)
   end
 end
