@@ -178,6 +178,11 @@ def notes(args, rows, cells):
         "once per bench run and is not part of the server's CPU. backend CPU µs/req: "
         "the backend's own CPU (upstream nginx, redis-server, PostgreSQL's processes) per "
         "request served. SQLite runs inside lariat (its thread), so its cost is in lariat's CPU.",
+        "- Static-file rows (lariat app `scripts/bench.d/static.lua`, `lariat.static` with its "
+        "defaults; anchor `scripts/bench.d/nginx-static.conf.in`: `sendfile on`, "
+        "`open_file_cache` valid 2 s like lariat's): random bytes in a 4 KiB and a 200 MB file; "
+        f"the large one is downloaded {measure.DOWNLOADS} times one after the other by curl "
+        "(pinned to core 0, body discarded), and its CPU µs/req is the server's CPU per download.",
         "- Anchors from `../shared/anchors/`, with deviations: nginx keeps request bodies up to "
         "128k in memory (`client_body_buffer_size`; with the template's default the 64 KiB "
         "echo answers an empty body) and `worker_rlimit_nofile` = the hard fd limit; h2o gets "
