@@ -21,7 +21,9 @@
 -- HTTP/1.1; a read on libuv's thread pool for TLS and HTTP/2, never on the
 -- loop), files are looked up through the worker's open-file cache (checked
 -- again after opts.open_file_cache_valid seconds, 2 by default), and a wrapping
--- middleware's next() returns nothing for a file (the response is out).
+-- middleware's next() returns nothing for a file (the response is out) --
+-- except behind lariat.middleware.compress, which gets the bodies it would
+-- compress (up to max_buffer, read with io.*) to do so.
 -- Outside it (specs with a fake req) files are read with io.*.
 local encoding = require "lariat.encoding"
 local fs = require "lariat.fs"
@@ -207,7 +209,10 @@ return function(dir, opts)
       end
     end
     local len = last - first + 1
-    if file_info then
+    -- behind lariat.middleware.compress, a body it would compress is handed
+    -- back to it (read whole, up to max_buffer) instead of going out by sendfile
+    local handback = req.would_compress and len <= max_buffer and req:would_compress(status, h)
+    if file_info and not handback then
       local ok, serr = req:sendfile(full, { status = status, headers = h, offset = first,
                                             length = len, valid = valid })
       if ok or serr == "closed" then return end
@@ -227,14 +232,22 @@ return function(dir, opts)
   -- the full path below.
   local memo, n_memo = file_info and {}, 0
   local conditional = file_info and core.file_conditional
-  local function remember(rel, full, size, mtime, ctype, gzfull)
+  -- a precompressed sibling (.br, .zst, .gz: the codings looked for) of full exists
+  local sibling_order = precompressed_order or encoding.static_order
+  local function sibling_of(full)
+    for _, coding in ipairs(sibling_order) do
+      if file_info(full .. encoding.suffix[coding], valid, root) == "file" then return true end
+    end
+    return false
+  end
+  local function remember(rel, full, size, mtime, ctype, siblings)
     if n_memo >= 1024 then memo, n_memo = {}, 0 end
     n_memo = n_memo + 1
     local etag, last_modified = validators_of(full, size, mtime)
     local h = { ["content-type"] = ctype, ["accept-ranges"] = "bytes",
                 ["cache-control"] = opts.cache_control, etag = etag,
                 ["last-modified"] = last_modified }
-    memo[rel] = { full, size, mtime, gzfull, { headers = h, valid = valid } }
+    memo[rel] = { full, size, mtime, siblings, { headers = h, valid = valid } }
   end
 
   return function(req, next)
@@ -259,8 +272,8 @@ return function(dir, opts)
     local m = memo and memo[rel]
     if m then
       local kind, size, mtime = file_info(m[1], valid, root)
-      if kind == "file" and size == m[2] and mtime == m[3] and not (m[4] and file_info(m[4], valid, root))
-         and not conditional(req) then
+      if kind == "file" and size == m[2] and mtime == m[3] and not (m[4] and sibling_of(m[1]))
+         and not conditional(req) and not req.would_compress then
         local ok, serr = req:sendfile(m[1], m[5])
         if ok or serr == "closed" then return end
       end
@@ -293,7 +306,7 @@ return function(dir, opts)
       if zpath then return serve(req, zpath, zsize, zmtime, ctype, vary, coding) end
       if vary then return serve(req, full, size, mtime, ctype, vary) end
     end
-    if memo then remember(rel, full, size, mtime, ctype, precompressed and full .. ".gz") end
+    if memo then remember(rel, full, size, mtime, ctype, precompressed) end
     return serve(req, full, size, mtime, ctype)
   end
 end

@@ -199,6 +199,12 @@ return function(opts)
       return c_trailers(self, t)
     end
 
+    -- lariat.static asks before it sends a file by sendfile (which bypasses
+    -- this middleware): would this response be compressed?
+    req.would_compress = function(self, status, h)
+      return eligible(self, status, h) and encoding.negotiate(self.headers["accept-encoding"], offered) ~= nil
+    end
+
     local status, h, body = next()
     if st.z then
       -- the handler returned with the stream open: end the coded stream. The
