@@ -142,8 +142,18 @@ struct h2_conn_s {
   } big[4];
   uint8_t in_new;    /* inside nghttp2_session_server_new3 */
   uint8_t trimmed;   /* the big blocks were given back since the last frame */
-  uint8_t trim_due;  /* idle, not trimmed yet: the LR_TO_HEADER timeout does it (idle_now) */
-  uint64_t trim_ms;  /* when trim_idle last ran */
+  uint8_t trim_due;  /* idle, not settled yet: the LR_TO_BODY timeout does it (idle_now) */
+  uint64_t trim_ms;  /* when trim_idle or h2_wake last ran */
+  /* Asleep (ng == NULL, h2_sleep): an idle connection keeps no nghttp2
+   * session, only what a new one needs to carry on (h2_wake) */
+  uint8_t woke;           /* it slept and woke: it sleeps again only after a quiet while */
+  uint8_t restoring;      /* h2_wake is replaying the connection's state into a new session */
+  uint8_t settings_acked; /* the peer acknowledged our SETTINGS */
+  int32_t window;         /* asleep: our send window on the connection, as the peer sees it */
+  /* the peer sees a send window this much smaller than nghttp2 does: a session
+   * made by h2_wake starts at 65,535 and had been granted less (on_read_data) */
+  int32_t win_debt;
+  uint32_t peer_settings[8]; /* asleep: the peer's SETTINGS, by id - 1 (ids 1-6 and 8) */
 };
 
 #define H2(c) ((h2_conn_t *)(c)->proto_state)
@@ -315,25 +325,37 @@ static void trim_idle(h2_conn_t *h) {
   }
 }
 
+static int h2_sleep(h2_conn_t *h);
+static int h2_wake(h2_conn_t *h);
+static int doze(h2_conn_t *h, const uint8_t *p, size_t len);
+
+/* idle: asleep if it can (h2_sleep), else its big blocks trimmed */
+static void settle(h2_conn_t *h) {
+  if (h2_sleep(h)) trim_idle(h);
+  h->trim_ms = uv_now(&h->c->worker->loop);
+}
+
 /* Between a client's requests a busy connection is idle for moments: giving
  * the pages back each time, and faulting them in again with the next frame,
- * cost ~15% of h2c hello throughput. So a connection trims at most once per
- * TRIM_GAP_MS; an idle moment within that only arms the LR_TO_HEADER timeout
- * (which HTTP/2 has no other use for), and the trim waits for it. */
+ * cost ~15% of h2c hello throughput, and a session made again by h2_wake
+ * costs more. So a connection settles at once the first time it is idle (a
+ * client that asks and then waits, the common case of an idle connection,
+ * costs one wake), and after that at most once per TRIM_GAP_MS: an idle
+ * moment within that only arms the LR_TO_BODY timeout (HTTP/1.1's body check,
+ * 10 ms-1 s, which HTTP/2 has no other use for), and settling waits for it. */
 #define TRIM_GAP_MS 1000
 
 static void idle_now(h2_conn_t *h) {
-  if (h->trimmed) return;
+  if (h->trimmed || h->ng == NULL) return;
   lr_conn_t *c = h->c;
   const lr_worker_t *w = c->worker;
   uint64_t now = uv_now(&w->loop);
-  if (h->trim_ms && now - h->trim_ms < TRIM_GAP_MS && w->timeout_ms[LR_TO_HEADER] < w->timeout_ms[LR_TO_IDLE]) {
+  if (h->trim_ms && now - h->trim_ms < TRIM_GAP_MS && w->timeout_ms[LR_TO_BODY] < w->timeout_ms[LR_TO_IDLE]) {
     h->trim_due = 1;
-    lr_conn_set_timeout(c, LR_TO_HEADER);
+    lr_conn_set_timeout(c, LR_TO_BODY);
     return;
   }
-  trim_idle(h);
-  h->trim_ms = now;
+  settle(h);
 }
 
 static void want_send(h2_conn_t *h) {
@@ -403,13 +425,33 @@ static void free_trailers(h2_stream_t *st) {
 
 /* ---- nghttp2 callbacks: record, never call the application ---- */
 
+/* a session made by h2_wake thinks the peer granted more than it did: send
+ * what the peer's own count allows */
+static size_t window_owed(h2_conn_t *h, size_t n) {
+  int32_t left = nghttp2_session_get_remote_window_size(h->ng) - h->win_debt;
+  return left <= 0 ? 0 : n < (size_t)left ? n : (size_t)left;
+}
+
+/* a WINDOW_UPDATE for the connection: what window_owed held back may go */
+static void debt_update(h2_conn_t *h) {
+  for (lr_link_t *l = h->streams.next; l != &h->streams; l = l->next) {
+    h2_stream_t *st = LR_CONTAINER_OF(l, h2_stream_t, all);
+    if (st->deferred && st->queued) {
+      st->deferred = 0;
+      nghttp2_session_resume_data(h->ng, st->id);
+    }
+  }
+  want_send(h);
+}
+
 static ssize_t on_read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t length, uint32_t *flags,
                             nghttp2_data_source *src, void *ud) {
   (void)buf;
   (void)id;
   h2_stream_t *st = src->ptr;
   size_t n = st->queued < length ? st->queued : length;
-  if (n == 0 && !st->fin) {
+  if (st->h->win_debt) n = window_owed(st->h, n);
+  if (n == 0 && (!st->fin || st->queued)) {
     st->deferred = 1;
     return NGHTTP2_ERR_DEFERRED;
   }
@@ -630,8 +672,11 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       closed_peer_reset(h, hd->stream_id);
       break;
     case NGHTTP2_PING:
+      noise = !(hd->flags & NGHTTP2_FLAG_ACK);
+      break;
     case NGHTTP2_SETTINGS:
       noise = !(hd->flags & NGHTTP2_FLAG_ACK);
+      if (!noise) h->settings_acked = 1; /* (h2_sleep) */
       break;
     case NGHTTP2_PRIORITY:
       noise = 1;
@@ -643,6 +688,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       /* RFC 9113 §5.1.1: new streams must be numbered above every earlier one;
        * nghttp2 can't tell a skipped (implicitly closed) id from a new one */
       if ((hd->stream_id & 1) && hd->stream_id <= h->max_sid && nghttp2_session_find_stream(ng, hd->stream_id) == NULL) {
+        if (h->restoring) break; /* h2_wake: the last stream again */
         int closed = closed_find(h, hd->stream_id);
         if (closed == CLOSED_IN_FLIGHT) { /* nghttp2 ignores it, and still decodes its header block */
           noise = 1;
@@ -658,6 +704,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       noise = hd->length == 0 && !(hd->flags & NGHTTP2_FLAG_END_HEADERS);
       break;
     case NGHTTP2_WINDOW_UPDATE:
+      if (h->win_debt && hd->stream_id == 0) debt_update(h);
       if (h->wu_credit)
         h->wu_credit--;
       else
@@ -667,13 +714,14 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       noise = 1;
       break;
   }
-  if (noise && token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE)) return calm_down(h, "control frame flood");
+  if (noise && !h->restoring && token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE))
+    return calm_down(h, "control frame flood");
   return 0;
 }
 
 static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
   h2_conn_t *h = ud;
-  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST) return 0;
+  if (frame->hd.type != NGHTTP2_HEADERS || frame->headers.cat != NGHTTP2_HCAT_REQUEST || h->restoring) return 0;
   unsigned max = h->c->worker->cfg->h2_max_streams;
   if (!lr_list_empty(&h->zombies) && live_handlers(h, max) >= max) {
     /* nghttp2 counts open streams only: handlers of reset streams (ours or
@@ -915,6 +963,7 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t code, void 
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud) {
   h2_conn_t *h = ud;
   if (frame->hd.type == NGHTTP2_RST_STREAM) {
+    if (h->restoring) return 0; /* h2_wake's own stream: closed long ago */
     /* §5.4.2: what the peer sent before it saw this is ignored, the stream's state whatever it was */
     closed_add(h, frame->hd.stream_id, 1);
     /* CVE-2025-8671 (MadeYouReset): a stream the peer made us reset (a body
@@ -1278,6 +1327,7 @@ static void linger(h2_conn_t *h) {
 static void h2_resume(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
   int sent_all = 0;
+  if (h->ng == NULL) return; /* asleep: nothing to say */
   h->trimmed = 0;
   for (int round = 0; round < 16 && !(c->flags & LR_CF_CLOSING); round++) {
     h->send_blocked = 0;
@@ -1328,6 +1378,7 @@ static void h2_resume(lr_conn_t *c) {
 static void h2_on_read(lr_conn_t *c, const char *data, size_t len) {
   h2_conn_t *h = H2(c);
   if (h->calm || (c->flags & LR_CF_CLOSE_AFTER_WRITE)) return;
+  if (h->ng == NULL && (doze(h, (const uint8_t *)data, len) == 0 || h2_wake(h))) return;
   h->trimmed = 0;
   h->in_recv = 1;
   ssize_t rv = recv_frames(h, (const uint8_t *)data, len);
@@ -1345,6 +1396,7 @@ static void h2_on_eof(lr_conn_t *c) { lr_conn_close(c); }
 
 static void h2_on_drain(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
+  if (h->ng == NULL) return;
   if (h->send_blocked) want_send(h);
   wake_writers(h);
 }
@@ -1354,17 +1406,18 @@ static void h2_on_timeout(lr_conn_t *c) {
   if (h->n_streams > h->n_lingering) return;
   if (h->trim_due) { /* idle since idle_now: the idle timeout runs from here */
     h->trim_due = 0;
-    trim_idle(h);
-    h->trim_ms = uv_now(&c->worker->loop);
+    settle(h);
     lr_conn_set_timeout(c, LR_TO_IDLE);
     return;
   }
+  if (h2_wake(h)) return;
   nghttp2_session_terminate_session(h->ng, NGHTTP2_NO_ERROR);
   want_send(h); /* h2_resume: the GOAWAY, then linger */
 }
 
 static void h2_on_shutdown(lr_conn_t *c) {
   h2_conn_t *h = H2(c);
+  if (h2_wake(h)) return;
   h->goaway = 1;
   nghttp2_submit_goaway(h->ng, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(h->ng), NGHTTP2_NO_ERROR,
                         NULL, 0);
@@ -1428,26 +1481,16 @@ static void init_once(void) {
   page_size = (size_t)sysconf(_SC_PAGESIZE);
 }
 
-static h2_conn_t *h2_new(lr_conn_t *c) {
-  pthread_once(&once, init_once);
-  const lr_config_t *cfg = c->worker->cfg;
-  h2_conn_t *h = calloc(1, sizeof *h);
-  if (h == NULL) return NULL;
-  h->c = c;
-  lr_list_init(&h->pending);
-  lr_list_init(&h->streams);
-  lr_list_init(&h->zombies);
-  h->rst_tokens = RST_BURST;
-  h->noise_tokens = NOISE_BURST;
-  h->bucket_ms = uv_now(&c->worker->loop);
-  h->rx_preface = NGHTTP2_CLIENT_MAGIC_LEN;
+/* a session with our SETTINGS submitted */
+static int session_new(h2_conn_t *h) {
+  const lr_config_t *cfg = h->c->worker->cfg;
   nghttp2_mem mem = {h, mem_malloc, mem_free, mem_calloc, mem_realloc};
   h->in_new = 1;
   int rv = nghttp2_session_server_new3(&h->ng, callbacks, h, options, &mem);
   h->in_new = 0;
   if (rv) {
-    free(h);
-    return NULL;
+    h->ng = NULL;
+    return rv;
   }
   nghttp2_settings_entry iv[] = {
       {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, cfg->h2_max_streams},
@@ -1458,7 +1501,194 @@ static h2_conn_t *h2_new(lr_conn_t *c) {
   };
   nghttp2_submit_settings(h->ng, NGHTTP2_FLAG_NONE, iv, sizeof iv / sizeof iv[0]);
   nghttp2_session_set_local_window_size(h->ng, NGHTTP2_FLAG_NONE, 0, CONN_WINDOW);
+  return 0;
+}
+
+static h2_conn_t *h2_new(lr_conn_t *c) {
+  pthread_once(&once, init_once);
+  h2_conn_t *h = calloc(1, sizeof *h);
+  if (h == NULL) return NULL;
+  h->c = c;
+  lr_list_init(&h->pending);
+  lr_list_init(&h->streams);
+  lr_list_init(&h->zombies);
+  h->rst_tokens = RST_BURST;
+  h->noise_tokens = NOISE_BURST;
+  h->bucket_ms = uv_now(&c->worker->loop);
+  h->rx_preface = NGHTTP2_CLIENT_MAGIC_LEN;
+  if (session_new(h)) {
+    free(h);
+    return NULL;
+  }
   return h;
+}
+
+/* ---- sleep: an idle connection without its nghttp2 session ----
+ *
+ * An nghttp2 session costs ~5.3 KiB however idle (nghttp2 1.52: the session
+ * struct 2.9 KiB, two HPACK ring buffers of 1 KiB, the rest small), plus
+ * the pages of its frame buffer and stream map (trim_idle). Asleep, the
+ * connection keeps what a new session needs to carry on from where the old
+ * one was, and h2_wake replays it into a new one: the peer's SETTINGS, our
+ * own (acknowledged or not), the connection's send window, the last stream
+ * (so GOAWAY, and frames on old streams, are answered as before). Our receive
+ * window is whole when it sleeps (what arrived was given back first); our
+ * HPACK encoder starts again empty, which the peer's decoder can't tell: both
+ * insert at the front and the peer's leftover entries are evicted first. The
+ * peer's encoder can't: so a connection whose client indexed fields (the
+ * decoder's table isn't empty) stays awake. */
+
+static const uint8_t peer_ids[] = {1, 2, 3, 4, 5, 6, 8}; /* SETTINGS nghttp2_session_get_remote_settings knows */
+#define H2_INITIAL_WINDOW 65535
+
+static void frame_hd(uint8_t *d, uint32_t len, uint8_t type, uint8_t flags, uint32_t id) {
+  d[0] = (uint8_t)(len >> 16), d[1] = (uint8_t)(len >> 8), d[2] = (uint8_t)len;
+  d[3] = type, d[4] = flags;
+  d[5] = (uint8_t)(id >> 24), d[6] = (uint8_t)(id >> 16), d[7] = (uint8_t)(id >> 8), d[8] = (uint8_t)id;
+}
+
+static uint32_t get32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+
+/* idle enough to sleep: 0 asleep, -1 not now */
+static int h2_sleep(h2_conn_t *h) {
+  nghttp2_session *ng = h->ng;
+  lr_conn_t *c = h->c;
+  if (ng == NULL) return 0;
+  if (h->n_streams || !lr_list_empty(&h->zombies) || !lr_list_empty(&h->pending) || h->goaway || h->calm ||
+      h->calm_due || h->in_recv || h->rx_preface || h->rx_hlen || h->rx_left || h->queued || h->stalled ||
+      (c->flags & (LR_CF_CLOSING | LR_CF_CLOSE_AFTER_WRITE)) || !nghttp2_session_want_read(ng) ||
+      nghttp2_session_want_write(ng) || nghttp2_session_get_hd_inflate_dynamic_table_size(ng))
+    return -1;
+  int32_t unacked = nghttp2_session_get_effective_recv_data_length(ng);
+  if (unacked > 0) { /* the peer's window back to whole first; sleep the next time */
+    nghttp2_submit_window_update(ng, NGHTTP2_FLAG_NONE, 0, unacked);
+    want_send(h);
+    return -1;
+  }
+  for (size_t i = 0; i < sizeof peer_ids; i++)
+    h->peer_settings[peer_ids[i] - 1] = nghttp2_session_get_remote_settings(ng, peer_ids[i]);
+  h->window = nghttp2_session_get_remote_window_size(ng) - h->win_debt;
+  nghttp2_session_del(ng);
+  h->ng = NULL;
+  h->win_debt = 0;
+  h->trim_due = 0;
+  return 0;
+}
+
+static int drop_output(h2_conn_t *h) {
+  const uint8_t *d;
+  ssize_t n;
+  while ((n = nghttp2_session_mem_send(h->ng, &d)) > 0) continue;
+  return (int)n;
+}
+
+/* asleep: a new session, told what the old one knew; its own output (our
+ * SETTINGS again, the acknowledgement of the peer's) is dropped. 0, or -1 and
+ * the connection is closed */
+static int h2_wake(h2_conn_t *h) {
+  if (h->ng) return 0;
+  lr_conn_t *c = h->c;
+  if (session_new(h)) {
+    lr_conn_close(c);
+    return -1;
+  }
+  nghttp2_session *ng = h->ng;
+  h->restoring = 1;
+  uint8_t in[NGHTTP2_CLIENT_MAGIC_LEN + 9 + sizeof peer_ids * 6 + 9 + 13 + 15], *d = in;
+  memcpy(d, NGHTTP2_CLIENT_MAGIC, NGHTTP2_CLIENT_MAGIC_LEN);
+  d += NGHTTP2_CLIENT_MAGIC_LEN;
+  uint8_t *settings = d;
+  d += 9;
+  for (size_t i = 0; i < sizeof peer_ids; i++) {
+    uint32_t v = h->peer_settings[peer_ids[i] - 1];
+    if (v == nghttp2_session_get_remote_settings(ng, peer_ids[i])) continue;
+    *d++ = 0, *d++ = peer_ids[i];
+    *d++ = (uint8_t)(v >> 24), *d++ = (uint8_t)(v >> 16), *d++ = (uint8_t)(v >> 8), *d++ = (uint8_t)v;
+  }
+  frame_hd(settings, (uint32_t)(d - settings - 9), NGHTTP2_SETTINGS, 0, 0);
+  if (h->settings_acked) {
+    frame_hd(d, 0, NGHTTP2_SETTINGS, NGHTTP2_FLAG_ACK, 0);
+    d += 9;
+  }
+  if (h->window > H2_INITIAL_WINDOW) {
+    uint32_t inc = (uint32_t)h->window - H2_INITIAL_WINDOW;
+    frame_hd(d, 4, NGHTTP2_WINDOW_UPDATE, 0, 0);
+    d[9] = (uint8_t)(inc >> 24), d[10] = (uint8_t)(inc >> 16), d[11] = (uint8_t)(inc >> 8), d[12] = (uint8_t)inc;
+    d += 13;
+  }
+  if (h->max_sid) { /* GET / (:authority x, not indexed): the last stream, at once reset below */
+    static const uint8_t block[] = {0x82, 0x86, 0x84, 0x01, 0x01, 'x'};
+    frame_hd(d, sizeof block, NGHTTP2_HEADERS, NGHTTP2_FLAG_END_STREAM | NGHTTP2_FLAG_END_HEADERS, (uint32_t)h->max_sid);
+    memcpy(d + 9, block, sizeof block);
+    d += 9 + sizeof block;
+  }
+  int ok = drop_output(h) == 0 && nghttp2_session_mem_recv(ng, in, (size_t)(d - in)) == d - in &&
+           (h->max_sid == 0 || nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, h->max_sid, NGHTTP2_NO_ERROR) == 0) && drop_output(h) == 0;
+  h->restoring = 0;
+  if (!ok) {
+    lr_log(LR_LOG_WARN, "h2: could not wake an idle connection");
+    lr_conn_close(c);
+    return -1;
+  }
+  h->win_debt = h->window < H2_INITIAL_WINDOW ? H2_INITIAL_WINDOW - h->window : 0;
+  h->woke = 1;
+  h->trimmed = 0;
+  h->trim_ms = uv_now(&c->worker->loop);
+  return 0;
+}
+
+/* Asleep, the frames a quiet client still sends are answered without a
+ * session: the acknowledgement of our SETTINGS, PING, WINDOW_UPDATE for the
+ * connection. Anything else, or a frame cut short, wakes it: -1, nothing
+ * taken (all or nothing, so nghttp2 sees the input whole). */
+static int doze(h2_conn_t *h, const uint8_t *p, size_t len) {
+  int acked = h->settings_acked;
+  int64_t window = h->window;
+  unsigned noise = 0, credit = h->wu_credit;
+  for (size_t i = 0; i < len;) {
+    const uint8_t *hd = p + i;
+    if (len - i < 9) return -1;
+    uint32_t flen = (uint32_t)hd[0] << 16 | (uint32_t)hd[1] << 8 | hd[2];
+    if ((get32(hd + 5) & 0x7fffffff) != 0 || len - i - 9 < flen) return -1;
+    switch (hd[3]) {
+      case NGHTTP2_SETTINGS:
+        if (!(hd[4] & NGHTTP2_FLAG_ACK) || flen || acked) return -1;
+        acked = 1;
+        break;
+      case NGHTTP2_PING:
+        if ((hd[4] & NGHTTP2_FLAG_ACK) || flen != 8) return -1;
+        noise++;
+        break;
+      case NGHTTP2_WINDOW_UPDATE:
+        if (flen != 4 || (get32(hd + 9) & 0x7fffffff) == 0) return -1;
+        window += get32(hd + 9) & 0x7fffffff;
+        if (window > 0x7fffffff) return -1; /* nghttp2 says what that is */
+        if (credit) credit--;
+        else noise++;
+        break;
+      default:
+        return -1;
+    }
+    i += 9 + flen;
+  }
+  if (noise + 1 > h->noise_tokens) return -1; /* flood: nghttp2's path calms it down */
+  for (size_t i = 0; i < len;) {
+    const uint8_t *hd = p + i;
+    uint32_t flen = (uint32_t)hd[0] << 16 | (uint32_t)hd[1] << 8 | hd[2];
+    if (hd[3] == NGHTTP2_PING) {
+      uint8_t ack[17];
+      frame_hd(ack, 8, NGHTTP2_PING, NGHTTP2_FLAG_ACK, 0);
+      memcpy(ack + 9, hd + 9, 8);
+      lr_conn_write(h->c, ack, sizeof ack);
+    }
+    i += 9 + flen;
+  }
+  for (unsigned k = 0; k < noise; k++) token(h, &h->noise_tokens, NOISE_BURST, NOISE_RATE);
+  h->settings_acked = (uint8_t)acked;
+  h->window = (int32_t)window;
+  h->wu_credit = credit;
+  lr_conn_set_timeout(h->c, LR_TO_IDLE);
+  return 0;
 }
 
 int lr_http2_start(lr_conn_t *c, const char *data, size_t len) {

@@ -2,7 +2,7 @@
 """Open N keep-alive connections to 127.0.0.1:PORT, have each serve one request
 (GET /), then hold them idle while the bench reads the server's RSS.
 
-usage: idle_conns.py --port P --proto h1|h2c --n N
+usage: idle_conns.py --port P --proto h1|h2c|h2-tls --n N
 
 Talks to the bench over stdin/stdout:
   prints "ready opened=K failed=F" once every connection got its response (or failed);
@@ -12,11 +12,14 @@ Talks to the bench over stdin/stdout:
 
 h2c is spoken by hand (preface, SETTINGS, one HEADERS frame with a fixed HPACK
 block), which keeps 10,000 connections cheap for the client and needs no library.
+h2-tls is the same exchange inside TLS (ALPN h2, certificate not verified: the
+bench's own self-signed one).
 """
 import argparse
 import asyncio
 import resource
 import socket
+import ssl
 import struct
 import sys
 
@@ -85,7 +88,15 @@ class Conn:
         self.closed_by_server = False
 
 
-async def open_one(conn, port, proto, gate, deadline):
+def tls_context():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    return ctx
+
+
+async def open_one(conn, port, proto, gate, deadline, ctx):
     loop = asyncio.get_running_loop()
     async with gate:
         def budget():
@@ -94,7 +105,9 @@ async def open_one(conn, port, proto, gate, deadline):
                 raise TimeoutError("overall deadline passed")
             return left
         reader, conn.writer = await asyncio.wait_for(
-            asyncio.open_connection("127.0.0.1", port), budget())
+            asyncio.open_connection("127.0.0.1", port, ssl=ctx), budget())
+        if ctx and conn.writer.get_extra_info("ssl_object").selected_alpn_protocol() != "h2":
+            raise ConnectionError("ALPN did not select h2")
         exchange = h1_exchange if proto == "h1" else h2c_exchange
         await asyncio.wait_for(exchange(reader, conn.writer, port), budget())
     conn.ok = True
@@ -114,7 +127,7 @@ async def watch(conn, reader):
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--proto", choices=("h1", "h2c"), required=True)
+    ap.add_argument("--proto", choices=("h1", "h2c", "h2-tls"), required=True)
     ap.add_argument("--n", type=int, required=True)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -123,7 +136,8 @@ async def main():
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
     conns = [Conn() for _ in range(args.n)]
     deadline = asyncio.get_running_loop().time() + OVERALL
-    results = await asyncio.gather(*(open_one(c, args.port, args.proto, gate, deadline)
+    ctx = tls_context() if args.proto == "h2-tls" else None
+    results = await asyncio.gather(*(open_one(c, args.port, args.proto, gate, deadline, ctx)
                                      for c in conns),
                                    return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
@@ -146,7 +160,8 @@ async def main():
         if c.writer:
             sock = c.writer.get_extra_info("socket")
             try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             except OSError:
                 pass
             c.writer.transport.abort()
