@@ -146,7 +146,6 @@ struct h2_conn_s {
   uint64_t trim_ms;  /* when trim_idle or h2_wake last ran */
   /* Asleep (ng == NULL, h2_sleep): an idle connection keeps no nghttp2
    * session, only what a new one needs to carry on (h2_wake) */
-  uint8_t woke;           /* it slept and woke: it sleeps again only after a quiet while */
   uint8_t restoring;      /* h2_wake is replaying the connection's state into a new session */
   uint8_t settings_acked; /* the peer acknowledged our SETTINGS */
   int32_t window;         /* asleep: our send window on the connection, as the peer sees it */
@@ -1572,6 +1571,7 @@ static int h2_sleep(h2_conn_t *h) {
   h->ng = NULL;
   h->win_debt = 0;
   h->trim_due = 0;
+  LR_DEBUG("h2: connection asleep (window %d)", (int)h->window);
   return 0;
 }
 
@@ -1631,7 +1631,7 @@ static int h2_wake(h2_conn_t *h) {
     return -1;
   }
   h->win_debt = h->window < H2_INITIAL_WINDOW ? H2_INITIAL_WINDOW - h->window : 0;
-  h->woke = 1;
+  LR_DEBUG("h2: connection awake (last stream %d)", (int)h->max_sid);
   h->trimmed = 0;
   h->trim_ms = uv_now(&c->worker->loop);
   return 0;
