@@ -59,6 +59,10 @@ def make_rows(args):
         for n in ([100] if args.smoke else [1000, 10000]):
             rows.append(Row(f"idle-{proto}-{n}", f"idle {proto}, {n:,} conns", "idle",
                             proto=proto, conns=n))
+    # HTTPS h2 (ALPN): the TLS layer's own cost is this row minus idle h2c's
+    rows.append(Row(f"idle-h2-tls-{100 if args.smoke else 1000}",
+                    f"idle HTTPS h2, {100 if args.smoke else 1000:,} conns", "idle",
+                    proto="h2-tls", conns=100 if args.smoke else 1000))
     rows.append(Row("h1-2workers", "HTTP/1.1 hello, 2 workers, unpinned", "wrk",
                     workers=2, pin=False))
     # Outbound and data (issues 10, 11): HTTP/1.1, the nginx anchor is

@@ -25,7 +25,7 @@ class Row:
     kind: str       # "wrk" | "wrk-post" | "h2c" | "h2-tls" | "idle" | "download"
     workers: int = 1
     pin: bool = True
-    proto: str = "h1"   # idle rows: h1 | h2c
+    proto: str = "h1"   # idle rows: h1 | h2c | h2-tls
     conns: int = 0      # idle rows: N
     path: str = "/"     # what lariat is asked for
     anchor_path: str = ""   # what the anchors are asked for (default: path)
@@ -252,12 +252,13 @@ def _close_opener(p):
 
 
 def idle_memory(env, row, kind, opts):
-    server = servers.start(env, kind, pin=True)
-    port = server.h2c_port if row.proto == "h2c" else server.h1_port
+    tls = row.proto == "h2-tls"
+    server = servers.start(env, kind, tls=tls, pin=True)
+    port = {"h2c": server.h2c_port, "h2-tls": server.tls_port}.get(row.proto, server.h1_port)
     p = None
     try:
-        if row.proto == "h2c":
-            _check_h2(server, Row("", "", "h2c"))
+        if row.proto != "h1":
+            _check_h2(server, Row("", "", "h2-tls" if tls else "h2c"))
         # The baseline is a server that has already served a few requests
         # (lazy init, first-request allocations) and has no client connected.
         warm, _, _ = _opener(port, row.proto, 10)
