@@ -147,6 +147,8 @@ struct h2_conn_s {
   /* Asleep (ng == NULL, h2_sleep): an idle connection keeps no nghttp2
    * session, only what a new one needs to carry on (h2_wake) */
   uint8_t restoring;      /* h2_wake is replaying the connection's state into a new session */
+  uint8_t slept;          /* it has slept once: later sleeps wait for a quiet while (idle_now) */
+  uint8_t indexed;        /* the peer's fields are in our HPACK decoder's table: it can't sleep */
   uint8_t settings_acked; /* the peer acknowledged our SETTINGS */
   int32_t window;         /* asleep: our send window on the connection, as the peer sees it */
   /* the peer sees a send window this much smaller than nghttp2 does: a session
@@ -337,9 +339,9 @@ static void settle(h2_conn_t *h) {
 /* Between a client's requests a busy connection is idle for moments: giving
  * the pages back each time, and faulting them in again with the next frame,
  * cost ~15% of h2c hello throughput, and a session made again by h2_wake
- * costs more. So a connection settles at once the first time it is idle (a
- * client that asks and then waits, the common case of an idle connection,
- * costs one wake), and after that at most once per TRIM_GAP_MS: an idle
+ * costs more. So a connection sleeps at once the first time it is idle
+ * enough (a client that asks and then waits, the common case of an idle
+ * connection, costs one wake), and settles at most once per TRIM_GAP_MS: an idle
  * moment within that only arms the LR_TO_BODY timeout (HTTP/1.1's body check,
  * 10 ms-1 s, which HTTP/2 has no other use for), and settling waits for it. */
 #define TRIM_GAP_MS 1000
@@ -349,6 +351,10 @@ static void idle_now(h2_conn_t *h) {
   lr_conn_t *c = h->c;
   const lr_worker_t *w = c->worker;
   uint64_t now = uv_now(&w->loop);
+  if (!h->slept && !h->indexed && h2_sleep(h) == 0) { /* (over TLS the preface comes after our SETTINGS) */
+    h->trim_ms = now;
+    return;
+  }
   if (h->trim_ms && now - h->trim_ms < TRIM_GAP_MS && w->timeout_ms[LR_TO_BODY] < w->timeout_ms[LR_TO_IDLE]) {
     h->trim_due = 1;
     lr_conn_set_timeout(c, LR_TO_BODY);
@@ -1556,8 +1562,12 @@ static int h2_sleep(h2_conn_t *h) {
   if (h->n_streams || !lr_list_empty(&h->zombies) || !lr_list_empty(&h->pending) || h->goaway || h->calm ||
       h->calm_due || h->in_recv || h->rx_preface || h->rx_hlen || h->rx_left || h->queued || h->stalled ||
       (c->flags & (LR_CF_CLOSING | LR_CF_CLOSE_AFTER_WRITE)) || !nghttp2_session_want_read(ng) ||
-      nghttp2_session_want_write(ng) || nghttp2_session_get_hd_inflate_dynamic_table_size(ng))
+      nghttp2_session_want_write(ng))
     return -1;
+  if (nghttp2_session_get_hd_inflate_dynamic_table_size(ng)) {
+    h->indexed = 1;
+    return -1;
+  }
   int32_t unacked = nghttp2_session_get_effective_recv_data_length(ng);
   if (unacked > 0) { /* the peer's window back to whole first; sleep the next time */
     nghttp2_submit_window_update(ng, NGHTTP2_FLAG_NONE, 0, unacked);
@@ -1571,6 +1581,7 @@ static int h2_sleep(h2_conn_t *h) {
   h->ng = NULL;
   h->win_debt = 0;
   h->trim_due = 0;
+  h->slept = 1;
   LR_DEBUG("h2: connection asleep (window %d)", (int)h->window);
   return 0;
 }
