@@ -1582,6 +1582,7 @@ static int h2_sleep(h2_conn_t *h) {
   h->win_debt = 0;
   h->trim_due = 0;
   h->slept = 1;
+  if (c->tls) lr__tls_idle(c);
   LR_DEBUG("h2: connection asleep (window %d)", (int)h->window);
   return 0;
 }

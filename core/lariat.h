@@ -575,6 +575,7 @@ void lr__tls_seal(lr_conn_t *c, const char *p, size_t n); /* p == NULL: end of t
 size_t lr__tls_pending(const lr_conn_t *c);                /* record bytes waiting to be sent */
 size_t lr__tls_take(lr_conn_t *c, char *out, size_t max);
 void lr__tls_free(lr_conn_t *c);
+void lr__tls_idle(lr_conn_t *c); /* nothing in flight: the memory BIOs' buffers go */
 
 /* shared between protocols */
 const char *lr_status_reason(int status);

@@ -231,6 +231,25 @@ static lr_tls_t *tls_new(SSL_CTX *ctx) {
   return t;
 }
 
+/* A memory BIO keeps the largest buffer it ever had (~2 KiB for both after
+ * a handshake): an idle connection (nothing in either) gets fresh ones,
+ * which allocate on their next use. */
+void lr__tls_idle(lr_conn_t *c) {
+  lr_tls_t *t = c->tls;
+  if (t == NULL || BIO_ctrl_pending(t->rbio) || BIO_ctrl_pending(t->wbio) || SSL_pending(t->ssl)) return;
+  BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
+  if (r == NULL || w == NULL) {
+    BIO_free(r);
+    BIO_free(w);
+    return;
+  }
+  BIO_set_mem_eof_return(r, -1);
+  SSL_set0_rbio(t->ssl, r); /* frees the old ones */
+  SSL_set0_wbio(t->ssl, w);
+  t->rbio = r;
+  t->wbio = w;
+}
+
 int lr__tls_connect(lr_conn_t *c, const lr_client_opts_t *o, const char *origin, char *err, size_t errlen) {
   uv_once(&client_once, client_mu_init);
   uv_mutex_lock(&client_mu);
