@@ -163,7 +163,9 @@ def notes(args, rows, cells):
         "- KiB/conn: VmRSS summed over the same process tree, after N keep-alive connections "
         "that each served one GET / (opened by `scripts/bench.d/idle_conns.py`; h2c sends "
         ":authority without HPACK indexing, so no dynamic table is kept — indexing it costs "
-        "nginx ~4.5 KiB more per connection) minus before them, divided by the connections "
+        "nginx ~4.5 KiB more per connection; idle HTTPS h2 is the same exchange over TLS 1.3 "
+        "with ALPN h2, and TLS's own cost is its figure minus idle h2c's) minus before them, "
+        "divided by the connections "
         "opened. The master/helper processes don't change, so the sum is the "
         "serving process's growth. Errors: connections that failed or were closed by the "
         "server before the measurement.",
