@@ -196,6 +196,20 @@ static void small_drain(void *unused) {
 
 static void small_init(void) { pthread_key_create(&small_key, small_drain); }
 
+/* a connection went to sleep: what a burst left cached goes back to malloc
+ * (and from there to the system at the worker's trim), down to keep bytes,
+ * so idle connections are not charged for the busy ones' cache */
+#define SMALL_IDLE_BYTES (64 * 1024)
+static void small_trim(size_t keep) {
+  for (int c = SMALL_CLASSES - 1; c >= 0 && small.bytes > keep; c--)
+    while (small.head[c] && small.bytes > keep) {
+      void *p = small.head[c];
+      small.head[c] = *(void **)p;
+      small.bytes -= (size_t)32 << c;
+      free(p);
+    }
+}
+
 /* the smallest class holding n bytes (n <= 1024) */
 static int small_class(size_t n) { return n <= 32 ? 0 : 64 - __builtin_clzll((unsigned long long)n - 1) - 5; }
 
@@ -1578,6 +1592,7 @@ static int h2_sleep(h2_conn_t *h) {
     h->peer_settings[peer_ids[i] - 1] = nghttp2_session_get_remote_settings(ng, peer_ids[i]);
   h->window = nghttp2_session_get_remote_window_size(ng) - h->win_debt;
   nghttp2_session_del(ng);
+  small_trim(SMALL_IDLE_BYTES);
   h->ng = NULL;
   h->win_debt = 0;
   h->trim_due = 0;
