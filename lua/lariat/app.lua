@@ -18,6 +18,8 @@ local json = require "lariat.json"
 local lpath = require "lariat.path"
 local router_mod = require "lariat.router"
 local runtime = require "lariat.runtime"
+local find, byte, sub = string.find, string.byte, string.sub
+local pick = router_mod.pick
 
 local M = {}
 
@@ -429,6 +431,16 @@ function App:compile()
     return error_answer(req, status, message, headers)
   end
 
+  local function found(req, cpath, route, b, pi)
+    if b then req.bindings = b end
+    if pi then req.path_info = pi end
+    if tag then tag(req, route.metric_id) end
+    if route.chain[1] then
+      return check_status(route.label, normalize(run(route.chain, 1, req, cpath, call_handler, route)))
+    end
+    return call_handler(req, route)
+  end
+
   local function call_route(req, cpath, method, segs)
     if cpath == "*" then
       if method == "OPTIONS" then return 204, OPTIONS_ALL end
@@ -442,16 +454,13 @@ function App:compile()
       end
       return fail(req, 404, "not found")
     end
-    if b then req.bindings = b end
-    if pi then req.path_info = pi end
-    if tag then tag(req, route.metric_id) end
-    if route.chain[1] then
-      return check_status(route.label, normalize(run(route.chain, 1, req, cpath, call_handler, route)))
-    end
-    return call_handler(req, route)
+    return found(req, cpath, route, b, pi)
   end
 
   if has_global or has_hosts then fast = {} end
+  local wild = (has_global or has_hosts) and {} or router:wild_prefixes()
+  if #wild > 8 then wild = {} end -- a linear scan: worth it for a few prefixes only
+  local n_wild = #wild
   for p, f in pairs(fast) do
     if f.HEAD == nil and f.GET then -- HEAD falls back to GET, as in the router
       f.HEAD = f.GET
@@ -505,7 +514,22 @@ function App:compile()
       cpath, segs = lpath.canonical(path)
       if not cpath then return fail(req, 400, "bad request path: " .. segs) end
     end
-    if not has_global then return call_route(req, cpath, method, segs) end
+    if not has_global then
+      -- under a wildcard prefix nothing else can claim (a reverse proxy's
+      -- "/api/*"): no split, no search (router:wild_prefixes)
+      for k = 1, n_wild do
+        local w = wild[k]
+        local p = w.prefix
+        if find(cpath, p, 1, true) == 1 then
+          local c = byte(cpath, #p + 1)
+          if c == 47 or (c == nil and not w.leaf) then
+            local route = pick(w.wild, method)
+            if route then return found(req, cpath, route, nil, c and sub(cpath, #p + 2) or "") end
+          end
+        end
+      end
+      return call_route(req, cpath, method, segs)
+    end
     return check_status("middleware", normalize(run(global, 1, req, cpath, call_route, cpath, method, segs)))
   end
   if not on_error then return dispatch, direct end

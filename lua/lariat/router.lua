@@ -536,6 +536,31 @@ function Router:match(host, method, cpath, segs)
   return nil, allow or b
 end
 
+-- wild_prefixes() → { {prefix=, wild=, leaf=}, ... }: the wildcard routes
+-- "/lit/.../*" whose node has nothing else below it (no literal, binding or
+-- constrained child). For a path under such a prefix the search can only end
+-- at that wildcard (literals are tried first at every level), so the app
+-- may skip splitting and searching: pick(wild, method), path_info the rest.
+-- Empty with host routes (the host picks the tree first).
+function Router:wild_prefixes()
+  local out = {}
+  if self.has_hosts then return out end
+  local function walk(node, lits)
+    if #lits > 0 and node.wild and next(node.lit) == nil and #node.cbind == 0 and #node.bind == 0 then
+      out[#out + 1] = { prefix = "/" .. concat(lits, "/"), wild = node.wild, leaf = node.leaf }
+    end
+    for seg, child in pairs(node.lit) do
+      lits[#lits + 1] = seg
+      walk(child, lits)
+      lits[#lits] = nil
+    end
+  end
+  walk(self.default.root, {})
+  table.sort(out, function(a, b) return a.prefix < b.prefix end)
+  return out
+end
+M.pick = pick
+
 -- allow value listing every method the app serves, for OPTIONS *.
 function Router:allow_all()
   local set = {}

@@ -65,6 +65,33 @@ describe("router", function()
       assert.equal("a b", (select(3, call(app, "/static/a%20b/")).path_info))
     end)
 
+    it("answers under a wildcard prefix exactly as the full search would", function()
+      -- "/px/*" has nothing else below it: dispatch takes it without a search
+      local app = lariat.app()
+      app:get("/px/*", named("px"))
+      app:get("/px", named("px-exact"))
+      app:get("/api/v1/*", named("api"))
+      app:get("/api/v1/health", named("health"))
+      app:get("/:any/deep", named("deep"))
+      for _ = 1, 2 do -- the second time too
+        local st, _, body = call(app, "/px/a/b")
+        assert.equal(200, st)
+        assert.same({ "px", "a/b" }, { body.route, body.path_info })
+        assert.equal("px-exact", select(3, call(app, "/px/")).route)
+        assert.equal("", select(3, call(app, "/px%2F")).path_info or "") -- refused or routed, never a crash
+        local st2, h2 = call(app, { method = "POST", path = "/px/a" })
+        assert.equal(405, st2)
+        assert.matches("GET", h2.allow)
+        assert.equal(200, (call(app, { method = "HEAD", path = "/px/a" })))
+        assert.equal("health", select(3, call(app, "/api/v1/health")).route)
+        local a = select(3, call(app, "/api/v1/x"))
+        assert.same({ "api", "x" }, { a.route, a.path_info })
+        a = select(3, call(app, "/px/../api/v1/x/"))
+        assert.same({ "api", "x" }, { a.route, a.path_info })
+        assert.equal("px", select(3, call(app, "/px/deep")).route) -- literal first, as the search does
+      end
+    end)
+
     it("treats trailing and doubled slashes as insignificant", function()
       local app = lariat.app()
       app:get("/a/b", named("ab"))
