@@ -79,7 +79,28 @@ static int l_stat(lua_State *L) {
   return 1;
 }
 
+/* core.path_plain(path) → path, or path without its trailing slash, when
+ * lariat.path.canonical would return just that (no "%", "//" or "/."
+ * anywhere); nil when it must do the real work. One C call where the Lua
+ * checks were seven (~3,000 instructions on a routed request). */
+static int l_path_plain(lua_State *L) {
+  size_t n;
+  const char *p = luaL_checklstring(L, 1, &n);
+  if (n == 0 || p[0] != '/') return 0;
+  for (size_t i = 0; i < n; i++) {
+    if (p[i] == '%') return 0;
+    if (p[i] == '/' && i + 1 < n && (p[i + 1] == '/' || p[i + 1] == '.')) return 0;
+  }
+  if (n == 1 || p[n - 1] != '/') {
+    lua_settop(L, 1);
+    return 1;
+  }
+  lua_pushlstring(L, p, n - 1);
+  return 1;
+}
+
 static const luaL_Reg funcs[] = {
+    {"path_plain", l_path_plain},
     {"stat", l_stat},
     {"sleep", l_sleep},
     {"now", l_now},

@@ -387,6 +387,7 @@ function App:compile()
   -- with its route's id, counted by C when the response ends
   local core = runtime.core()
   local tag = core and core.metrics_on and core.metrics_on() and core.metric_tag
+  local plain = core and core.path_plain
   for _, route in ipairs(flatten(self, "", nil, {}, {}, {})) do
     route.label = route_label(route)
     if tag then route.metric_id = core.metric_route((route.host and route.host .. " " or "") .. route.pattern) end
@@ -511,8 +512,11 @@ function App:compile()
     end
     local cpath, segs = path, nil
     if path ~= "*" then
-      cpath, segs = lpath.canonical(path)
-      if not cpath then return fail(req, 400, "bad request path: " .. segs) end
+      cpath = plain and plain(path) -- the common case in one C call (lariat.path's fast path)
+      if not cpath then
+        cpath, segs = lpath.canonical(path)
+        if not cpath then return fail(req, 400, "bad request path: " .. segs) end
+      end
     end
     if not has_global then
       -- under a wildcard prefix nothing else can claim (a reverse proxy's

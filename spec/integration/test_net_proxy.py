@@ -112,6 +112,19 @@ def test_path_mapping(env):
     assert body == b"GET /path/base/?q", body
 
 
+@pytest.mark.parametrize("path,up", [
+    ("/m/x/", "/path/base/x"), ("/m//x", "/path/base/x"), ("/m/./x", "/path/base/x"),
+    ("/m/%41", "/path/base/A"), ("/m/a/../b", "/path/base/b"), ("/up/../m/z", "/path/base/z"),
+    ("/m/a/b/", "/path/base/a/b"),
+])
+def test_path_info_is_the_canonical_rest(env, path, up):
+    """path_info after percent-decoding, dot segments and doubled or trailing
+    slashes (lariat.path), whether C's quick check or the Lua one decides."""
+    for _ in range(2):
+        st, _, body = call(env["px"], path)
+        assert st == 200 and body == ("GET %s?" % up).encode(), (path, st, body)
+
+
 def test_header_edits(env):
     st, _, body = call(env["px"], "/edit/headers")
     got = json.loads(body)
