@@ -56,6 +56,9 @@ struct lr_co_s {
   void *cancel_arg;
   lr_link_t waiters;   /* in lw->waiting while suspended (SIGTERM tells them) */
   uv_timer_t timer;    /* wait timeouts */
+  uv_timer_t deadline; /* --handler-timeout: armed at a handler's first wait while nothing is replied */
+  int deadline_set;    /* the deadline was decided (armed, or req:set_timeout): later waits leave it */
+  int n_timers;        /* open timer handles: the last close frees the coroutine */
   lr_buf_t acc;        /* req:body() accumulates here across yields */
   int over_budget;     /* stopped for running too long without yielding */
   lr_co_t *next_free;
@@ -157,6 +160,10 @@ lr_co_t *lr_co_current(lua_State *L); /* NULL outside a lariat coroutine */
  * if it runs); for bindings whose handler's lifetime is tied to something
  * other than its stream (a WebSocket) */
 void lr_co_abandon(lr_co_t *co);
+/* --handler-timeout for this handler from now (req:set_timeout, a route's
+ * timeout=): if its response hasn't started within ms it is cancelled and the
+ * client gets 504; 0: no limit */
+void lr_co_set_deadline(lr_co_t *co, uint64_t ms);
 /* lariat.stats(): live handlers and waits on this worker */
 int lr_l_stats(lua_State *L);
 /* the server is stopping: tell every waiting coroutine once (co->stopping) */
@@ -219,7 +226,7 @@ void lr_sub_lost(lr_sub_t *s, const char *err);
 void lr_sub_metatable(lua_State *L, const char *mt, const char *name); /* recv, close, __gc, __close */
 
 /* metrics.c: Prometheus metrics (--metrics, lariat.metrics) */
-enum { LR_MET_BUDGET, LR_MET_MEMORY, LR_MET_RELOAD_OK, LR_MET_RELOAD_REJECTED };
+enum { LR_MET_BUDGET, LR_MET_MEMORY, LR_MET_RELOAD_OK, LR_MET_RELOAD_REJECTED, LR_MET_HANDLER_TIMEOUT };
 extern int lr_metrics_wanted;           /* --metrics or lariat.metrics.handler(): count requests */
 extern unsigned lr_metrics_load_rejects; /* reloads rejected at load (main thread) */
 void lr_metrics_add_worker(lr_lworker_t *lw);

@@ -178,6 +178,8 @@ static void render_server(lr_buf_t *b) {
   put(b, "lariat_budget_kills_total %llu\n", SUM(rd(&m->budget_kills)));
   put_help(b, "lariat_lua_memory_errors_total", "counter", "Handlers stopped by the --lua-memory cap.");
   put(b, "lariat_lua_memory_errors_total %llu\n", SUM(rd(&m->memory_errors)));
+  put_help(b, "lariat_handler_timeouts_total", "counter", "Handlers cancelled by --handler-timeout (answered 504).");
+  put(b, "lariat_handler_timeouts_total %llu\n", SUM(rd(&m->handler_timeouts)));
   static const struct {
     const char *name, *help;
     size_t off;
@@ -319,6 +321,7 @@ void lr_metrics_count(lr_lworker_t *lw, int what) {
   if (m == NULL) return;
   uint64_t *p = what == LR_MET_BUDGET ? &m->budget_kills
                 : what == LR_MET_MEMORY ? &m->memory_errors
+                : what == LR_MET_HANDLER_TIMEOUT ? &m->handler_timeouts
                 : what == LR_MET_RELOAD_OK ? &m->reloads_ok
                                            : &m->reloads_rejected;
   __atomic_store_n(p, *p + 1, __ATOMIC_RELAXED);

@@ -797,6 +797,20 @@ static int m_body(lua_State *L) {
   return body_step(L);
 }
 
+/* req:set_timeout(seconds): this handler must start its response within
+ * seconds from now (0: no limit), replacing --handler-timeout; for long-poll
+ * routes. Returns true; false once the response has started (nothing to bound). */
+static int m_set_timeout(lua_State *L) {
+  lr_req_t *r = check_req(L, 1);
+  lua_Number t = luaL_checknumber(L, 2);
+  luaL_argcheck(L, t >= 0 && t <= 1e7, 2, "seconds, 0 for no limit");
+  lr_co_t *co = r->co;
+  int ok = r->s && co && co->stream == r->s && !(r->s->flags & LR_SF_REPLIED);
+  if (ok) lr_co_set_deadline(co, (uint64_t)(t * 1000 + 0.5));
+  lua_pushboolean(L, ok);
+  return 1;
+}
+
 static const luaL_Reg methods[] = {
     {"header", m_header},
     {"reply", m_reply},
@@ -806,6 +820,7 @@ static const luaL_Reg methods[] = {
     {"trailers", m_trailers},
     {"read_body", m_read_body},
     {"body", m_body},
+    {"set_timeout", m_set_timeout},
     {NULL, NULL},
 };
 

@@ -18,6 +18,7 @@ lr_co_t *lr_co_current(lua_State *L) { return *(lr_co_t **)lua_getextraspace(L);
 
 static void on_timer_close(uv_handle_t *h) {
   lr_co_t *co = h->data;
+  if (--co->n_timers) return;
   lr_buf_free(&co->acc);
   free(co);
 }
@@ -37,6 +38,9 @@ static lr_co_t *co_new(lr_app_t *app) {
   *(lr_co_t **)lua_getextraspace(co->L) = co;
   uv_timer_init(&app->lw->w->loop, &co->timer);
   co->timer.data = co;
+  uv_timer_init(&app->lw->w->loop, &co->deadline);
+  co->deadline.data = co;
+  co->n_timers = 2;
   lr_list_init(&co->ready);
   lr_list_init(&co->wq);
   lr_list_init(&co->waiters);
@@ -47,6 +51,7 @@ static void co_destroy(lr_co_t *co) {
   /* the thread itself is garbage once unreferenced */
   luaL_unref(co->app->L, LUA_REGISTRYINDEX, co->ref);
   uv_close((uv_handle_t *)&co->timer, on_timer_close);
+  uv_close((uv_handle_t *)&co->deadline, on_timer_close);
 }
 
 /* The coroutine ended (or died, or was cancelled): give it back for reuse.
@@ -59,6 +64,8 @@ static void co_release(lr_co_t *co) {
   lr_link_unlink(&co->wq);
   lr_link_unlink(&co->waiters);
   uv_timer_stop(&co->timer);
+  uv_timer_stop(&co->deadline);
+  co->deadline_set = 0;
   if (co->is_handler) app->lw->n_live--;
   co->is_handler = 0;
   co->waiting = co->cancelled = co->closing = 0;
@@ -270,6 +277,38 @@ static int is_websocket(lr_co_t *co) {
   return strcmp(lua_tostring(L, 2), "websocket") == 0;
 }
 
+/* ---- --handler-timeout: the response must start in time ---- */
+
+/* A handler that has not started its response (reply, stream_reply,
+ * WebSocket upgrade) by its deadline is cancelled like one whose client left
+ * (to-be-closed variables run, it never resumes) and the client gets 504,
+ * as from nginx when proxy_read_timeout expires. Streams already answering
+ * are bounded by their client (hang-up, --send-timeout), not by this. */
+static void on_deadline(uv_timer_t *t) {
+  lr_co_t *co = t->data;
+  lr_stream_t *s = co->stream;
+  if (s == NULL || co->ws || co->closing || co->cancelled || (s->flags & LR_SF_REPLIED) || s->conn == NULL) return;
+  lr_log(LR_LOG_WARN, "%.*s %.*s: handler timed out (no response started in time): cancelled, 504",
+         (int)s->method.len, s->method.base, (int)s->path.len, s->path.base);
+  lr_metrics_count(co->app->lw, LR_MET_HANDLER_TIMEOUT);
+  lr_co_abandon(co); /* first: a wake-up the reply causes finds it cancelled */
+  reply_status(s, 504);
+}
+
+static void arm_deadline(lr_co_t *co, uint64_t ms) {
+  co->deadline_set = 1;
+  lr_stream_t *s = co->stream;
+  if (ms == 0 || s == NULL || co->ws || (s->flags & LR_SF_REPLIED)) {
+    uv_timer_stop(&co->deadline);
+    return;
+  }
+  uv_timer_start(&co->deadline, on_deadline, ms, 0);
+}
+
+void lr_co_set_deadline(lr_co_t *co, uint64_t ms) {
+  if (co->is_handler && !co->closing) arm_deadline(co, ms);
+}
+
 static void resume(lr_co_t *co, int nargs) {
   lr_lworker_t *lw = co->app->lw;
   int nres = 0;
@@ -287,7 +326,14 @@ again:
   lw->running = NULL;
   if (status == LUA_YIELD) {
     lua_pop(co->L, nres);
-    if (co->waiting || lr_link_linked(&co->ready)) return;
+    if (co->waiting || lr_link_linked(&co->ready)) {
+      /* a handler's first wait: from here on it could wait forever. Loop
+       * time has not moved since the request head started it (same loop
+       * iteration), so the deadline counts from the head; a handler that
+       * answers without waiting never arms it */
+      if (!co->deadline_set && co->is_handler) arm_deadline(co, lw->cfg->handler_timeout_ms);
+      return;
+    }
     /* a bare coroutine.yield() in a handler: nothing would ever resume it */
     lua_pushliteral(co->L, "coroutine.yield() called in a handler outside a coroutine of its own");
     status = LUA_ERRRUN;

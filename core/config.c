@@ -24,6 +24,9 @@ void lr_config_defaults(lr_config_t *cfg) {
   /* nginx's defaults: send_timeout 60 s, lingering_time 30 s, lingering_timeout 5 s;
    * the body deadline is Apache mod_reqtimeout's idea (body=20,minrate=500), longer */
   cfg->send_timeout_ms = 60000;
+  /* nginx's proxy_read_timeout (60 s): what a client behind a proxy waits for
+   * a response head anyway; long-poll routes say so per route */
+  cfg->handler_timeout_ms = 60000;
   cfg->body_deadline_ms = 60000;
   cfg->body_min_rate = 500;
   cfg->lingering_time_ms = 30000;
@@ -60,6 +63,8 @@ static const char usage[] =
     "      --body-timeout SEC     time a body read waits for data (default 10)\n"
     "      --drain-timeout SEC    time to finish requests on stop (default 30)\n"
     "      --send-timeout SEC     close a connection whose peer takes none of our output for SEC (default 60)\n"
+    "      --handler-timeout SEC  a handler must start its response within SEC of the request head, else\n"
+    "                             it is cancelled and the client gets 504; 0: no limit (default 60)\n"
     "      --body-deadline SEC    a request body must arrive within SEC, plus 1 s per --body-min-rate bytes\n"
     "                             received (default 60) -> 408, or close once the response is out\n"
     "      --body-min-rate BYTES  see --body-deadline; 0: a fixed deadline (default 500)\n"
@@ -254,6 +259,12 @@ int lr_config_parse(lr_config_t *cfg, int argc, char **argv, char *err, size_t e
                                                     : &cfg->lingering_timeout_ms;
       if (parse_seconds(val, dst) || *dst == 0) {
         snprintf(err, errlen, "bad %s value '%s' (want seconds > 0)", name, val);
+        return -1;
+      }
+    } else if (IS("--handler-timeout", "--handler-timeout")) {
+      NEEDVAL();
+      if (parse_seconds(val, &cfg->handler_timeout_ms)) {
+        snprintf(err, errlen, "bad --handler-timeout value '%s' (want seconds, 0 for none)", val);
         return -1;
       }
     } else if (IS("--body-min-rate", "--body-min-rate")) {

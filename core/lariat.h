@@ -96,6 +96,7 @@ typedef struct lr_config_s {
   uint64_t drain_timeout_ms;
   /* bounds on a peer that stalls (core/conn.c, core/http1.c) */
   uint64_t send_timeout_ms;      /* output queued and no write progress this long: close */
+  uint64_t handler_timeout_ms;   /* request head to response start, else 504 (bindings/scheduler.c); 0: none */
   uint64_t body_deadline_ms;     /* a request body must arrive within this ... */
   uint64_t body_min_rate;        /* ... plus 1 s per this many bytes received (0: no extension) */
   uint64_t lingering_time_ms;    /* lingering close: discard input at most this long ... */
@@ -542,7 +543,7 @@ typedef struct lr_metrics_s {
   unsigned conns[4];            /* http1, http2, other (WebSocket), tls among them */
   uint64_t lua_mem;
   unsigned handlers, tasks, versions;
-  uint64_t budget_kills, memory_errors, reloads_ok, reloads_rejected;
+  uint64_t budget_kills, memory_errors, reloads_ok, reloads_rejected, handler_timeouts;
   uv_timer_t snap;
 } lr_metrics_t;
 void lr_metrics_stream_done(lr_worker_t *w, lr_stream_t *s);

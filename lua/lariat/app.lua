@@ -86,18 +86,22 @@ local function add(self, kind, methods, pattern, opts, handler)
   local ok, m = pcall(methods_of, methods)
   if not ok then error("route " .. tostring(pattern) .. ": " .. m, 3) end
   local constraints = opts and opts.constraints
+  local timeout = opts and opts.timeout
+  if timeout ~= nil and (type(timeout) ~= "number" or timeout < 0) then
+    error("route " .. tostring(pattern) .. ": timeout must be seconds >= 0 (0: no limit)", 3)
+  end
   local ok2, err = pcall(router_mod.check, pattern, constraints)
   if not ok2 then error("route " .. tostring(pattern) .. ": " .. err, 3) end
   local entry = {
     kind = kind, methods = m, pattern = pattern, host = rawget(self, "_host"),
-    constraints = constraints, handler = handler, middleware = mws,
+    constraints = constraints, handler = handler, middleware = mws, timeout = timeout,
     where = where(3), -- the user's line, for duplicate and status messages
   }
   if kind == "ws" then
     -- what C receives as the third value: the options without lariat's own keys
     local wso = {}
     for k, v in pairs(opts or {}) do
-      if type(k) ~= "number" and k ~= "constraints" then wso[k] = v end
+      if type(k) ~= "number" and k ~= "constraints" and k ~= "timeout" then wso[k] = v end
     end
     entry.ws_opts = wso
   end
@@ -106,7 +110,8 @@ local function add(self, kind, methods, pattern, opts, handler)
 end
 
 -- get/post/put/patch/delete/options/head(path, [opts,] handler) where opts
--- is a list of middlewares plus optional `constraints = {name = spec}`.
+-- is a list of middlewares plus optional `constraints = {name = spec}` and
+-- `timeout = seconds` (the handler's --handler-timeout; 0: no limit).
 for _, verb in ipairs { "get", "post", "put", "patch", "delete", "options", "head" } do
   local method = verb:upper()
   App[verb] = function(self, path, a, b)
@@ -256,7 +261,7 @@ local function flatten(app, prefix, host, chain, out, seen)
       out[#out + 1] = {
         kind = e.kind, methods = e.methods, pattern = join(prefix, e.pattern),
         host = e.host or host, constraints = e.constraints, handler = e.handler,
-        chain = concat_lists(chain, e.middleware), ws_opts = e.ws_opts, where = e.where,
+        chain = concat_lists(chain, e.middleware), ws_opts = e.ws_opts, where = e.where, timeout = e.timeout,
       }
     end
   end
@@ -410,6 +415,10 @@ function App:compile()
         local id, inner = route.metric_id, h
         h = function(req) tag(req, id); return inner(req) end
       end
+      if route.timeout then -- only routes that ask pay for it
+        local t, inner = route.timeout, h
+        h = function(req) req:set_timeout(t); return inner(req) end
+      end
       for _, m in ipairs(route.methods) do
         if f[m] == nil then f[m] = h; fast_route[p][m] = route end
       end
@@ -436,6 +445,7 @@ function App:compile()
     if b then req.bindings = b end
     if pi then req.path_info = pi end
     if tag then tag(req, route.metric_id) end
+    if route.timeout then req:set_timeout(route.timeout) end
     if route.chain[1] then
       return check_status(route.label, normalize(run(route.chain, 1, req, cpath, call_handler, route)))
     end

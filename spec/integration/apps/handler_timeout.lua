@@ -1,0 +1,84 @@
+-- Handlers for test_attacks_handler_timeout.py (--handler-timeout): handlers
+-- that never start their response, long-poll routes that say how long they
+-- may wait, and streams that are already answering. Each has a to-be-closed
+-- variable that counts its end; /stats reports it with lariat.stats.
+local lariat = require "lariat"
+local app = lariat.app()
+
+local closed = 0
+
+local function mark()
+  return setmetatable({}, { __close = function() closed = closed + 1 end })
+end
+
+app:get("/stats", function(req)
+  local s = lariat.stats()
+  s.handlers = s.handlers - 1 -- not this one
+  s.closed = closed
+  return s
+end)
+
+app:get("/", function(req) return "ok" end)
+app:get("/metrics", lariat.metrics.handler())
+
+-- never answers: only the handler timeout ends it
+app:get("/hang", function(req)
+  local _ <close> = mark()
+  lariat.sleep(1e9)
+  return "woke"
+end)
+
+-- waits for a body that comes slowly (each read within --body-timeout)
+app:post("/hang-body", function(req)
+  local _ <close> = mark()
+  return req:body() or "none"
+end)
+
+-- long polls: an answer after s seconds, longer than --handler-timeout
+app:get("/poll/none/:s", { timeout = 0 }, function(req)
+  local _ <close> = mark()
+  lariat.sleep(tonumber(req.bindings.s))
+  return "polled"
+end)
+app:get("/poll/long/:s", { timeout = 30 }, function(req)
+  local _ <close> = mark()
+  lariat.sleep(tonumber(req.bindings.s))
+  return "polled"
+end)
+-- a middleware in front: the route's timeout still applies
+app:get("/poll/mw/:s", { function(req, next) lariat.sleep(0.01); return next() end, timeout = 0 }, function(req)
+  local _ <close> = mark()
+  lariat.sleep(tonumber(req.bindings.s))
+  return "polled"
+end)
+app:get("/poll/set/:s", function(req)
+  local _ <close> = mark()
+  req:set_timeout(0)
+  lariat.sleep(tonumber(req.bindings.s))
+  return "polled"
+end)
+-- a shorter bound than the server's, set by the handler itself
+app:get("/short", function(req)
+  local _ <close> = mark()
+  req:set_timeout(0.2)
+  lariat.sleep(1e9)
+end)
+
+-- an event stream: answering, so only its client bounds it
+app:get("/sse/:s", function(req)
+  local _ <close> = mark()
+  req:stream_reply(200, { ["content-type"] = "text/event-stream" })
+  local n = tonumber(req.bindings.s) * 10
+  for i = 1, n do
+    req:write("data: " .. i .. "\n\n")
+    lariat.sleep(0.1)
+  end
+  req:write("data: end\n\n")
+end)
+
+app:ws("/ws", function(ws, req)
+  local _ <close> = mark()
+  for msg, kind in ws:each() do ws:send(msg, kind) end
+end)
+
+return app
