@@ -4,6 +4,8 @@
  * Output is queued, never written at once: every connection that produced
  * bytes is flushed once per loop phase (worker.c), so a batch of responses
  * leaves in one writev. */
+#define _GNU_SOURCE /* POLLRDHUP */
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -134,6 +136,7 @@ void lr_conn_close(lr_conn_t *c) {
   c->flags |= LR_CF_CLOSING;
   lr_link_unlink(&c->timeout.link);
   lr_link_unlink(&c->send_to.link);
+  lr_link_unlink(&c->hup_to.link);
   lr_link_unlink(&c->deferred);
   c->flags &= ~LR_CF_DEFERRED;
   lr_link_unlink(&c->all);
@@ -226,9 +229,44 @@ static void send_timeout(lr_conn_t *c) {
   lr_conn_close(c);
 }
 
+/* ---- hang-up while reading is paused ---- */
+
+/* A paused connection (pipelined input queued, a body the handler reads
+ * slowly) is out of epoll, so a client's FIN or RST is not seen until reading
+ * resumes, and its handler runs on for nothing. nginx keeps the read event
+ * and tests EPOLLRDHUP (ngx_http_test_reading); libuv owns our epoll entry,
+ * so we ask the socket once a second instead: POLLRDHUP is set by a FIN even
+ * with unread data before it, POLLHUP/POLLERR by a reset. Nothing is read. */
+static void hup_arm(lr_conn_t *c) {
+  lr_worker_t *w = c->worker;
+  lr_link_unlink(&c->hup_to.link);
+  c->hup_to.kind = LR_TO_HUP;
+  c->hup_to.deadline = uv_now(&w->loop) + w->timeout_ms[LR_TO_HUP];
+  lr_list_push(&w->timeouts[LR_TO_HUP], &c->hup_to.link);
+}
+
+__attribute__((cold, noinline)) static void hup_probe(lr_conn_t *c) {
+  if (!(c->flags & LR_CF_READ_STOPPED) || (c->flags & (LR_CF_CLOSING | LR_CF_EOF | LR_CF_LINGERING)) ||
+      c->proto == NULL || c->proto->on_hangup == NULL)
+    return;
+  uv_os_fd_t fd;
+  struct pollfd p = {.events = POLLRDHUP};
+  if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+    p.fd = fd;
+    if (poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR))) {
+      LR_DEBUG("the peer hung up while reading was paused");
+      c->proto->on_hangup(c);
+      if (c->flags & LR_CF_CLOSING) return;
+    }
+  }
+  hup_arm(c);
+}
+
 void lr__conn_timeout(lr_conn_t *c, int kind) {
   if (kind == LR_TO_SEND)
     send_timeout(c);
+  else if (kind == LR_TO_HUP)
+    hup_probe(c);
   else if (c->flags & LR_CF_LINGERING)
     lr_conn_close(c);
   else if (c->proto->on_timeout)
@@ -475,11 +513,13 @@ void lr_conn_read_stop(lr_conn_t *c) {
   if (c->flags & (LR_CF_READ_STOPPED | LR_CF_CLOSING)) return;
   uv_read_stop((uv_stream_t *)&c->tcp);
   c->flags |= LR_CF_READ_STOPPED;
+  if (c->proto && c->proto->on_hangup) hup_arm(c);
 }
 
 void lr_conn_read_start(lr_conn_t *c) {
   if (!(c->flags & LR_CF_READ_STOPPED) || (c->flags & (LR_CF_CLOSING | LR_CF_EOF))) return;
   c->flags &= ~LR_CF_READ_STOPPED;
+  lr_link_unlink(&c->hup_to.link);
   uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
@@ -509,6 +549,7 @@ void lr__conn_accept(lr_listener_t *l, int fd) {
   c->listener = l;
   lr_list_init(&c->timeout.link);
   lr_list_init(&c->send_to.link);
+  lr_list_init(&c->hup_to.link);
   lr_list_init(&c->deferred);
   if (uv_tcp_open(&c->tcp, fd) != 0) {
     close(fd);

@@ -871,8 +871,18 @@ static void h1_resume(lr_conn_t *c) {
 
 /* EOF before the response is complete is a client gone (DESIGN §4b, nginx's
  * 499): closing cancels the handler at its wait. Reading goes on while a
- * handler runs (pipelined input waits in leftover), so it is noticed. */
+ * handler runs (pipelined input waits in leftover), so it is noticed; when
+ * reading pauses (leftover or body buffer full), h1_on_hangup notices it. */
 static void h1_on_eof(lr_conn_t *c) { lr_conn_close(c); }
+
+/* The same, seen by conn.c's probe while reading is paused (input queued
+ * behind a running handler, a body it reads slowly): a live handler is
+ * cancelled; without one, the queued requests are still answered and the EOF
+ * is read once reading resumes. */
+static void h1_on_hangup(lr_conn_t *c) {
+  h1_conn_t *h = H1(c);
+  if (h->cur && !(h->cur->flags & LR_SF_FINISHED)) lr_conn_close(c);
+}
 
 static void h1_on_drain(lr_conn_t *c) {
   h1_conn_t *h = H1(c);
@@ -952,6 +962,7 @@ const lr_proto_t lr_http1_proto = {
     .abort = h1_abort,
     .body_wanted = h1_body_wanted,
     .resume = h1_resume,
+    .on_hangup = h1_on_hangup,
 };
 
 void lr_http1_init(lr_conn_t *c) {

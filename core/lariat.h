@@ -303,6 +303,11 @@ typedef struct lr_proto_s {
   /* optional: should the stream's handler wait before writing more? (default:
    * the connection's output queue is above LR_OUT_HIGH) */
   int (*write_blocked)(lr_stream_t *s);
+  /* optional: the peer hung up (FIN or RST) while reading was paused, so no
+   * EOF could be read. conn.c looks once a second while paused (POLLRDHUP,
+   * nginx's EPOLLRDHUP test), only for protocols that set this: for them a
+   * half-close means the client is gone (h1, DESIGN §4b) */
+  void (*on_hangup)(lr_conn_t *c);
 } lr_proto_t;
 
 /* ---- timeouts: FIFO lists of fixed duration, checked by one timer per worker ---- */
@@ -319,6 +324,7 @@ enum {
   LR_TO_BODY,   /* h1: periodic check of the request body's deadline (http1.c) */
   LR_TO_LINGER, /* lingering close: time between two reads (lingering_timeout), conn.c */
   LR_TO_SEND,   /* send timeout: c->send_to, not c->timeout (conn.c) */
+  LR_TO_HUP,    /* hang-up probe while reading is paused, every second: c->hup_to (conn.c) */
   LR_TO_N
 };
 
@@ -348,6 +354,7 @@ struct lr_conn_s {
   uv_write_t *wreq;   /* only while a write waits on the kernel (rare) */
   lr_timeout_t timeout;
   lr_timeout_t send_to; /* send timeout, armed while output can't leave (conn.c) */
+  lr_timeout_t hup_to;  /* hang-up probe, armed while reading is paused (proto->on_hangup) */
   size_t send_mark;     /* libuv's write queue size when send_to was armed: less = progress */
   uint64_t linger_end;  /* lingering close: loop time when discarding input ends */
   void *proto_state;  /* owned by the protocol (h2 session, websocket) */

@@ -60,7 +60,10 @@ static void on_timeout_tick(uv_timer_t *t) {
       lr_timeout_t *to = LR_CONTAINER_OF(w->timeouts[k].next, lr_timeout_t, link);
       if (to->deadline > now) break;
       lr_link_unlink(&to->link);
-      lr__conn_timeout(k == LR_TO_SEND ? LR_CONTAINER_OF(to, lr_conn_t, send_to) : LR_CONTAINER_OF(to, lr_conn_t, timeout), k);
+      lr__conn_timeout(k == LR_TO_SEND  ? LR_CONTAINER_OF(to, lr_conn_t, send_to)
+                       : k == LR_TO_HUP ? LR_CONTAINER_OF(to, lr_conn_t, hup_to)
+                                        : LR_CONTAINER_OF(to, lr_conn_t, timeout),
+                       k);
     }
   }
 }
@@ -361,6 +364,7 @@ int lr_worker_init(lr_worker_t *w, int id, const lr_config_t *cfg, const lr_app_
   w->timeout_ms[LR_TO_IDLE] = cfg->idle_timeout_ms;
   w->timeout_ms[LR_TO_LINGER] = cfg->lingering_timeout_ms;
   w->timeout_ms[LR_TO_SEND] = cfg->send_timeout_ms;
+  w->timeout_ms[LR_TO_HUP] = 1000;
   /* the body deadline is checked this often (http1.c) */
   uint64_t body = cfg->body_deadline_ms < cfg->body_timeout_ms ? cfg->body_deadline_ms : cfg->body_timeout_ms;
   w->timeout_ms[LR_TO_BODY] = body / 4 < 10 ? 10 : body / 4 > 1000 ? 1000 : body / 4;

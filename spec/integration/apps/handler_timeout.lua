@@ -28,6 +28,13 @@ app:get("/hang", function(req)
   return "woke"
 end)
 
+-- never reads the body it is sent: the connection stops reading once the
+-- body buffer is full (test_attacks_h1_paused_hangup.py)
+app:post("/hang", function(req)
+  local _ <close> = mark()
+  lariat.sleep(1e9)
+end)
+
 -- waits for a body that comes slowly (each read within --body-timeout)
 app:post("/hang-body", function(req)
   local _ <close> = mark()
