@@ -604,6 +604,23 @@ static int write_k(lua_State *L, int status, lua_KContext ctx) {
   return 1;
 }
 
+static int m_write(lua_State *L);
+
+/* woken from a wait before queueing: write now (or wait again) */
+static int write_again_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  lr_req_t *r = check_req(L, 1);
+  if (r->s == NULL || r->s->conn == NULL) return lr_req_closed(L, r);
+  lr_co_t *co = lr_co_current(L);
+  if (co && co->stopping) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "stopping"); /* not queued: the server stops, wind down */
+    return 2;
+  }
+  return m_write(L);
+}
+
 static int m_write(lua_State *L) {
   lr_stream_t *s = check_stream(L, 1);
   size_t len;
@@ -623,6 +640,14 @@ static int m_write(lua_State *L) {
   }
   if (s->flags & LR_SF_FINISHED) return luaL_error(L, "req:write: the response is complete");
   if (s->conn == NULL) goto closed;
+  if (lr_stream_queue_blocked(s)) {
+    lr_co_t *co = lr_co_current(L);
+    if (co && co->L == L && lua_isyieldable(L)) {
+      lua_settop(L, 2);
+      s->wait = LR_WAIT_DRAIN;
+      return lr_co_wait(L, co, 0, NULL, NULL, write_again_k);
+    }
+  }
   int rc;
   strref_t *sr = len > BIG_BODY ? ref_string(L, 2) : NULL;
   rc = lr_stream_send_data(s, data, len, sr ? release_strref : NULL, sr);

@@ -532,14 +532,14 @@ void lr_co_stop_all(lr_lworker_t *lw) {
 }
 
 /* lariat.stats() -> { handlers = live request handlers, waiting = suspended
- * coroutines } on this worker: cheap counters for tests and health checks */
+ * coroutines, output = response bytes buffered } on this worker: cheap counters for tests and health checks */
 int lr_l_stats(lua_State *L) {
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) return luaL_error(L, "lariat.stats: only from a handler");
   lr_lworker_t *lw = co->app->lw;
   unsigned waiting = 0;
   for (lr_link_t *l = lw->waiting.next; l != &lw->waiting; l = l->next) waiting++;
-  lua_createtable(L, 0, 6);
+  lua_createtable(L, 0, 7);
   lua_pushinteger(L, (lua_Integer)lw->n_live);
   lua_setfield(L, -2, "handlers");
   lua_pushinteger(L, (lua_Integer)waiting);
@@ -552,6 +552,14 @@ int lr_l_stats(lua_State *L) {
   lua_setfield(L, -2, "tasks");
   lua_pushinteger(L, (lua_Integer)lr_client_count(lw->w));
   lua_setfield(L, -2, "outbound"); /* outbound connections open, pooled and h2 sessions included */
+  /* response bytes buffered in user space on this worker's connections */
+  size_t out = 0;
+  for (lr_link_t *l = lw->w->conns.next; l != &lw->w->conns; l = l->next) {
+    lr_conn_t *c = LR_CONTAINER_OF(l, lr_conn_t, all);
+    out += lr_conn_queued(c) + (c->proto && c->proto->held ? c->proto->held(c) : 0);
+  }
+  lua_pushinteger(L, (lua_Integer)out);
+  lua_setfield(L, -2, "output");
   return 1;
 }
 

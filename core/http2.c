@@ -690,12 +690,13 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
        * from here on can't be in flight any more (§5.1 closed) */
       closed_peer_reset(h, hd->stream_id);
       break;
-    case NGHTTP2_PING:
-      noise = !(hd->flags & NGHTTP2_FLAG_ACK);
-      break;
-    case NGHTTP2_SETTINGS:
+    case NGHTTP2_SETTINGS: /* INITIAL_WINDOW_SIZE may open every stream */
+      h->maybe_drained = 1;
       noise = !(hd->flags & NGHTTP2_FLAG_ACK);
       if (!noise) h->settings_acked = 1; /* (h2_sleep) */
+      break;
+    case NGHTTP2_PING:
+      noise = !(hd->flags & NGHTTP2_FLAG_ACK);
       break;
     case NGHTTP2_PRIORITY:
       noise = 1;
@@ -724,6 +725,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       break;
     case NGHTTP2_WINDOW_UPDATE:
       if (h->win_debt && hd->stream_id == 0) debt_update(h);
+      h->maybe_drained = 1; /* a writer waiting for this window may go on */
       if (h->wu_credit)
         h->wu_credit--;
       else
@@ -1207,6 +1209,21 @@ static int stream_blocked(const h2_stream_t *st) {
 
 static int h2_write_blocked(lr_stream_t *s) { return stream_blocked(s->proto_data); }
 
+/* ... and a write to a stream that can't send now (its window or the
+ * connection's at 0, or the socket full) waits before it is queued while the
+ * connection holds OUT_HIGH: a peer keeping 100 streams at window 0 then
+ * costs ~OUT_HIGH, not a write per stream */
+static int queue_blocked(const h2_stream_t *st) {
+  const h2_conn_t *h = st->h;
+  if (lr_conn_queued(h->c) > OUT_HIGH) return 1;
+  return h->queued > OUT_HIGH && (nghttp2_session_get_remote_window_size(h->ng) <= 0 ||
+                                  nghttp2_session_get_stream_remote_window_size(h->ng, st->id) <= 0);
+}
+
+static int h2_queue_blocked(lr_stream_t *s) { return queue_blocked(s->proto_data); }
+
+static size_t h2_held(lr_conn_t *c) { return H2(c)->queued; }
+
 /* the core's own answer (431, 413): the handler never sees the request */
 static void reject(h2_stream_t *st) {
   lr_stream_t *s = st->s;
@@ -1298,7 +1315,7 @@ static void wake_writers(h2_conn_t *h) {
     h2_stream_t *st = LR_CONTAINER_OF(l, h2_stream_t, all);
     l = l->next;
     lr_stream_t *s = st->s;
-    if (s && s->wait == LR_WAIT_DRAIN && !stream_blocked(st)) c->worker->app->wake(s);
+    if (s && s->wait == LR_WAIT_DRAIN && !stream_blocked(st) && !queue_blocked(st)) c->worker->app->wake(s);
   }
 }
 
@@ -1472,6 +1489,8 @@ const lr_proto_t lr_http2_proto = {
     .body_wanted = h2_body_wanted,
     .resume = h2_resume,
     .write_blocked = h2_write_blocked,
+    .queue_blocked = h2_queue_blocked,
+    .held = h2_held,
 };
 
 /* ---- sessions ---- */

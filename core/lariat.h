@@ -276,6 +276,8 @@ void lr_stream_abort(lr_stream_t *s);
 int lr_stream_read_body(lr_stream_t *s, lr_buf_t *out, size_t max, int *fin);
 /* true when the handler should wait for the connection to drain before writing more */
 int lr_stream_write_blocked(lr_stream_t *s);
+/* true when the handler should wait before it queues more (checked before a write) */
+int lr_stream_queue_blocked(lr_stream_t *s);
 /* the application is done with the stream (coroutine ended) */
 void lr_stream_app_release(lr_stream_t *s);
 const lr_str_t *lr_stream_header(const lr_stream_t *s, const char *name, size_t len);
@@ -303,6 +305,13 @@ typedef struct lr_proto_s {
   /* optional: should the stream's handler wait before writing more? (default:
    * the connection's output queue is above LR_OUT_HIGH) */
   int (*write_blocked)(lr_stream_t *s);
+  /* optional: should the handler wait BEFORE queueing its next write? (h2: the
+   * stream can't send now and the connection already holds --output-buffer,
+   * so a hundred stuck streams don't each hold a write) */
+  int (*queue_blocked)(lr_stream_t *s);
+  /* optional: response bytes the protocol holds besides the out queue (h2:
+   * DATA waiting for a window); for lariat.stats(), never on a request path */
+  size_t (*held)(lr_conn_t *c);
   /* optional: the peer hung up (FIN or RST) while reading was paused, so no
    * EOF could be read. conn.c looks once a second while paused (POLLRDHUP,
    * nginx's EPOLLRDHUP test), only for protocols that set this: for them a

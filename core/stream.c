@@ -197,6 +197,10 @@ int lr_stream_write_blocked(lr_stream_t *s) {
   return lr_conn_queued(s->conn) > LR_OUT_HIGH;
 }
 
+int lr_stream_queue_blocked(lr_stream_t *s) {
+  return s->conn && s->conn->proto->queue_blocked && s->conn->proto->queue_blocked(s);
+}
+
 int lr_stream_read_body(lr_stream_t *s, lr_buf_t *out, size_t max, int *fin) {
   *fin = 0;
   if (s->body.len) {
