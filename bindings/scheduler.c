@@ -287,7 +287,15 @@ static int is_websocket(lr_co_t *co) {
 static void on_deadline(uv_timer_t *t) {
   lr_co_t *co = t->data;
   lr_stream_t *s = co->stream;
-  if (s == NULL || co->ws || co->closing || co->cancelled || (s->flags & LR_SF_REPLIED) || s->conn == NULL) return;
+  if (s == NULL || co->ws || co->closing || co->cancelled || (s->flags & LR_SF_REPLIED) || s->conn == NULL) {
+    uv_timer_stop(t);
+    return;
+  }
+  /* reading a request body that is still coming: a slow upload is not a hung
+   * handler (nginx's proxy_read_timeout starts once the body is in), and the
+   * body has bounds of its own (--body-timeout, --body-deadline). The timer
+   * repeats: it looks again a period later. */
+  if (s->wait == LR_WAIT_BODY && !(s->flags & LR_SF_BODY_DONE)) return;
   lr_log(LR_LOG_WARN, "%.*s %.*s: handler timed out (no response started in time): cancelled, 504",
          (int)s->method.len, s->method.base, (int)s->path.len, s->path.base);
   lr_metrics_count(co->app->lw, LR_MET_HANDLER_TIMEOUT);
@@ -302,7 +310,7 @@ static void arm_deadline(lr_co_t *co, uint64_t ms) {
     uv_timer_stop(&co->deadline);
     return;
   }
-  uv_timer_start(&co->deadline, on_deadline, ms, 0);
+  uv_timer_start(&co->deadline, on_deadline, ms, ms);
 }
 
 void lr_co_set_deadline(lr_co_t *co, uint64_t ms) {
@@ -532,7 +540,8 @@ void lr_co_stop_all(lr_lworker_t *lw) {
 }
 
 /* lariat.stats() -> { handlers = live request handlers, waiting = suspended
- * coroutines, output = response bytes buffered } on this worker: cheap counters for tests and health checks */
+ * coroutines, output = response bytes buffered, ... } on this worker: cheap
+ * counters for tests and health checks */
 int lr_l_stats(lua_State *L) {
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) return luaL_error(L, "lariat.stats: only from a handler");

@@ -4,7 +4,9 @@
  * Output is queued, never written at once: every connection that produced
  * bytes is flushed once per loop phase (worker.c), so a batch of responses
  * leaves in one writev. */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* POLLRDHUP */
+#endif
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>

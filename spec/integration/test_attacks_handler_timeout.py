@@ -86,14 +86,36 @@ def test_h1_many_clients_at_once_then_again(srv):
         assert served(srv)
 
 
-def test_h1_handler_waiting_for_a_slow_body_gets_504_and_the_body_is_read_away(srv):
-    """A body trickled within --body-timeout per read keeps the handler in its
-    read past the handler timeout: 504, then the rest of the body is dropped
-    and the connection serves the next request (content-length framing)."""
+def test_h1_slow_upload_is_not_cut_but_a_hang_after_it_is(srv):
+    """A body trickled over twice the timeout (each piece within
+    --body-timeout) while the handler reads it: time waiting for the body
+    does not count (it has bounds of its own; nginx's proxy_read_timeout
+    starts once the body is in). The handler then hangs: 504, and the same
+    connection serves the next request."""
     for round_ in range(2):
         closed0 = stats(srv)["closed"]
         with RawConn(srv.port, timeout=10 * SLOW) as c:
-            c.send(b"POST /hang-body HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\nabcde")
+            c.send(b"POST /hang-body HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\n")
+            t0 = time.monotonic()
+            for i in range(5):
+                time.sleep(TIMEOUT * 2 / 5)
+                c.send(b"abcd")
+            r = c.read_response()
+            assert r.status == 504
+            assert time.monotonic() - t0 >= TIMEOUT * 2  # not cut while the body came
+            c.send(request("GET", "/"))
+            assert c.read_response().body == b"ok"
+        wait_stats(srv, 2, "round %d: handler gone" % round_, handlers=0, closed=closed0 + 1)
+
+
+def test_h1_handler_not_reading_its_body_gets_504_and_the_body_is_read_away(srv):
+    """POST /hang never reads the body: 504 at the timeout although the body
+    is incomplete; the rest of it is then read and dropped (content-length
+    framing) and the connection serves the next request."""
+    for round_ in range(2):
+        closed0 = stats(srv)["closed"]
+        with RawConn(srv.port, timeout=10 * SLOW) as c:
+            c.send(b"POST /hang HTTP/1.1\r\nhost: x\r\ncontent-length: 20\r\n\r\nabcde")
             assert c.read_response().status == 504
             c.send(b"fghijklmnopqrst")
             c.send(request("GET", "/"))
@@ -192,13 +214,13 @@ def test_h2_only_the_hung_stream_gets_504(srv, tls):
 
 
 def test_h2_hung_stream_with_unfinished_body(srv):
-    """HTTP/2 stream whose body never ends: 504 on that stream; the
-    connection goes on."""
+    """HTTP/2 stream whose body never ends and whose handler never reads it:
+    504 on that stream; the connection goes on."""
     with H2Raw(srv.port, timeout=10 * SLOW) as c:
         c.handshake()
         for round_, sid in enumerate((1, 3)):
             closed0 = stats(srv)["closed"]
-            c.request(sid, "/hang-body", method="POST", end_stream=False)
+            c.request(sid, "/hang", method="POST", end_stream=False)
             c.data(sid, b"abc")
             assert c.response(sid)[0] == 504
             wait_stats(srv, 2, "round %d: handler gone" % round_, handlers=0, closed=closed0 + 1)

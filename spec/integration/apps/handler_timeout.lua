@@ -35,10 +35,13 @@ app:post("/hang", function(req)
   lariat.sleep(1e9)
 end)
 
--- waits for a body that comes slowly (each read within --body-timeout)
+-- reads a body that may come slowly (each read within --body-timeout),
+-- then never answers
 app:post("/hang-body", function(req)
   local _ <close> = mark()
-  return req:body() or "none"
+  local body = req:body()
+  lariat.sleep(1e9)
+  return body
 end)
 
 -- long polls: an answer after s seconds, longer than --handler-timeout
