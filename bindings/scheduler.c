@@ -64,8 +64,10 @@ static void co_release(lr_co_t *co) {
   lr_link_unlink(&co->wq);
   lr_link_unlink(&co->waiters);
   uv_timer_stop(&co->timer);
-  uv_timer_stop(&co->deadline);
-  co->deadline_set = 0;
+  if (co->deadline_set) { /* only handlers that waited armed it */
+    uv_timer_stop(&co->deadline);
+    co->deadline_set = 0;
+  }
   if (co->is_handler) app->lw->n_live--;
   co->is_handler = 0;
   co->waiting = co->cancelled = co->closing = 0;
