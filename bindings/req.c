@@ -589,36 +589,34 @@ static int m_set_header(lua_State *L) {
 
 /* -- writing the body -- */
 
-static int write_k(lua_State *L, int status, lua_KContext ctx) {
-  (void)status;
-  (void)ctx;
+static int m_write(lua_State *L);
+
+/* after a write's wait: queued before it (true), or not yet (write now, or
+ * wait again) */
+static int write_after(lua_State *L, int queued) {
   lr_req_t *r = check_req(L, 1);
   if (r->s == NULL || r->s->conn == NULL) return lr_req_closed(L, r);
   lr_co_t *co = lr_co_current(L);
   if (co && co->stopping) {
     luaL_pushfail(L);
-    lua_pushliteral(L, "stopping"); /* queued, but the server stops: wind down */
+    lua_pushliteral(L, "stopping"); /* the server stops: wind down */
     return 2;
   }
+  if (!queued) return m_write(L);
   lua_pushboolean(L, 1);
   return 1;
 }
 
-static int m_write(lua_State *L);
+static int write_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  return write_after(L, 1);
+}
 
-/* woken from a wait before queueing: write now (or wait again) */
 static int write_again_k(lua_State *L, int status, lua_KContext ctx) {
   (void)status;
   (void)ctx;
-  lr_req_t *r = check_req(L, 1);
-  if (r->s == NULL || r->s->conn == NULL) return lr_req_closed(L, r);
-  lr_co_t *co = lr_co_current(L);
-  if (co && co->stopping) {
-    luaL_pushfail(L);
-    lua_pushliteral(L, "stopping"); /* not queued: the server stops, wind down */
-    return 2;
-  }
-  return m_write(L);
+  return write_after(L, 0);
 }
 
 static int m_write(lua_State *L) {

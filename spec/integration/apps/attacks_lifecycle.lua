@@ -4,17 +4,12 @@
 local lariat = require "lariat"
 local app = lariat.app()
 
-local closed = 0    -- to-be-closed variables run (handlers cancelled or ended)
+local closecount = require "closecount" -- to-be-closed variables run (handlers cancelled or ended)
+local mark = closecount.mark
 local finished = {} -- spawned task name -> true once it ran to its end
 
-local function mark()
-  return setmetatable({}, { __close = function() closed = closed + 1 end })
-end
-
 app:get("/stats", function(req)
-  local s = lariat.stats()
-  s.handlers = s.handlers - 1 -- not this one
-  s.closed = closed
+  local s = closecount.stats()
   s.subscribers = lariat.channel("c"):subscribers() + lariat.channel("wc"):subscribers()
   return s
 end)

@@ -5,18 +5,10 @@
 local lariat = require "lariat"
 local app = lariat.app()
 
-local closed = 0
+local closecount = require "closecount"
+local mark = closecount.mark
 
-local function mark()
-  return setmetatable({}, { __close = function() closed = closed + 1 end })
-end
-
-app:get("/stats", function(req)
-  local s = lariat.stats()
-  s.handlers = s.handlers - 1 -- not this one
-  s.closed = closed
-  return s
-end)
+app:get("/stats", function(req) return closecount.stats() end)
 
 app:get("/", function(req) return "ok" end)
 app:get("/metrics", lariat.metrics.handler())
@@ -45,27 +37,18 @@ app:post("/hang-body", function(req)
 end)
 
 -- long polls: an answer after s seconds, longer than --handler-timeout
-app:get("/poll/none/:s", { timeout = 0 }, function(req)
+local function poll(req)
   local _ <close> = mark()
   lariat.sleep(tonumber(req.bindings.s))
   return "polled"
-end)
-app:get("/poll/long/:s", { timeout = 30 }, function(req)
-  local _ <close> = mark()
-  lariat.sleep(tonumber(req.bindings.s))
-  return "polled"
-end)
+end
+app:get("/poll/none/:s", { timeout = 0 }, poll)
+app:get("/poll/long/:s", { timeout = 30 }, poll)
 -- a middleware in front: the route's timeout still applies
-app:get("/poll/mw/:s", { function(req, next) lariat.sleep(0.01); return next() end, timeout = 0 }, function(req)
-  local _ <close> = mark()
-  lariat.sleep(tonumber(req.bindings.s))
-  return "polled"
-end)
+app:get("/poll/mw/:s", { function(req, next) lariat.sleep(0.01); return next() end, timeout = 0 }, poll)
 app:get("/poll/set/:s", function(req)
-  local _ <close> = mark()
   req:set_timeout(0)
-  lariat.sleep(tonumber(req.bindings.s))
-  return "polled"
+  return poll(req)
 end)
 -- a shorter bound than the server's, set by the handler itself
 app:get("/short", function(req)
