@@ -691,7 +691,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       closed_peer_reset(h, hd->stream_id);
       break;
     case NGHTTP2_SETTINGS: /* INITIAL_WINDOW_SIZE may open every stream */
-      h->maybe_drained = 1;
+      if (h->queued > OUT_HIGH) h->maybe_drained = 1; /* writers may wait on windows (queue_blocked) */
       noise = !(hd->flags & NGHTTP2_FLAG_ACK);
       if (!noise) h->settings_acked = 1; /* (h2_sleep) */
       break;
@@ -725,7 +725,7 @@ static int on_begin_frame(nghttp2_session *ng, const nghttp2_frame_hd *hd, void 
       break;
     case NGHTTP2_WINDOW_UPDATE:
       if (h->win_debt && hd->stream_id == 0) debt_update(h);
-      h->maybe_drained = 1; /* a writer waiting for this window may go on */
+      if (h->queued > OUT_HIGH) h->maybe_drained = 1; /* a writer waiting for this window may go on */
       if (h->wu_credit)
         h->wu_credit--;
       else
