@@ -227,17 +227,11 @@ void lr_app_retire(lr_app_t *app) {
   lr_app_unref(app);
 }
 
-static void on_co_closed(uv_handle_t *h) {
-  lr_co_t *co = h->data;
-  lr_buf_free(&co->acc);
-  free(co);
-}
-
 static void free_cos(lr_app_t *app) {
   while (app->free_cos) {
     lr_co_t *co = app->free_cos;
     app->free_cos = co->next_free;
-    uv_close((uv_handle_t *)&co->timer, on_co_closed);
+    lr_co_free(co);
   }
   app->n_free_cos = 0;
 }

@@ -164,6 +164,9 @@ void lr_co_abandon(lr_co_t *co);
  * timeout=): if its response hasn't started within ms it is cancelled and the
  * client gets 504; 0: no limit */
 void lr_co_set_deadline(lr_co_t *co, uint64_t ms);
+/* free a coroutine that is not running nor waiting (a pooled one): its timer
+ * handles close, the struct goes with the last */
+void lr_co_free(lr_co_t *co);
 /* lariat.stats(): live handlers and waits on this worker */
 int lr_l_stats(lua_State *L);
 /* the server is stopping: tell every waiting coroutine once (co->stopping) */

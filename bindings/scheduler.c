@@ -47,11 +47,16 @@ static lr_co_t *co_new(lr_app_t *app) {
   return co;
 }
 
+/* see bindings.h */
+void lr_co_free(lr_co_t *co) {
+  uv_close((uv_handle_t *)&co->timer, on_timer_close);
+  uv_close((uv_handle_t *)&co->deadline, on_timer_close);
+}
+
 static void co_destroy(lr_co_t *co) {
   /* the thread itself is garbage once unreferenced */
   luaL_unref(co->app->L, LUA_REGISTRYINDEX, co->ref);
-  uv_close((uv_handle_t *)&co->timer, on_timer_close);
-  uv_close((uv_handle_t *)&co->deadline, on_timer_close);
+  lr_co_free(co);
 }
 
 /* The coroutine ended (or died, or was cancelled): give it back for reuse.
