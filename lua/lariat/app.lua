@@ -403,8 +403,9 @@ function App:compile()
       error("route " .. route.pattern .. ": " .. err, 0)
     end
     local p = route.pattern
+    -- (a route with its own timeout goes through call_route, which sets it)
     if route.kind ~= "ws" and not route.host and not route.chain[1] and route.methods ~= "*"
-        and not p:find("[:%*%[]") and lpath.canonical(p) == p then
+        and route.timeout == nil and not p:find("[:%*%[]") and lpath.canonical(p) == p then
       local f = fast[p] or {}
       fast[p] = f
       fast_route[p] = fast_route[p] or {}
@@ -414,10 +415,6 @@ function App:compile()
       if tag then
         local id, inner = route.metric_id, h
         h = function(req) tag(req, id); return inner(req) end
-      end
-      if route.timeout then -- only routes that ask pay for it
-        local t, inner = route.timeout, h
-        h = function(req) req:set_timeout(t); return inner(req) end
       end
       for _, m in ipairs(route.methods) do
         if f[m] == nil then f[m] = h; fast_route[p][m] = route end

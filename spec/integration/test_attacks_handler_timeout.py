@@ -131,7 +131,7 @@ def test_handler_shortens_its_own_bound(srv):
             assert c.read_response().status == 504
 
 
-@pytest.mark.parametrize("path", ["/poll/none/1", "/poll/long/1", "/poll/mw/1", "/poll/set/1"])
+@pytest.mark.parametrize("path", ["/poll/none/1", "/poll-literal", "/poll/long/1", "/poll/mw/1", "/poll/set/1"])
 def test_long_poll_routes_with_their_own_timeout_are_not_cut(srv, path):
     """`app:get(path, {timeout = 0}, fn)`, `{timeout = 30}`, the same behind a
     middleware, and req:set_timeout(0): a 1 s wait (twice the server's

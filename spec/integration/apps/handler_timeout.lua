@@ -43,6 +43,12 @@ local function poll(req)
   return "polled"
 end
 app:get("/poll/none/:s", { timeout = 0 }, poll)
+-- a literal path (the kind C may run without the router): the same
+app:get("/poll-literal", { timeout = 0 }, function(req)
+  local _ <close> = mark()
+  lariat.sleep(1)
+  return "polled"
+end)
 app:get("/poll/long/:s", { timeout = 30 }, poll)
 -- a middleware in front: the route's timeout still applies
 app:get("/poll/mw/:s", { function(req, next) lariat.sleep(0.01); return next() end, timeout = 0 }, poll)
