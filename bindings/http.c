@@ -5,6 +5,7 @@
  * take: the head, body bytes (stream = true), the end, or an error.
  * Every wait goes through lr_co_wait: a cancelled request closes its
  * connection (mid-exchange: never pooled). */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,7 +25,6 @@ typedef struct exch_s {
   lr_client_t *cl;
   lr_co_t *co;
   lr_worker_t *w;
-  lr_h1c_t h;
   int phase;
   int closed;         /* the connection ended (cl is NULL) */
   int got_bytes;      /* some of the response arrived */
@@ -57,6 +57,7 @@ typedef struct exch_s {
   lr_req_t *req;      /* kept alive by the exchange's user value */
   int proxy, chunked_up;
   lr_buf_t scratch;   /* request body bytes on their way up */
+  lr_h1c_t h;         /* last: its 3 KiB header index is never cleared */
 } exch_t;
 
 /* The Lua userdata is a box around a pointer: the exchange itself (3.5 KiB
@@ -171,11 +172,7 @@ static void exch_cancel(lr_co_t *co, void *arg) {
   snprintf(ex->err, sizeof ex->err, "closed");
 }
 
-static int exch_gc(lua_State *L) {
-  exch_t **box = luaL_checkudata(L, 1, EXCH_MT);
-  exch_t *ex = *box;
-  if (ex == NULL) return 0;
-  *box = NULL;
+static void exch_free(exch_t *ex) {
   exch_release(ex, 1); /* a finished response read to its end is pooled; else closed */
   free(ex->host);
   free(ex->target);
@@ -185,12 +182,33 @@ static int exch_gc(lua_State *L) {
   ex->host = ex->target = ex->hosthdr = ex->method = ex->ca = NULL;
   if (n_free_exch < MAX_FREE_EXCH && ex->h.head.cap <= 16384 && ex->h.body.cap <= 65536 && ex->scratch.cap <= 65536) {
     free_exch[n_free_exch++] = ex; /* its buffers go with it */
-    return 0;
+    return;
   }
   lr_h1c_free(&ex->h);
   lr_buf_free(&ex->scratch);
   free(ex);
+}
+
+static int exch_gc(lua_State *L) {
+  exch_t **box = luaL_checkudata(L, 1, EXCH_MT);
+  exch_t *ex = *box;
+  if (ex == NULL) return 0;
+  *box = NULL;
+  exch_free(ex);
   return 0;
+}
+
+/* The exchange ended and nothing will look at it again (not a streamed
+ * response, whose read function holds the box): back to the free list now
+ * rather than whenever the collector gets to the box, so the next request
+ * finds it there instead of allocating and clearing a fresh one. */
+static void exch_done(lua_State *L, exch_t *ex) {
+  exch_t **box = lua_touserdata(L, 2);
+  if (ex->stream && !ex->proxy) return;
+  if (box && *box == ex) {
+    *box = NULL;
+    exch_free(ex);
+  }
 }
 
 /* ---- waiting ---- */
@@ -210,7 +228,9 @@ static lr_stream_t *px_stream(exch_t *ex);
 static int fail_ex(lua_State *L, exch_t *ex, const char *msg) {
   if (ex->proxy) return px_error(L, ex, msg);
   exch_release(ex, 0);
-  return fail(L, msg);
+  fail(L, msg); /* msg may live in ex: pushed before ex goes */
+  exch_done(L, ex);
+  return 2;
 }
 
 /* wait for the connection with the tighter of the deadline and the phase's own timeout */
@@ -310,6 +330,7 @@ static int whole_k(lua_State *L, int status, lua_KContext ctx) {
     lua_setfield(L, -2, "body");
     ex->h.body.len = 0;
     exch_release(ex, 1);
+    exch_done(L, ex);
     return 1;
   }
   if (ex->h.failed || ex->closed) return body_error(L, ex);
@@ -535,6 +556,13 @@ static int coal_k(lua_State *L, int status, lua_KContext ctx) {
   return start_exchange(L, ex);
 }
 
+/* the request body's length: -1 unknown (it streams), 0 none */
+static int64_t px_body_len(const lr_stream_t *s) {
+  int64_t blen = s->content_length;
+  if (blen < 0 && (s->flags & LR_SF_BODY_DONE) && s->body.len == 0) blen = 0;
+  return blen;
+}
+
 static int start_exchange(lua_State *L, exch_t *ex) {
   lr_client_opts_t o = {0};
   o.host = ex->host;
@@ -547,27 +575,26 @@ static int start_exchange(lua_State *L, exch_t *ex) {
   int want_h2 = ex->tls ? (ex->proxy || !ex->body_fn) && ex->version != 11 && !ws : ex->version == 20 && !ws;
   o.alpn = ex->tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : want_h2 ? "h2c" : NULL;
   o.fresh = ex->retried && !ex->refused;
+  o.replayable = !ex->body_fn && !(ps && px_body_len(ps) != 0);
   ex->closed = 0;
   ex->err[0] = 0;
   if (want_h2 && !o.fresh) { /* a session to this origin already: one more stream on it */
-    char *key = lr_client_key(&o);
+    char kbuf[1024]; /* on the stack: a copy only for a leader, who keeps it */
+    const char *key = lr_client_key_into(&o, kbuf, sizeof kbuf) >= 0 ? kbuf : NULL;
     lr_h2c_t *hs = key ? lr_h2c_find(ex->w, key) : NULL;
     if (hs) {
-      free(key);
       ex->reused = 1;
       return h2_submit(L, ex, hs);
     }
     exch_t *ld = key && !ex->coalesced ? coal_leader(key) : NULL;
     if (ld) { /* its connection is on the way: wait for it rather than open another */
-      free(key);
       ex->coal_role = COAL_WAITER;
       lr_list_push(&ld->waiters, &ex->coal);
       ex->phase = PH_CONNECT;
       lua_settop(L, 2);
       return exch_wait(L, ex, ex->connect_ms, coal_k);
     }
-    if (key) {
-      ex->coal_key = key;
+    if (key && (ex->coal_key = strdup(key)) != NULL) {
       ex->coal_role = COAL_LEADER;
       lr_list_init(&ex->waiters);
       lr_list_push(&pending_h2, &ex->coal);
@@ -641,11 +668,17 @@ static int res_read(lua_State *L) {
 
 static lr_stream_t *px_stream(exch_t *ex) { return ex->req ? ex->req->s : NULL; }
 
+/* the proxied exchange is over: the handler returns nothing (it answered) */
+static int px_end(lua_State *L, exch_t *ex) {
+  exch_done(L, ex);
+  return 0;
+}
+
 static int px_error(lua_State *L, exch_t *ex, const char *err) {
   exch_release(ex, 0);
   lr_stream_t *s = px_stream(ex);
   lua_settop(L, 2);
-  if (s == NULL || (s->flags & LR_SF_RESET)) return 0; /* the client left: nobody to tell */
+  if (s == NULL || (s->flags & LR_SF_RESET)) return px_end(L, ex); /* the client left: nobody to tell */
   int status = strcmp(err, "timeout") == 0 ? 504 : 502;
   lr_log(LR_LOG_WARN, "proxy: upstream %s:%d%s: %s (%d)", ex->host, ex->port, ex->target, err, status);
   if (!(s->flags & LR_SF_REPLIED)) {
@@ -655,7 +688,7 @@ static int px_error(lua_State *L, exch_t *ex, const char *err) {
   } else if (!(s->flags & LR_SF_FINISHED)) {
     lr_stream_abort(s); /* a truncated response, never a fake complete one */
   }
-  return 0;
+  return px_end(L, ex);
 }
 
 static int eq_ci(lr_str_t a, const char *b) {
@@ -691,7 +724,7 @@ static int px_body(lua_State *L, exch_t *ex) {
     lr_stream_t *s = px_stream(ex);
     if (s == NULL) {
       exch_release(ex, 0);
-      return 0;
+      return px_end(L, ex);
     }
     if (ex->h2s ? ex->closed : ex->cl == NULL) return fail_ex(L, ex, ex->err[0] ? ex->err : "closed");
     if (ex->h2s && ex->h.done) return after_send(L, ex); /* answered already: the rest is not wanted */
@@ -702,7 +735,7 @@ static int px_body(lua_State *L, exch_t *ex) {
     int n = lr_stream_read_body(s, &ex->scratch, 64 * 1024, &fin);
     if (n < 0) { /* the client left, or its body passed --max-body (the core answered 413) */
       exch_release(ex, 0);
-      return 0;
+      return px_end(L, ex);
     }
     if (ex->h2s) {
       if (n > 0 || fin) lr_h2c_write(ex->h2s, ex->scratch.base, (size_t)n, fin);
@@ -770,19 +803,12 @@ static void px_build(lua_State *L, lr_stream_t *s, px_head_t *ph) {
   ph->n = n;
 }
 
-/* the request body's length: -1 unknown (it streams), 0 none */
-static int64_t px_body_len(const lr_stream_t *s) {
-  int64_t blen = s->content_length;
-  if (blen < 0 && (s->flags & LR_SF_BODY_DONE) && s->body.len == 0) blen = 0;
-  return blen;
-}
-
 /* the request head up (HTTP/1.1 on ex->cl, or a stream of session hs), then its body */
 static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   lr_stream_t *s = px_stream(ex);
   if (s == NULL) {
     exch_release(ex, 0);
-    return 0;
+    return px_end(L, ex);
   }
   px_head_t ph;
   px_build(L, s, &ph);
@@ -836,7 +862,7 @@ static int px_resp(lua_State *L, exch_t *ex) {
     lr_stream_t *s = px_stream(ex);
     if (s == NULL || (s->flags & LR_SF_RESET)) {
       exch_release(ex, 0);
-      return 0;
+      return px_end(L, ex);
     }
     if (ex->h.body.len) {
       if (lr_stream_write_blocked(s)) {
@@ -854,7 +880,7 @@ static int px_resp(lua_State *L, exch_t *ex) {
       if (ex->h.n_trailers) px_trailers(ex, s);
       else lr_stream_finish(s);
       exch_release(ex, 1);
-      return 0;
+      return px_end(L, ex);
     }
     if (ex->h.failed || ex->closed) return body_error(L, ex);
     return exch_wait(L, ex, ex->read_ms, px_resp_k);
@@ -865,7 +891,7 @@ static int px_head(lua_State *L, exch_t *ex) {
   lr_stream_t *s = px_stream(ex);
   if (s == NULL || (s->flags & LR_SF_RESET)) {
     exch_release(ex, 0);
-    return 0;
+    return px_end(L, ex);
   }
   lr_header_t hd[LR_H1C_MAX_HEADERS];
   size_t n = 0;
@@ -884,7 +910,7 @@ static int px_head(lua_State *L, exch_t *ex) {
       hd[n++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
       hd[n++] = (lr_header_t){{"connection", 10}, {"Upgrade", 7}};
       ex->cl = NULL; /* the tunnel owns it now */
-      if (lr_tunnel_start(s, cl, hd, n) == 0) return 0;
+      if (lr_tunnel_start(s, cl, hd, n) == 0) return px_end(L, ex);
       ex->cl = cl;
     }
     return fail_ex(L, ex, "bad upgrade");
@@ -893,7 +919,7 @@ static int px_head(lua_State *L, exch_t *ex) {
     lr_stream_send_head(s, ex->h.status, hd, n, ex->h.body.base, ex->h.body.len, NULL, NULL, LR_FIN);
     ex->h.body.len = 0;
     exch_release(ex, 1);
-    return 0;
+    return px_end(L, ex);
   }
   lr_stream_send_head(s, ex->h.status, hd, n, NULL, 0, NULL, NULL, 0);
   return px_resp(L, ex);
@@ -986,10 +1012,8 @@ static exch_t *exch_new(lua_State *L, int proxy) {
     luaL_error(L, "out of memory");
     return NULL;
   }
-  lr_buf_t head = ex->h.head, body = ex->h.body, scratch = ex->scratch;
-  memset(ex, 0, sizeof *ex);
-  ex->h.head = head; /* lr_h1c_init below keeps them, emptied */
-  ex->h.body = body;
+  lr_buf_t scratch = ex->scratch;
+  memset(ex, 0, offsetof(exch_t, h)); /* lr_h1c_init below does h and keeps its buffers */
   ex->scratch = scratch;
   ex->scratch.len = 0;
   *box = ex;

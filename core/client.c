@@ -124,6 +124,7 @@ static void on_connect(uv_connect_t *req, int status) {
       if (n) {
         n->priv = p;
         n->key = cl->key;
+        n->key_hash = cl->key_hash;
         n->notify = cl->notify;
         n->owner = cl->owner;
         cl->priv = NULL;
@@ -234,12 +235,45 @@ const lr_proto_t lr_client_proto = {
 
 /* ---- API ---- */
 
+/* built by hand: snprintf cost more than the rest of a pooled request's setup */
+static size_t key_put(char *p, size_t at, size_t size, const char *s, size_t n) {
+  if (at + n < size) memcpy(p + at, s, n);
+  return at + n;
+}
+
+static size_t key_num(char *p, size_t at, size_t size, unsigned v) {
+  char d[12];
+  size_t n = 0;
+  do d[sizeof d - 1 - n++] = (char)('0' + v % 10); while ((v /= 10) && n < sizeof d);
+  return key_put(p, at, size, d + sizeof d - n, n);
+}
+
+int lr_client_key_into(const lr_client_opts_t *o, char *buf, size_t size) {
+  const char *sni = o->sni ? o->sni : "", *ca = o->ca ? o->ca : "", *alpn = o->alpn ? o->alpn : "";
+  size_t n = key_put(buf, 0, size, o->host, strlen(o->host));
+  n = key_put(buf, n, size, "|", 1);
+  n = key_num(buf, n, size, (unsigned)o->port);
+  n = key_put(buf, n, size, o->tls ? "|1|" : "|0|", 3);
+  n = key_put(buf, n, size, sni, strlen(sni));
+  n = key_put(buf, n, size, o->verify ? "|1|" : "|0|", 3);
+  n = key_put(buf, n, size, ca, strlen(ca));
+  n = key_put(buf, n, size, "|", 1);
+  n = key_put(buf, n, size, alpn, strlen(alpn));
+  if (n >= size) return -1;
+  buf[n] = 0;
+  return (int)n;
+}
+
 char *lr_client_key(const lr_client_opts_t *o) {
   char buf[1024];
-  int n = snprintf(buf, sizeof buf, "%s|%d|%d|%s|%d|%s|%s", o->host, o->port, o->tls, o->sni ? o->sni : "",
-                   o->verify, o->ca ? o->ca : "", o->alpn ? o->alpn : "");
-  if (n < 0 || (size_t)n >= sizeof buf) return NULL;
+  if (lr_client_key_into(o, buf, sizeof buf) < 0) return NULL;
   return strdup(buf);
+}
+
+uint32_t lr__client_key_hash(const char *key) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (const unsigned char *p = (const unsigned char *)key; *p; p++) h = (h ^ *p) * 16777619u;
+  return h;
 }
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -248,14 +282,14 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
                    lr_client_t **out, char *err, size_t errlen) {
   *out = NULL;
   lr_outbound_t *ob = lr__outbound(w);
-  char *key = ob ? lr_client_key(o) : NULL;
-  if (key == NULL) {
+  char kbuf[1024];
+  if (ob == NULL || lr_client_key_into(o, kbuf, sizeof kbuf) < 0) {
     snprintf(err, errlen, ob ? "host name too long" : "out of memory");
     return UV_ENOMEM;
   }
-  lr_client_t *cl = o->fresh ? NULL : lr__pool_take(ob, key);
+  uint32_t hash = lr__client_key_hash(kbuf);
+  lr_client_t *cl = o->fresh ? NULL : lr__pool_take(ob, kbuf, hash, o->replayable);
   if (cl) {
-    free(key);
     cl->notify = cb;
     cl->owner = owner;
     cl->reused = 1;
@@ -264,11 +298,11 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
   }
   unsigned cap = w->cfg->max_outbound;
   if (cap && ob->n_conns >= cap && !lr__pool_evict_one(ob)) {
-    free(key);
     snprintf(err, errlen, "too many outbound connections");
     return UV_EAGAIN;
   }
-  cl = client_new(w);
+  char *key = strdup(kbuf);
+  cl = key ? client_new(w) : NULL;
   struct lr_client_priv_s *p = cl ? calloc(1, sizeof *p) : NULL;
   if (p == NULL) {
     free(key);
@@ -277,6 +311,7 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
     return UV_ENOMEM;
   }
   cl->key = key;
+  cl->key_hash = hash;
   cl->priv = p;
   p->o = *o;
   p->o.host = p->host = strdup(o->host);

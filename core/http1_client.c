@@ -3,6 +3,7 @@
  * The exchange's owner feeds it what the connection read and takes body
  * bytes as they come: at most LR_H1C_BODY_MAX wait here, the rest stays in
  * the connection's buffer, whose reading pauses in turn (back-pressure). */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,7 +93,7 @@ static const llhttp_settings_t settings = {
 
 void lr_h1c_init(lr_h1c_t *h, int head_req, int stream, uint64_t max_body) {
   lr_buf_t head = h->head, body = h->body;
-  memset(h, 0, sizeof *h);
+  memset(h, 0, offsetof(lr_h1c_t, hdr)); /* hdr: 3 KiB nobody reads past n_headers */
   h->head = head;
   h->body = body;
   h->head.len = h->body.len = 0;

@@ -667,6 +667,8 @@ typedef struct lr_client_opts_s {
   const char *ca;   /* PEM file of trusted CAs; NULL: the system store */
   const char *alpn; /* ALPN list in wire format; NULL: none */
   int fresh;        /* never from the pool (a retry after a pooled connection failed) */
+  int replayable;   /* the owner retries on a fresh connection if a pooled one turns out closed:
+                     * one pooled this loop millisecond is then handed out without a probe */
 } lr_client_opts_t;
 
 struct lr_client_s {
@@ -686,9 +688,11 @@ struct lr_client_s {
   size_t in_max;          /* reading pauses at this much unconsumed (0: 256 KiB); lr_client_want */
   char err[160];          /* why it failed: "connection refused", "timeout", "certificate verify failed: ..." */
   char *key;              /* pool key: host, port, tls, sni, verify, ca */
+  uint32_t key_hash;      /* of key: the pool compares it before the string */
   struct lr_client_priv_s *priv; /* connect-time state (client.c) */
   lr_link_t pool;         /* in the pool's idle list (pool.c) */
   uint64_t idle_deadline;
+  uint64_t pooled_at;     /* loop time it went idle (pool.c) */
 };
 
 /* 0: cl will be notified (or *out is already open when reused); <0 and err filled: failed now */
@@ -728,7 +732,6 @@ typedef struct lr_h1c_header_s {
 typedef struct lr_h1c_s {
   llhttp_t parser;
   lr_buf_t head; /* header names and values */
-  lr_h1c_header_t hdr[LR_H1C_MAX_HEADERS];
   unsigned n_headers;
   int in_value;
   int status, version; /* version: 10 or 11 */
@@ -738,6 +741,7 @@ typedef struct lr_h1c_s {
   unsigned n_trailers; /* HTTP/2: the last n_trailers of the headers came after the body */
   lr_buf_t body;       /* body bytes the owner has not taken yet (at most 256 KiB parsed ahead) */
   uint64_t body_total, max_body; /* max_body 0 = none */
+  lr_h1c_header_t hdr[LR_H1C_MAX_HEADERS]; /* last: only the first n_headers are ever read (init skips it) */
 } lr_h1c_t;
 
 void lr_h1c_init(lr_h1c_t *h, int head_req, int stream, uint64_t max_body); /* keeps the buffers of a previous use */
@@ -768,6 +772,8 @@ int lr_h2c_refused(const lr_h2c_stream_t *st);       /* the server refused it un
 void lr_h2c_consume(lr_h2c_stream_t *st, size_t n); /* the owner took n body bytes: reopen the window */
 void lr_h2c_release(lr_h2c_stream_t *st);           /* done with it (reset if still open) */
 char *lr_client_key(const lr_client_opts_t *o);     /* the pool key of o, malloc'd */
+/* the pool key of o into buf (no allocation): its length, or -1 if it does not fit */
+int lr_client_key_into(const lr_client_opts_t *o, char *buf, size_t size);
 
 /* TLS client mode (core/tls.c) */
 /* start a client handshake on a connected c; origin keys session resumption.

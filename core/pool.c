@@ -4,7 +4,11 @@
  * A pooled connection keeps reading: if the server closes it (or sends
  * anything) meanwhile, client.c sees it and closes it at once. The loop may
  * not have polled since, so a take also peeks at the socket: a FIN or stray
- * bytes waiting in the kernel mean the connection is not handed out.
+ * bytes waiting in the kernel mean the connection is not handed out. Not
+ * for one that went idle this very millisecond (a busy upstream's
+ * connections go round in well under one): the peek would be a syscall per
+ * request for a race that the owner's retry on a fresh connection covers
+ * anyway (opts.replayable: the request can be sent again).
  * Pooled handles are unreferenced: they never keep a stopping worker alive. */
 #include <errno.h>
 #include <string.h>
@@ -15,8 +19,9 @@
 
 #define SWEEP_MS 1000
 
-static int healthy(lr_client_t *cl) {
+static int healthy(lr_outbound_t *ob, lr_client_t *cl, int replayable) {
   if (cl->state != LR_CL_OPEN || cl->eof || cl->in.len || (cl->conn.flags & LR_CF_CLOSING)) return 0;
+  if (replayable && cl->pooled_at == uv_now(&ob->w->loop)) return 1;
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&cl->conn.tcp, &fd) != 0) return 0;
   char b;
@@ -24,15 +29,15 @@ static int healthy(lr_client_t *cl) {
   return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
 }
 
-lr_client_t *lr__pool_take(lr_outbound_t *ob, const char *key) {
+lr_client_t *lr__pool_take(lr_outbound_t *ob, const char *key, uint32_t hash, int replayable) {
   /* newest first: the warmest connection, the least likely to have been timed out by the server */
   lr_link_t *l = ob->idle.prev;
   while (l != &ob->idle) {
     lr_client_t *cl = LR_CONTAINER_OF(l, lr_client_t, pool);
     l = l->prev;
-    if (strcmp(cl->key, key) != 0) continue;
+    if (cl->key_hash != hash || strcmp(cl->key, key) != 0) continue;
     lr__pool_remove(ob, cl);
-    if (!healthy(cl)) {
+    if (!healthy(ob, cl, replayable)) {
       lr_conn_close(&cl->conn);
       continue;
     }
@@ -85,7 +90,7 @@ void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned
   lr_client_t *oldest = NULL;
   for (lr_link_t *l = ob->idle.next; l != &ob->idle; l = l->next) {
     lr_client_t *o = LR_CONTAINER_OF(l, lr_client_t, pool);
-    if (strcmp(o->key, cl->key) == 0 && same++ == 0) oldest = o;
+    if (o->key_hash == cl->key_hash && strcmp(o->key, cl->key) == 0 && same++ == 0) oldest = o;
   }
   if (size == 0) {
     lr_conn_close(&cl->conn);
@@ -95,7 +100,8 @@ void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned
     lr__pool_remove(ob, oldest);
     lr_conn_close(&oldest->conn);
   }
-  cl->idle_deadline = uv_now(&ob->w->loop) + idle_ms;
+  cl->pooled_at = uv_now(&ob->w->loop);
+  cl->idle_deadline = cl->pooled_at + idle_ms;
   lr_list_push(&ob->idle, &cl->pool);
   ob->n_idle++;
   uv_unref((uv_handle_t *)&cl->conn.tcp);

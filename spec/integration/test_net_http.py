@@ -190,6 +190,27 @@ def test_pooled_connection_closed_by_upstream(srv, nginx):
         time.sleep(1.3)
 
 
+def test_response_headers_lowercase_and_joined(srv):
+    """res.headers is a plain table: lowercase names, a repeated field's values
+    joined with ", " (RFC 9110 §5.3), whether first touched by pairs, a write,
+    json.encode (cjson walks it raw) or a lookup (a lazily built table must pass too)."""
+    head = (b"HTTP/1.1 200 OK\r\nX-Rep: a\r\nContent-Length: 2\r\nX-Rep: b\r\n"
+            b"X-One: 1\r\nConnection: close\r\n\r\nok")
+    peer = Peer("burst", payload=head)
+    try:
+        for _ in range(2):  # the second time too
+            st, h, body = call(srv, "/http/headers", url="http://127.0.0.1:%d/" % peer.port)
+            assert st == 200, (st, body)
+            got = json.loads(body)
+            assert got["pairs"] == "connection=close;content-length=2;x-one=1;x-rep=a, b"
+            assert got["after_write"] == "set,a, b"
+            assert got["json"] == {"x-rep": "a, b", "content-length": "2", "x-one": "1",
+                                   "connection": "close"}
+            assert got["lookup"] == ["1", True, "a, b", "table", True]
+    finally:
+        peer.stop()
+
+
 def test_redirects_off_by_default(srv, up):
     st, h, _ = call(srv, "/http/get", url=up.url("/redirect"))
     assert st == 302

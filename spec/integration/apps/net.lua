@@ -130,6 +130,29 @@ local function relay(res, err)
   }, res.body
 end
 
+-- res.headers first touched by pairs, by a write, by json.encode (which walks
+-- it raw) and by a lookup, one response each: a plain table every time
+app:get("/http/headers", function(req)
+  local url, out = req:query().url, {}
+  local function get()
+    local res, err = lariat.http.get(url)
+    if not res then error(err) end
+    return res.headers
+  end
+  local h = get()
+  local seen = {}
+  for k, v in pairs(h) do seen[#seen + 1] = k .. "=" .. v end
+  table.sort(seen)
+  out.pairs = table.concat(seen, ";")
+  h = get()
+  h["x-mine"] = "set"
+  out.after_write = h["x-mine"] .. "," .. h["x-rep"]
+  out.json = lariat.json.decode(lariat.json.encode(get()))
+  h = get()
+  out.lookup = { h["x-one"], h["X-One"] == nil, h["x-rep"], type(h), getmetatable(h) == nil }
+  return out
+end)
+
 app:get("/http/get", function(req)
   local q = req:query()
   return relay(lariat.http.get(q.url, hopts(q)))
