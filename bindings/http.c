@@ -998,15 +998,22 @@ static uint64_t opt_ms(lua_State *L, const char *k, uint64_t def) {
   return v;
 }
 
-/* the exchange from the options table at 1, pushed at 2 */
-static exch_t *exch_new(lua_State *L, int proxy) {
+/* the exchange from the options table at 1, pushed at 2. The proxy's: the
+ * stack is opts, req, path_info; the box goes in at 2 and req becomes its
+ * user value (kept alive with it); method is the request's */
+static exch_t *exch_new(lua_State *L, int proxy, const lr_str_t *method) {
   luaL_checktype(L, 1, LUA_TTABLE);
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
-  lua_settop(L, 1);
+  lua_settop(L, proxy ? 3 : 1);
   exch_t **box = lua_newuserdatauv(L, sizeof *box, 1);
   *box = NULL;
   luaL_setmetatable(L, EXCH_MT);
+  if (proxy) {
+    lua_rotate(L, 2, 1);
+    lua_pushvalue(L, 3);
+    lua_setiuservalue(L, 2, 1);
+  }
   exch_t *ex = n_free_exch ? free_exch[--n_free_exch] : calloc(1, sizeof *ex);
   if (ex == NULL) {
     luaL_error(L, "out of memory");
@@ -1026,9 +1033,14 @@ static exch_t *exch_new(lua_State *L, int proxy) {
     return NULL;
   }
   lua_pop(L, 1);
-  lua_getfield(L, 1, "method");
-  ex->method = strdup(lua_isnil(L, -1) ? "GET" : luaL_checkstring(L, -1));
-  lua_pop(L, 1);
+  if (method) {
+    ex->method = strndup(method->base, method->len);
+  } else {
+    lua_getfield(L, 1, "method");
+    ex->method = strdup(lua_isnil(L, -1) ? "GET" : luaL_checkstring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (ex->method == NULL) luaL_error(L, "out of memory");
   for (char *m = ex->method; *m; m++)
     if (*m >= 'a' && *m <= 'z') *m = (char)(*m - 32);
   lua_getfield(L, 1, "body");
@@ -1045,9 +1057,13 @@ static exch_t *exch_new(lua_State *L, int proxy) {
   lua_getfield(L, 1, "ca");
   if (!lua_isnil(L, -1)) ex->ca = strdup(luaL_checkstring(L, -1));
   lua_pop(L, 1);
-  lua_getfield(L, 1, "stream");
-  ex->stream = lua_toboolean(L, -1);
-  lua_pop(L, 1);
+  if (proxy) {
+    ex->stream = 1;
+  } else {
+    lua_getfield(L, 1, "stream");
+    ex->stream = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+  }
   lua_getfield(L, 1, "version");
   if (!lua_isnil(L, -1)) {
     const char *v = luaL_checkstring(L, -1);
@@ -1068,38 +1084,66 @@ static exch_t *exch_new(lua_State *L, int proxy) {
 }
 
 int lr_l_http_request(lua_State *L) {
-  exch_t *ex = exch_new(L, 0);
+  exch_t *ex = exch_new(L, 0, NULL);
   return start_exchange(L, ex);
 }
 
-/* core.http_proxy{req=, url=, headers=, same_target=, timeout=, ...}: the handler lariat.proxy builds */
+/* the upstream target of the proxy whose options have base (the upstream URL's
+ * path): the request's own target for none, else base followed by path_info
+ * (nginx proxy_pass with a URI) or alone on a route without `*`, then the query */
+static char *px_target(lr_stream_t *st, const char *base, size_t bl, const char *info, size_t il) {
+  if (bl == 0) return strndup(st->target.base, st->target.len);
+  if (info && bl && base[bl - 1] == '/' && il && info[0] == '/') {
+    info++;
+    il--;
+  }
+  if (info == NULL) il = 0;
+  size_t ql = st->query.len, n = bl + il + (ql ? ql + 1 : 0);
+  char *t = malloc(n + 1);
+  if (t == NULL) return NULL;
+  memcpy(t, base, bl);
+  memcpy(t + bl, info, il);
+  if (ql) {
+    t[bl + il] = '?';
+    memcpy(t + bl + il + 1, st->query.base, ql);
+  }
+  t[n] = 0;
+  return t;
+}
+
+/* core.http_proxy(req, opts[, path_info]): the handler lariat.proxy builds.
+ * opts: url (the upstream; its path is the target unless base is set),
+ * base, same_target, headers, timeout, connect_timeout, read_timeout,
+ * verify, ca. The same opts table serves every request when no `before`
+ * hook edits it: nothing is built per request in Lua. */
 int lr_l_http_proxy(lua_State *L) {
-  luaL_checktype(L, 1, LUA_TTABLE);
-  lua_getfield(L, 1, "req");
-  lr_req_t *r = luaL_checkudata(L, -1, LR_REQ_MT);
+  lr_req_t *r = luaL_checkudata(L, 1, LR_REQ_MT);
+  luaL_checktype(L, 2, LUA_TTABLE);
   lr_stream_t *st = r->s;
   if (st == NULL) return 0; /* the client is gone already */
-  lua_pop(L, 1);
-  /* method and body come from the request */
-  lua_pushlstring(L, st->method.base, st->method.len);
-  lua_setfield(L, 1, "method");
-  lua_pushboolean(L, 1);
-  lua_setfield(L, 1, "stream");
-  exch_t *ex = exch_new(L, 1);
+  lua_settop(L, 3);
+  lua_rotate(L, 1, 1); /* path_info, req, opts */
+  lua_insert(L, 1);    /* opts, path_info, req */
+  lua_insert(L, 2);    /* opts, req, path_info */
+  exch_t *ex = exch_new(L, 1, &st->method);
   ex->proxy = 1;
+  ex->req = r;
   ex->h.max_body = 0; /* --max-body bounds what clients send, not what upstreams answer */
-  lua_getfield(L, 1, "req");
-  ex->req = lua_touserdata(L, -1);
-  lua_setiuservalue(L, 2, 1);
-  lua_getfield(L, 1, "same_target");
-  if (lua_toboolean(L, -1)) {
-    char *t = strndup(st->target.base, st->target.len);
-    if (t) {
-      free(ex->target);
-      ex->target = t;
-    }
+  char *target = NULL;
+  if (lua_getfield(L, 1, "base") == LUA_TSTRING) {
+    size_t bl, il = 0;
+    const char *base = lua_tolstring(L, -1, &bl);
+    const char *info = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &il) : NULL;
+    target = px_target(st, base, bl, info, il);
+  } else {
+    lua_getfield(L, 1, "same_target");
+    if (lua_toboolean(L, -1)) target = strndup(st->target.base, st->target.len);
   }
   lua_settop(L, 2);
+  if (target) {
+    free(ex->target);
+    ex->target = target;
+  }
   return start_exchange(L, ex);
 }
 

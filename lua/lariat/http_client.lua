@@ -47,6 +47,7 @@ return function(core_or_fail)
   end
 
   function http.get(url, opts)
+    if opts == nil then return http.request({ url = url }) end -- one table, not three
     return http.request(with(opts, { url = url }))
   end
 

@@ -7,7 +7,7 @@
 -- trailing slash. A decoded segment containing "/" or NUL is refused: an
 -- encoded slash must not be able to create or escape a route segment.
 local url = require "lariat.url"
-local byte, find, concat = string.byte, string.find, table.concat
+local byte, find, sub, concat = string.byte, string.find, string.sub, table.concat
 
 local M = {}
 
@@ -16,20 +16,25 @@ local M = {}
 function M.canonical(path)
   if byte(path, 1) ~= 47 then return nil, "path must start with /" end
   if not find(path, "%", 1, true) and not find(path, "//", 1, true)
-      and not find(path, "/.", 1, true)
-      and (#path == 1 or byte(path, #path) ~= 47) then
-    return path
+      and not find(path, "/.", 1, true) then
+    if #path == 1 or byte(path, #path) ~= 47 then return path end
+    return sub(path, 1, -2) -- "/api/": only the trailing slash goes
   end
-  local segs, n = {}, 0
-  for raw in string.gmatch(path, "[^/]+") do
-    local s, err = url.decode(raw)
-    if not s then return nil, err end
-    if find(s, "[/\0]") then return nil, "encoded slash or NUL in path" end
-    if s == ".." then
-      if n > 0 then segs[n] = nil; n = n - 1 end
-    elseif s ~= "." then
-      n = n + 1; segs[n] = s
+  -- segments by find, not gmatch: gmatch allocates a 600-byte match state
+  local segs, n, i, len = {}, 0, 2, #path
+  while i <= len do
+    local j = find(path, "/", i, true) or len + 1
+    if j > i then
+      local s, err = url.decode(sub(path, i, j - 1))
+      if not s then return nil, err end
+      if find(s, "[/\0]") then return nil, "encoded slash or NUL in path" end
+      if s == ".." then
+        if n > 0 then segs[n] = nil; n = n - 1 end
+      elseif s ~= "." then
+        n = n + 1; segs[n] = s
+      end
     end
+    i = j + 1
   end
   return "/" .. concat(segs, "/"), segs
 end

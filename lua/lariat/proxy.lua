@@ -20,9 +20,20 @@ return function(core_or_fail)
     if not origin then error("lariat.proxy: upstream must be http(s)://host[:port][/base/]", 2) end
     opts = opts or {}
     local core = core_or_fail("lariat.proxy")
+    local proxy = core.http_proxy
+    -- what C reads for each request, built once: C joins base, path_info and
+    -- the query itself (no per-request table or string in Lua)
+    local fixed = {
+      url = origin .. "/", base = base, headers = opts.headers, timeout = opts.timeout,
+      connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout, verify = opts.verify, ca = opts.ca,
+    }
+    local before = opts.before
+    if not before then
+      return function(req) return proxy(req, fixed, req.path_info) end
+    end
     return function(req)
       local o = {
-        req = req, headers = opts.headers, timeout = opts.timeout, connect_timeout = opts.connect_timeout,
+        headers = opts.headers, timeout = opts.timeout, connect_timeout = opts.connect_timeout,
         read_timeout = opts.read_timeout, verify = opts.verify, ca = opts.ca,
         version = opts.version, keepalive_timeout = opts.keepalive_timeout,
       }
@@ -37,8 +48,8 @@ return function(core_or_fail)
           o.url = origin .. base .. info .. (req.qs ~= "" and ("?" .. req.qs) or "")
         end
       end
-      if opts.before then opts.before(req, o) end
-      return core.http_proxy(o)
+      before(req, o)
+      return proxy(req, o)
     end
   end
 end

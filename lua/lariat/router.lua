@@ -413,9 +413,14 @@ local function allow_value(set)
 end
 M.allow_value = allow_value
 
+-- by find, not gmatch: gmatch allocates a 600-byte match state per call
 local function split(cpath)
-  local segs = {}
-  for s in cpath:gmatch("[^/]+") do segs[#segs + 1] = s end
+  local segs, n, i, len = {}, 0, 2, #cpath
+  while i <= len do
+    local j = find(cpath, "/", i, true) or len + 1
+    if j > i then n = n + 1; segs[n] = sub(cpath, i, j - 1) end
+    i = j + 1
+  end
   return segs
 end
 

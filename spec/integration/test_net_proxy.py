@@ -110,6 +110,11 @@ def test_path_mapping(env):
     assert body == b"GET /path/base/a/b?x=1", body
     st, _, body = call(env["px"], "/m/?q")
     assert body == b"GET /path/base/?q", body
+    for _ in range(2):  # the same options table serves every request
+        st, _, body = call(env["px"], "/exact?z=1")
+        assert body == b"GET /path/fixed?z=1", body
+        st, _, body = call(env["px"], "/m/c")
+        assert body == b"GET /path/base/c?", body
 
 
 @pytest.mark.parametrize("path,up", [

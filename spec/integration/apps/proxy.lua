@@ -9,6 +9,7 @@ local silent = os.getenv("LARIAT_TEST_SILENT")         -- accepts, never answers
 app:all("/up/*", lariat.proxy(up .. "/"))
 app:all("/path/*", lariat.proxy(up))                     -- path and query unchanged
 app:all("/m/*", lariat.proxy(up .. "/path/base/"))       -- /m/x → /path/base/x
+app:get("/exact", lariat.proxy(up .. "/path/fixed"))    -- no `*`: the base, then the query
 app:get("/files/*", lariat.proxy(ng))
 app:get("/wsup/*", lariat.proxy(up .. "/ws/"))
 app:get("/dead/*", lariat.proxy("http://127.0.0.1:1/"))
