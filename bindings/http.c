@@ -787,11 +787,19 @@ static void px_build(lua_State *L, lr_stream_t *s, px_head_t *ph) {
   }
   /* x-forwarded-for: what the client sent, then the client */
   int port;
-  if (lr_stream_peer(s, peer, sizeof ph->peer, &port) != 0) snprintf(peer, sizeof ph->peer, "unknown");
-  int fl = xff ? snprintf(fwd, sizeof ph->fwd, "%.*s, %s", (int)xff->len, xff->base, peer)
-               : snprintf(fwd, sizeof ph->fwd, "%s", peer);
-  if (fl >= (int)sizeof ph->fwd) fl = (int)sizeof ph->fwd - 1;
-  hd[n++] = (lr_header_t){{"x-forwarded-for", 15}, {fwd, (size_t)fl}};
+  if (lr_stream_peer(s, peer, sizeof ph->peer, &port) != 0) memcpy(peer, "unknown", 8);
+  size_t fl = 0, pl = strlen(peer); /* "<what the client sent>, <peer>", at most 1023 bytes */
+  if (xff) {
+    fl = xff->len < sizeof ph->fwd - 1 ? xff->len : sizeof ph->fwd - 1;
+    memcpy(fwd, xff->base, fl);
+    size_t k = fl + 2 < sizeof ph->fwd ? 2 : sizeof ph->fwd - 1 - fl;
+    memcpy(fwd + fl, ", ", k);
+    fl += k;
+  }
+  if (pl > sizeof ph->fwd - 1 - fl) pl = sizeof ph->fwd - 1 - fl;
+  memcpy(fwd + fl, peer, pl);
+  fl += pl;
+  hd[n++] = (lr_header_t){{"x-forwarded-for", 15}, {fwd, fl}};
   const char *scheme = lr_stream_scheme(s);
   hd[n++] = (lr_header_t){{"x-forwarded-proto", 17}, {scheme, strlen(scheme)}};
   if (s->authority.len) hd[n++] = (lr_header_t){{"x-forwarded-host", 16}, s->authority};

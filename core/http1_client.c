@@ -161,42 +161,70 @@ lr_str_t lr_h1c_header_value(const lr_h1c_t *h, unsigned i) {
   return (lr_str_t){h->head.base + h->hdr[i].value_off, h->hdr[i].value_len};
 }
 
-/* the request head; body_len < 0: chunked body follows (lr_h1c_write_chunk) */
+static int framing(const lr_header_t *x) {
+  return (x->name.len == 14 && strncasecmp(x->name.base, "content-length", 14) == 0) ||
+         (x->name.len == 17 && strncasecmp(x->name.base, "transfer-encoding", 17) == 0);
+}
+
+static char *put(char *p, const char *s, size_t n) {
+  memcpy(p, s, n);
+  return p + n;
+}
+
+/* the request head, written straight into the connection's output queue
+ * (measured first: no buffer of its own, no second copy); body_len < 0:
+ * a chunked body follows (lr_h1c_write_chunk) */
 int lr_h1c_write_head(lr_client_t *cl, const char *method, const char *target, const char *host,
                       const lr_header_t *hd, size_t n, int64_t body_len) {
-  lr_buf_t b = {0};
-  char line[64];
+  if (cl->state != LR_CL_OPEN || (cl->conn.flags & LR_CF_CLOSING)) return LR_ECLOSED;
+  size_t ml = strlen(method), tl = strlen(target), hl = strlen(host);
+  size_t total = ml + 1 + tl + 11 + 2;
   int has_host = 0;
-  lr_buf_append(&b, method, strlen(method));
-  lr_buf_append(&b, " ", 1);
-  lr_buf_append(&b, target, strlen(target));
-  lr_buf_append(&b, " HTTP/1.1\r\n", 11);
   for (size_t i = 0; i < n; i++) {
     const lr_header_t *x = &hd[i];
     if (x->name.len == 4 && strncasecmp(x->name.base, "host", 4) == 0) has_host = 1;
-    /* framing is ours */
-    if ((x->name.len == 14 && strncasecmp(x->name.base, "content-length", 14) == 0) ||
-        (x->name.len == 17 && strncasecmp(x->name.base, "transfer-encoding", 17) == 0))
-      continue;
-    lr_buf_append(&b, x->name.base, x->name.len);
-    lr_buf_append(&b, ": ", 2);
-    lr_buf_append(&b, x->value.base, x->value.len);
-    lr_buf_append(&b, "\r\n", 2);
+    if (!framing(x)) total += x->name.len + 2 + x->value.len + 2;
+  }
+  if (!has_host) total += 6 + hl + 2;
+  char cl_line[48];
+  size_t cll = 0;
+  if (body_len < 0) {
+    memcpy(cl_line, "transfer-encoding: chunked\r\n", cll = 28);
+  } else if (body_len > 0 || (strcmp(method, "GET") && strcmp(method, "HEAD") && strcmp(method, "DELETE") &&
+                              strcmp(method, "OPTIONS"))) {
+    char d[24];
+    size_t k = 0;
+    uint64_t v = (uint64_t)body_len;
+    do d[sizeof d - 1 - k++] = (char)('0' + v % 10); while ((v /= 10) && k < sizeof d);
+    memcpy(cl_line, "content-length: ", 16);
+    memcpy(cl_line + 16, d + sizeof d - k, k);
+    memcpy(cl_line + 16 + k, "\r\n", 2);
+    cll = 16 + k + 2;
+  }
+  total += cll;
+  char *p0 = lr_conn_reserve(&cl->conn, total), *p = p0;
+  if (p == NULL) return UV_ENOMEM;
+  p = put(p, method, ml);
+  *p++ = ' ';
+  p = put(p, target, tl);
+  p = put(p, " HTTP/1.1\r\n", 11);
+  for (size_t i = 0; i < n; i++) {
+    const lr_header_t *x = &hd[i];
+    if (framing(x)) continue; /* framing is ours */
+    p = put(p, x->name.base, x->name.len);
+    p = put(p, ": ", 2);
+    p = put(p, x->value.base, x->value.len);
+    p = put(p, "\r\n", 2);
   }
   if (!has_host) {
-    lr_buf_append(&b, "host: ", 6);
-    lr_buf_append(&b, host, strlen(host));
-    lr_buf_append(&b, "\r\n", 2);
+    p = put(p, "host: ", 6);
+    p = put(p, host, hl);
+    p = put(p, "\r\n", 2);
   }
-  if (body_len < 0)
-    lr_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
-  else if (body_len > 0 || (strcmp(method, "GET") && strcmp(method, "HEAD") && strcmp(method, "DELETE") &&
-                            strcmp(method, "OPTIONS")))
-    lr_buf_append(&b, line, (size_t)snprintf(line, sizeof line, "content-length: %lld\r\n", (long long)body_len));
-  int r = lr_buf_append(&b, "\r\n", 2);
-  if (r == 0) r = lr_client_write(cl, b.base, b.len);
-  lr_buf_free(&b);
-  return r;
+  p = put(p, cl_line, cll);
+  p = put(p, "\r\n", 2);
+  lr_conn_commit(&cl->conn, (size_t)(p - p0));
+  return 0;
 }
 
 int lr_h1c_write_chunk(lr_client_t *cl, const char *p, size_t n) {
