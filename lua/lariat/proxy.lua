@@ -26,6 +26,7 @@ return function(core_or_fail)
     local fixed = {
       url = origin .. "/", base = base, headers = opts.headers, timeout = opts.timeout,
       connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout, verify = opts.verify, ca = opts.ca,
+      version = opts.version, keepalive_timeout = opts.keepalive_timeout,
     }
     local before = opts.before
     if not before then
