@@ -88,7 +88,10 @@ void lr__pool_sweep_start(lr_outbound_t *ob) {
 void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned size) {
   unsigned same = 0;
   lr_client_t *oldest = NULL;
-  for (lr_link_t *l = ob->idle.next; l != &ob->idle; l = l->next) {
+  /* fewer idle connections than the cap in all: none of this key can be at
+   * it, and the walk (with a strcmp per idle connection, ~1,500 instructions
+   * a request with 25 idle) is skipped */
+  for (lr_link_t *l = ob->n_idle >= size ? ob->idle.next : &ob->idle; l != &ob->idle; l = l->next) {
     lr_client_t *o = LR_CONTAINER_OF(l, lr_client_t, pool);
     if (o->key_hash == cl->key_hash && strcmp(o->key, cl->key) == 0 && same++ == 0) oldest = o;
   }

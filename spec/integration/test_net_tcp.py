@@ -63,6 +63,19 @@ def test_pooled_connection_closed_by_upstream_is_not_handed_out(srv, peers):
         assert p.accepted == n + 1
 
 
+def test_pool_keeps_at_most_size_per_origin(srv, peers):
+    """setkeepalive(idle, size): past `size` idle connections to one origin the
+    oldest is closed; the kept ones are reused by the next connects."""
+    p = peers("echo")
+    r = get(srv, "/tcp/many?port=%d&n=5&size=2" % p.port)
+    assert r["reused"] == 0
+    assert wait_for(lambda: p.closed_by_peer == 3, 5), p.closed_by_peer
+    r = get(srv, "/tcp/many?port=%d&n=5&size=2" % p.port)  # the second time too
+    assert r["reused"] == 2, r
+    assert wait_for(lambda: p.accepted == 8, 5), p.accepted  # the peer's accept thread counts late
+    assert wait_for(lambda: p.closed_by_peer == 6, 5), p.closed_by_peer
+
+
 def test_refused():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))

@@ -28,6 +28,18 @@ app:get("/tcp/echo", function(req)
   return { line = line, sent = n, reused = reused }
 end)
 
+-- n sockets open at once, then all back to a pool of `size`: the rest close
+app:get("/tcp/many", function(req)
+  local q = req:query()
+  local socks, reused = {}, 0
+  for i = 1, tonumber(q.n) do
+    socks[i] = assert(lariat.tcp.connect("127.0.0.1", tonumber(q.port)))
+    if socks[i]:info().reused then reused = reused + 1 end
+  end
+  for _, s in ipairs(socks) do s:setkeepalive(60, tonumber(q.size)) end
+  return { reused = reused }
+end)
+
 -- n bytes of a big body out and the same back, hash-compared by the test
 app:post("/tcp/bulk", function(req)
   local q = req:query()
