@@ -667,8 +667,8 @@ typedef struct lr_client_opts_s {
   const char *ca;   /* PEM file of trusted CAs; NULL: the system store */
   const char *alpn; /* ALPN list in wire format; NULL: none */
   int fresh;        /* never from the pool (a retry after a pooled connection failed) */
-  int replayable;   /* the owner retries on a fresh connection if a pooled one turns out closed:
-                     * one pooled this loop millisecond is then handed out without a probe */
+  int replayable;   /* the owner retries on a fresh connection if a pooled one turns out
+                     * closed: a pooled one is then handed out without a MSG_PEEK probe */
 } lr_client_opts_t;
 
 struct lr_client_s {
@@ -692,7 +692,6 @@ struct lr_client_s {
   struct lr_client_priv_s *priv; /* connect-time state (client.c) */
   lr_link_t pool;         /* in the pool's idle list (pool.c) */
   uint64_t idle_deadline;
-  uint64_t pooled_at;     /* loop time it went idle (pool.c) */
 };
 
 /* 0: cl will be notified (or *out is already open when reused); <0 and err filled: failed now */

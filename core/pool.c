@@ -5,10 +5,11 @@
  * anything) meanwhile, client.c sees it and closes it at once. The loop may
  * not have polled since, so a take also peeks at the socket: a FIN or stray
  * bytes waiting in the kernel mean the connection is not handed out. Not
- * for one that went idle this very millisecond (a busy upstream's
- * connections go round in well under one): the peek would be a syscall per
- * request for a race that the owner's retry on a fresh connection covers
- * anyway (opts.replayable: the request can be sent again).
+ * when the request can be sent again (opts.replayable): the owner's one
+ * retry on a fresh connection covers that race, and the peek would be a
+ * syscall on every request. What the probe catches is a close that arrived
+ * since the loop last polled, however long the connection was idle; one
+ * noticed earlier has closed it already.
  * Pooled handles are unreferenced: they never keep a stopping worker alive. */
 #include <errno.h>
 #include <string.h>
@@ -19,9 +20,9 @@
 
 #define SWEEP_MS 1000
 
-static int healthy(lr_outbound_t *ob, lr_client_t *cl, int replayable) {
+static int healthy(lr_client_t *cl, int replayable) {
   if (cl->state != LR_CL_OPEN || cl->eof || cl->in.len || (cl->conn.flags & LR_CF_CLOSING)) return 0;
-  if (replayable && cl->pooled_at == uv_now(&ob->w->loop)) return 1;
+  if (replayable) return 1;
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&cl->conn.tcp, &fd) != 0) return 0;
   char b;
@@ -37,7 +38,7 @@ lr_client_t *lr__pool_take(lr_outbound_t *ob, const char *key, uint32_t hash, in
     l = l->prev;
     if (cl->key_hash != hash || strcmp(cl->key, key) != 0) continue;
     lr__pool_remove(ob, cl);
-    if (!healthy(ob, cl, replayable)) {
+    if (!healthy(cl, replayable)) {
       lr_conn_close(&cl->conn);
       continue;
     }
@@ -103,8 +104,7 @@ void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned
     lr__pool_remove(ob, oldest);
     lr_conn_close(&oldest->conn);
   }
-  cl->pooled_at = uv_now(&ob->w->loop);
-  cl->idle_deadline = cl->pooled_at + idle_ms;
+  cl->idle_deadline = uv_now(&ob->w->loop) + idle_ms;
   lr_list_push(&ob->idle, &cl->pool);
   ob->n_idle++;
   uv_unref((uv_handle_t *)&cl->conn.tcp);

@@ -211,6 +211,20 @@ def test_response_headers_lowercase_and_joined(srv):
         peer.stop()
 
 
+def test_pooled_connection_closed_right_after_answering_is_retried(srv):
+    """A server that closes a keep-alive connection just after its response:
+    the next request may take it from the pool before the loop saw the close
+    (a replayable request is not probed); it goes again on a fresh connection."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    peer = Peer("burst", payload=head)
+    try:
+        for _ in range(5):  # the race goes either way: each time both answer
+            st, h, body = call(srv, "/http/twice", url="http://127.0.0.1:%d/" % peer.port)
+            assert st == 200 and json.loads(body) == ["ok", "ok"], (st, body)
+    finally:
+        peer.stop()
+
+
 def test_redirects_off_by_default(srv, up):
     st, h, _ = call(srv, "/http/get", url=up.url("/redirect"))
     assert st == 302

@@ -165,6 +165,16 @@ app:get("/http/headers", function(req)
   return out
 end)
 
+-- two GETs back to back: the second takes the connection the first pooled
+app:get("/http/twice", function(req)
+  local url, out = req:query().url, {}
+  for i = 1, 2 do
+    local res, err = lariat.http.get(url)
+    out[i] = res and res.body or err
+  end
+  return out
+end)
+
 app:get("/http/get", function(req)
   local q = req:query()
   return relay(lariat.http.get(q.url, hopts(q)))
