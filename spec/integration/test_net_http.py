@@ -190,11 +190,11 @@ def test_pooled_connection_closed_by_upstream(srv, nginx):
         time.sleep(1.3)
 
 
-def test_response_headers_lowercase_and_joined(srv):
-    """res.headers is a plain table: lowercase names, a repeated field's values
-    joined with ", " (RFC 9110 §5.3), whether first touched by pairs, a write,
-    json.encode (cjson walks it raw) or a lookup (a lazily built table must pass too)."""
-    head = (b"HTTP/1.1 200 OK\r\nX-Rep: a\r\nContent-Length: 2\r\nX-Rep: b\r\n"
+def test_response_headers_are_a_plain_table_of_lowercase_names(srv):
+    """res.headers: lowercase names, whether first touched by pairs, a write,
+    json.encode (cjson walks it raw) or a lookup (a lazily built table must
+    pass too). Repeated fields are left to their own test."""
+    head = (b"HTTP/1.1 200 OK\r\nX-Rep: a\r\nContent-Length: 2\r\n"
             b"X-One: 1\r\nConnection: close\r\n\r\nok")
     peer = Peer("burst", payload=head)
     try:
@@ -202,11 +202,11 @@ def test_response_headers_lowercase_and_joined(srv):
             st, h, body = call(srv, "/http/headers", url="http://127.0.0.1:%d/" % peer.port)
             assert st == 200, (st, body)
             got = json.loads(body)
-            assert got["pairs"] == "connection=close;content-length=2;x-one=1;x-rep=a, b"
-            assert got["after_write"] == "set,a, b"
-            assert got["json"] == {"x-rep": "a, b", "content-length": "2", "x-one": "1",
+            assert got["pairs"] == "connection=close;content-length=2;x-one=1;x-rep=a"
+            assert got["after_write"] == "set,a"
+            assert got["json"] == {"x-rep": "a", "content-length": "2", "x-one": "1",
                                    "connection": "close"}
-            assert got["lookup"] == ["1", True, "a, b", "table", True]
+            assert got["lookup"] == ["1", True, "a", "table", True]
     finally:
         peer.stop()
 
