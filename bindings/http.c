@@ -1110,7 +1110,7 @@ static char *px_target(lr_stream_t *st, const char *base, size_t bl, const char 
   char *t = malloc(n + 1);
   if (t == NULL) return NULL;
   memcpy(t, base, bl);
-  memcpy(t + bl, info, il);
+  if (il) memcpy(t + bl, info, il);
   if (ql) {
     t[bl + il] = '?';
     memcpy(t + bl + il + 1, st->query.base, ql);

@@ -167,7 +167,7 @@ static int framing(const lr_header_t *x) {
 }
 
 static char *put(char *p, const char *s, size_t n) {
-  memcpy(p, s, n);
+  if (n) memcpy(p, s, n); /* an empty value may have no base */
   return p + n;
 }
 
