@@ -56,6 +56,8 @@ typedef struct exch_s {
   /* reverse proxy (lariat.proxy): the request whose stream is forwarded */
   lr_req_t *req;      /* kept alive by the exchange's user value */
   int proxy, chunked_up;
+  lr_stunnel_t *tun;  /* an HTTP/2 client's WebSocket (RFC 8441), switched upstream: the stream tunnel */
+  char ws_key[25], ws_accept[29]; /* the handshake made for it (HTTP/2 has no key) */
   lr_buf_t scratch;   /* request body bytes on their way up */
   lr_h1c_t h;         /* last: its 3 KiB header index is never cleared */
 } exch_t;
@@ -142,6 +144,10 @@ static void exch_release(exch_t *ex, int reuse) {
   if (ex->h2s) {
     lr_h2c_release(ex->h2s);
     ex->h2s = NULL;
+  }
+  if (ex->tun) {
+    lr_stunnel_free(ex->tun); /* closes the upstream */
+    ex->tun = NULL;
   }
   lr_client_t *cl = ex->cl;
   ex->cl = NULL;
@@ -780,6 +786,8 @@ static void px_build(lua_State *L, lr_stream_t *s, px_head_t *ph) {
     if ((name.len && name.base[0] == ':') || px_hop(name, conn) || eq_ci(name, "host") || eq_ci(name, "x-forwarded-for") ||
         eq_ci(name, "x-forwarded-proto") || eq_ci(name, "x-forwarded-host"))
       continue;
+    if ((s->flags & LR_SF_WS_UPGRADE) && s->version == 20 && eq_ci(name, "sec-websocket-key"))
+      continue; /* the proxy makes the handshake's key (RFC 8441 has none) */
     int overridden = 0;
     for (size_t j = 0; j < n_over; j++)
       if (name.len == over[j].name.len && strncasecmp(name.base, over[j].name.base, name.len) == 0) overridden = 1;
@@ -822,6 +830,17 @@ static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   px_build(L, s, &ph);
   int64_t blen = px_body_len(s);
   int r;
+  if ((s->flags & LR_SF_WS_UPGRADE) && s->version == 20) {
+    /* RFC 8441 → RFC 6455: the extended CONNECT goes up as a GET with Upgrade
+     * (px_build added it) and a key of ours; its DATA is no request body but
+     * the tunnel's, relayed once the upstream switched */
+    blen = 0;
+    if (lr_ws_client_key(ex->ws_key, ex->ws_accept) != 0) {
+      lr_buf_free(&ph.text);
+      return fail_ex(L, ex, "out of entropy");
+    }
+    if (ph.n < PX_MAX_HEADERS) ph.hd[ph.n++] = (lr_header_t){{"sec-websocket-key", 17}, {ex->ws_key, 24}};
+  }
   if (hs) { /* no Host, no hop-by-hop: lr_h2c_request drops them */
     if (ph.n < PX_MAX_HEADERS) /* the proxy takes trailers: down to h2 clients, and h1 ones that accept them */
       ph.hd[ph.n++] = (lr_header_t){{"te", 2}, {"trailers", 8}};
@@ -895,6 +914,71 @@ static int px_resp(lua_State *L, exch_t *ex) {
   }
 }
 
+/* ---- WebSocket for HTTP/2 clients: the stream tunnel (core/tunnel.c) ---- */
+
+static void px_tunnel_wake(void *arg) {
+  exch_t *ex = arg;
+  if (ex->co) lr_co_wake(ex->co);
+}
+
+static int px_tunnel(lua_State *L, exch_t *ex);
+
+static int px_tunnel_k(lua_State *L, int status, lua_KContext ctx) {
+  (void)status;
+  (void)ctx;
+  exch_t *ex = EXCH(L, 2);
+  lr_co_t *co = lr_co_current(L);
+  ex->co = NULL;
+  if (co->stopping) { /* the server stops: the stream ends after what is queued, like the HTTP/1.1 tunnel */
+    lr_stream_t *s = px_stream(ex);
+    if (s && s->conn && !(s->flags & (LR_SF_FINISHED | LR_SF_RESET))) lr_stream_finish(s);
+    exch_release(ex, 0);
+    return px_end(L, ex);
+  }
+  return px_tunnel(L, ex);
+}
+
+/* the handler's coroutine stays with the tunnel: no timeout (WebSockets idle
+ * for long), woken by either side, cancelled with the stream */
+static int px_tunnel(lua_State *L, exch_t *ex) {
+  if (lr_stunnel_pump(ex->tun)) {
+    exch_release(ex, 0);
+    return px_end(L, ex);
+  }
+  ex->co = lr_co_current(L);
+  return lr_co_wait(L, ex->co, 0, exch_cancel, ex, px_tunnel_k);
+}
+
+/* the upstream answered 101 to the handshake made for an HTTP/2 client: checked
+ * (RFC 6455 §4.1: upgrade websocket, our accept), the client's CONNECT gets 200
+ * with the upstream's other headers (subprotocol, extensions), then the tunnel */
+static int px_ws_h2(lua_State *L, exch_t *ex, lr_stream_t *s, lr_header_t *hd, size_t n) {
+  int upgrade = 0, accepted = 0;
+  unsigned nh = ex->h.n_headers - ex->h.n_trailers;
+  for (unsigned i = 0; i < nh; i++) {
+    lr_str_t name = lr_h1c_header_name(&ex->h, i), v = lr_h1c_header_value(&ex->h, i);
+    if (eq_ci(name, "upgrade")) upgrade = lr_token_in_list(v.base, v.len, "websocket", 9, 1);
+    if (eq_ci(name, "sec-websocket-accept")) accepted = v.len == 28 && memcmp(v.base, ex->ws_accept, 28) == 0;
+  }
+  if (!upgrade || !accepted) return fail_ex(L, ex, "bad upgrade");
+  size_t k = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!eq_ci(hd[i].name, "sec-websocket-accept")) hd[k++] = hd[i];
+  if (lr_stream_send_head(s, 200, hd, k, NULL, 0, NULL, NULL, 0) != 0) {
+    exch_release(ex, 0);
+    return px_end(L, ex);
+  }
+  lr_client_t *cl = ex->cl;
+  ex->cl = NULL;
+  ex->tun = lr_stunnel_start(s, cl, px_tunnel_wake, ex);
+  if (ex->tun == NULL) {
+    lr_client_close(cl);
+    lr_stream_abort(s);
+    return px_end(L, ex);
+  }
+  return px_tunnel(L, ex);
+}
+
 static int px_head(lua_State *L, exch_t *ex) {
   lr_stream_t *s = px_stream(ex);
   if (s == NULL || (s->flags & LR_SF_RESET)) {
@@ -914,6 +998,7 @@ static int px_head(lua_State *L, exch_t *ex) {
   }
   if (ex->h.status == 101) {
     lr_client_t *cl = ex->cl;
+    if ((s->flags & LR_SF_WS_UPGRADE) && s->version == 20 && cl && !ex->h.failed) return px_ws_h2(L, ex, s, hd, n);
     if ((s->flags & LR_SF_WS_UPGRADE) && cl && !ex->h.failed) {
       hd[n++] = (lr_header_t){{"upgrade", 7}, {"websocket", 9}};
       hd[n++] = (lr_header_t){{"connection", 10}, {"Upgrade", 7}};
@@ -923,6 +1008,8 @@ static int px_head(lua_State *L, exch_t *ex) {
     }
     return fail_ex(L, ex, "bad upgrade");
   }
+  /* an HTTP/2 client takes a 2xx for "switched": the upstream's other answers (4xx, …) pass */
+  if ((s->flags & LR_SF_WS_UPGRADE) && s->version == 20 && ex->h.status < 300) return fail_ex(L, ex, "bad upgrade");
   if (ex->h.done && !ex->h.n_trailers) { /* all of it is here: one write, with content-length */
     lr_stream_send_head(s, ex->h.status, hd, n, ex->h.body.base, ex->h.body.len, NULL, NULL, LR_FIN);
     ex->h.body.len = 0;

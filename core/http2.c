@@ -961,7 +961,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
   }
   if (lr_buf_append(&s->body, data, len)) return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
   st->unacked += len;
-  if (s->wait == LR_WAIT_BODY) pend(st, PEND_WAKE);
+  if (s->wait & LR_WAIT_BODY) pend(st, PEND_WAKE);
   return 0;
 }
 
@@ -1296,7 +1296,7 @@ static void run_pending(h2_conn_t *h) {
     if ((what & PEND_START) && !st->started) {
       st->started = 1;
       app->start(s); /* may reply at once */
-    } else if ((what & PEND_WAKE) && st->started && s->wait == LR_WAIT_BODY) {
+    } else if ((what & PEND_WAKE) && st->started && (s->wait & LR_WAIT_BODY)) {
       app->wake(s);
     }
   }
@@ -1315,7 +1315,7 @@ static void wake_writers(h2_conn_t *h) {
     h2_stream_t *st = LR_CONTAINER_OF(l, h2_stream_t, all);
     l = l->next;
     lr_stream_t *s = st->s;
-    if (s && s->wait == LR_WAIT_DRAIN && !stream_blocked(st) && !queue_blocked(st)) c->worker->app->wake(s);
+    if (s && (s->wait & LR_WAIT_DRAIN) && !stream_blocked(st) && !queue_blocked(st)) c->worker->app->wake(s);
   }
 }
 

@@ -189,6 +189,7 @@ enum lr_wait {
   LR_WAIT_NONE = 0,
   LR_WAIT_BODY,  /* handler waits for request body data */
   LR_WAIT_DRAIN, /* handler waits for the output to drain */
+  LR_WAIT_BOTH,  /* h2: either (a stream tunnel, core/tunnel.c); the protocols test bits */
 };
 
 enum lr_stream_flags {
@@ -624,6 +625,8 @@ enum { LR_WS_TEXT = 1, LR_WS_BINARY = 2 };
 enum { LR_WS_EV_MESSAGE = 1, LR_WS_EV_DRAIN = 2, LR_WS_EV_CLOSED = 4 };
 
 void lr_ws_accept_key(const char *key, size_t len, char out[29]);
+/* a client's Sec-WebSocket-Key (16 random bytes, base64) and the accept value it expects */
+int lr_ws_client_key(char key[25], char accept[29]);
 int lr_utf8_valid(const char *p, size_t n);
 /* pick the first acceptable permessage-deflate offer: 1 (o and resp filled) or 0 */
 int lr_ws_negotiate_deflate(const char *offers, size_t len, lr_ws_opts_t *o, char *resp, size_t resplen);
@@ -720,6 +723,15 @@ void lr_dns_cancel(lr_dns_query_t *q); /* cb will not run */
 /* core/tunnel.c: answer the HTTP/1.1 request s with 101 and headers h, then
  * splice its connection to up (which it takes over) both ways */
 int lr_tunnel_start(lr_stream_t *s, lr_client_t *up, const lr_header_t *h, size_t n);
+/* ... and an HTTP/2 stream (RFC 8441 extended CONNECT, answered 2xx by the caller)
+ * spliced to up, which it takes over. The stream's coroutine calls pump when the
+ * stream wakes it (pump sets s->wait) or up calls wake(arg): 1 when the tunnel is
+ * over (the stream finished or reset, or the client gone), 0 to wait again.
+ * free closes up if it is still open. */
+typedef struct lr_stunnel_s lr_stunnel_t;
+lr_stunnel_t *lr_stunnel_start(lr_stream_t *s, lr_client_t *up, void (*wake)(void *arg), void *arg);
+int lr_stunnel_pump(lr_stunnel_t *t);
+void lr_stunnel_free(lr_stunnel_t *t);
 
 /* HTTP/1.1 client exchange (core/http1_client.c): llhttp in response mode */
 #define LR_H1C_MAX_HEADERS 100

@@ -16,6 +16,7 @@
 #include <strings.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <wslay/wslay.h>
 #include <zlib.h>
 
@@ -151,6 +152,16 @@ void lr_ws_accept_key(const char *key, size_t len, char out[29]) {
   memcpy(buf + len, guid, sizeof guid - 1);
   EVP_Digest(buf, len + sizeof guid - 1, md, &mdlen, EVP_sha1(), NULL);
   EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen);
+}
+
+/* the proxy's side of a handshake it makes for an HTTP/2 client (RFC 8441
+ * has no key): RFC 6455 §4.1 "a randomly selected 16-byte value" */
+int lr_ws_client_key(char key[25], char accept[29]) {
+  unsigned char nonce[16];
+  if (RAND_bytes(nonce, sizeof nonce) != 1) return -1;
+  EVP_EncodeBlock((unsigned char *)key, nonce, sizeof nonce);
+  lr_ws_accept_key(key, 24, accept);
+  return 0;
 }
 
 /* incremental UTF-8 check: 0 ok so far, -1 invalid */

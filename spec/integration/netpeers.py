@@ -241,7 +241,8 @@ class Nginx:
     `ca` for localhost and 127.0.0.1. Files under /files/: 0, 1, 2m (random).
     /short/ closes idle keep-alive connections after 1 s. /trail/NAME is /files/NAME
     with a trailer `x-trail: done` (HTTP/2 only), /cookies/NAME with two set-cookie
-    fields, and with `upstream` (a port) /up/ proxies there unbuffered."""
+    fields, and with `upstream` (a port) /up/ proxies there unbuffered and /wsup/X is
+    a WebSocket proxied to its /ws/X."""
 
     def __init__(self, ca, upstream=None):
         self.dir = tempfile.mkdtemp(prefix="lariat-nginx-")
@@ -295,7 +296,10 @@ http {
 """ % {"d": d, "port": self.port, "tls_port": self.tls_port, "cert": cert, "key": key,
        "user": "user root;" if os.geteuid() == 0 else "",
        "up": ("location /up/ { proxy_pass http://127.0.0.1:%d/; proxy_http_version 1.1; "
-              "proxy_request_buffering off; proxy_buffering off; client_max_body_size 0; }" % upstream)
+              "proxy_request_buffering off; proxy_buffering off; client_max_body_size 0; }"
+              "location /wsup/ { proxy_pass http://127.0.0.1:%d/ws/; proxy_http_version 1.1; "
+              "proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection upgrade; }"
+              % (upstream, upstream))
        if upstream else ""})
         self.proc = subprocess.Popen(["nginx", "-p", d, "-c", conf], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

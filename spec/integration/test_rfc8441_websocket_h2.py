@@ -16,111 +16,11 @@ import h2.settings
 import pytest
 
 from conftest import LariatServer, app_path, module_server
-from wsclient import close_payload, frame
+from wsclient import H2WS, close_payload, frame
 
 server = module_server("ws.lua", "--workers", "1")
 
 TEXT, BINARY, CLOSE, PING, PONG = 1, 2, 8, 9, 10
-
-
-class H2WS:
-    """one h2c connection, one extended CONNECT stream"""
-
-    def __init__(self, port, path="/echo", headers=(), sid=1):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
-        self.conn.initiate_connection()
-        self.sock.sendall(self.conn.data_to_send())
-        self.remote_settings = {}
-        self.data = b""
-        self.ended = False
-        self.reset = None
-        self.status = None
-        self.headers = {}
-        self.sid = sid
-        while h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL not in self.remote_settings:
-            self._pump()
-        self.conn.send_headers(sid, [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
-                                     (":path", path), (":authority", "127.0.0.1:%d" % port),
-                                     ("sec-websocket-version", "13")] + list(headers))
-        self.sock.sendall(self.conn.data_to_send())
-        while self.status is None and self.reset is None:
-            self._pump()
-
-    def _pump(self):
-        d = self.sock.recv(65536)
-        if not d:
-            raise EOFError("connection closed")
-        for ev in self.conn.receive_data(d):
-            if isinstance(ev, h2.events.RemoteSettingsChanged):
-                for k, v in ev.changed_settings.items():
-                    self.remote_settings[k] = v.new_value
-            elif getattr(ev, "stream_id", self.sid) != self.sid:
-                continue  # an earlier stream of this connection
-            elif isinstance(ev, h2.events.ResponseReceived):
-                self.headers = dict(ev.headers)
-                self.status = int(self.headers[":status"])
-            elif isinstance(ev, h2.events.DataReceived):
-                self.data += ev.data
-                self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-            elif isinstance(ev, h2.events.StreamEnded):
-                self.ended = True
-            elif isinstance(ev, h2.events.StreamReset):
-                self.reset = ev.error_code
-        out = self.conn.data_to_send()
-        if out:
-            self.sock.sendall(out)
-
-    def send(self, data):
-        while data:
-            room = min(self.conn.local_flow_control_window(self.sid), self.conn.max_outbound_frame_size)
-            if room == 0:
-                self._pump()  # wait for WINDOW_UPDATE
-                continue
-            self.conn.send_data(self.sid, data[:room])
-            data = data[room:]
-            self.sock.sendall(self.conn.data_to_send())
-
-    def end(self):
-        self.conn.end_stream(self.sid)
-        self.sock.sendall(self.conn.data_to_send())
-
-    def _take(self, n):
-        while len(self.data) < n:
-            if self.ended or self.reset is not None:
-                raise EOFError("stream ended with %d of %d bytes" % (len(self.data), n))
-            self._pump()
-        out, self.data = self.data[:n], self.data[n:]
-        return out
-
-    def read_frame(self):
-        b0, b1 = self._take(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", self._take(2))[0]
-        elif n == 127:
-            n = struct.unpack("!Q", self._take(8))[0]
-        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0xF, self._take(n)
-
-    def read_close(self):
-        while True:
-            fin, rsv, op, data = self.read_frame()
-            if op == CLOSE:
-                return struct.unpack("!H", data[:2])[0] if len(data) >= 2 else None
-
-    def wait_end(self):
-        while not self.ended and self.reset is None:
-            self._pump()
-        return True
-
-    def close(self):
-        self.sock.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        self.close()
 
 
 def test_3_server_sends_settings_enable_connect_protocol(server):

@@ -26,6 +26,22 @@ end)
 app:ws("/ws/echo", function(ws)
   for msg, kind in ws:each() do ws:send(msg, kind) end
 end)
+-- WebSockets open now on /ws/count (GET /wsopen): a proxy's client leaving must end them
+app:ws("/ws/count", function(ws)
+  local open = lariat.shared("wsopen")
+  open:incr("n", 1, 0)
+  local _ <close> = setmetatable({}, { __close = function() open:incr("n", -1) end })
+  for msg, kind in ws:each() do ws:send(msg, kind) end
+end)
+app:get("/wsopen", function() return tostring(lariat.shared("wsopen"):get("n") or 0) end)
+app:ws("/ws/flood", function(ws)                -- 4 MiB at once, then "end"
+  for _ = 1, 64 do ws:send(string.rep("x", 65536), "binary") end
+  ws:send("end")
+  for _ in ws:each() do end
+end)
+app:ws("/ws/bye", function(ws) ws:send("bye"); ws:close(1000, "bye") end)   -- the upstream ends it
+app:ws("/ws/proto", function(ws) ws:send(ws.protocol or "none") ; for _ in ws:each() do end end,
+       { protocols = { "chat" } })
 app:get("/hello", function() return "hello" end)
 app:get("/cookies", function(req)
   req:set_cookie("a", "1", { path = "/" })
