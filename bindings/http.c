@@ -491,7 +491,7 @@ static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   lr_buf_free(&text);
   lua_settop(L, 2);
   if (ex->h2s == NULL) return fail_ex(L, ex, "closed");
-  if (ex->body_fn) { /* DATA frames as the function hands out chunks (h2c: no HTTP/1.1 to fall back to) */
+  if (ex->body_fn) { /* DATA frames as the function hands out chunks, under the stream's window */
     ex->phase = PH_SEND;
     return send_body_fn(L, ex);
   }
@@ -578,7 +578,7 @@ static int start_exchange(lua_State *L, exch_t *ex) {
   o.ca = ex->ca;
   lr_stream_t *ps = ex->proxy ? px_stream(ex) : NULL;
   int ws = ps && (ps->flags & LR_SF_WS_UPGRADE); /* an Upgrade is HTTP/1.1's */
-  int want_h2 = ex->tls ? (ex->proxy || !ex->body_fn) && ex->version != 11 && !ws : ex->version == 20 && !ws;
+  int want_h2 = ex->tls ? ex->version != 11 && !ws : ex->version == 20 && !ws;
   o.alpn = ex->tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : want_h2 ? "h2c" : NULL;
   o.fresh = ex->retried && !ex->refused;
   o.replayable = !ex->body_fn && !(ps && px_body_len(ps) != 0);
@@ -849,6 +849,13 @@ static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
                              NULL, 0, blen != 0, &ex->h, exch_h2_notify, ex);
     r = ex->h2s ? 0 : -1;
   } else {
+    /* trailers (a chunked trailer section) for a client that takes them: HTTP/2,
+     * or HTTP/1.1 with TE: trailers. RFC 9110 §10.1.4: TE is named in Connection */
+    if ((s->version == 20 || (s->flags & LR_SF_TE_TRAILERS)) && !(s->flags & LR_SF_WS_UPGRADE) &&
+        ph.n + 2 <= PX_MAX_HEADERS) {
+      ph.hd[ph.n++] = (lr_header_t){{"te", 2}, {"trailers", 8}};
+      ph.hd[ph.n++] = (lr_header_t){{"connection", 10}, {"te", 2}};
+    }
     ex->chunked_up = blen < 0;
     r = lr_h1c_write_head(ex->cl, ex->method, ex->target, ex->hosthdr, ph.hd, ph.n, blen);
   }

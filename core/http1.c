@@ -235,6 +235,10 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
     }
     s->headers[kept++] = hd;
   }
+  /* TE is read before it may be hidden: RFC 9110 §10.1.4 has its sender name
+   * it in Connection too (lariat.proxy does) */
+  if (te >= 0 && has_token(s->headers[te].value.base, s->headers[te].value.len, "trailers"))
+    s->flags |= LR_SF_TE_TRAILERS;
   /* headers the Connection header names are hop-by-hop too (RFC 9110 §7.6.1):
    * hidden like it, so a handler (or lariat.proxy) never forwards them */
   if (connv.len) {
@@ -250,14 +254,11 @@ static int head_to_pool(h1_conn_t *h, lr_stream_t *s) {
     const lr_str_t *v;
     host = (v = lr_stream_header(s, "host", 4)) ? (int)(LR_CONTAINER_OF(v, lr_header_t, value) - s->headers) : -1;
     expect = (v = lr_stream_header(s, "expect", 6)) ? (int)(LR_CONTAINER_OF(v, lr_header_t, value) - s->headers) : -1;
-    te = (v = lr_stream_header(s, "te", 2)) ? (int)(LR_CONTAINER_OF(v, lr_header_t, value) - s->headers) : -1;
   }
   if (expect >= 0) {
     const lr_str_t *v = &s->headers[expect].value;
     if (v->len == 12 && strncasecmp(v->base, "100-continue", 12) == 0) h->expect = 1;
   }
-  if (te >= 0 && has_token(s->headers[te].value.base, s->headers[te].value.len, "trailers"))
-    s->flags |= LR_SF_TE_TRAILERS;
   if (ws == 3) s->flags |= LR_SF_WS_UPGRADE; /* RFC 6455 §4.2.1 items 3 and 4 */
   s->body.len = 0;
   if (host >= 0) s->authority = s->headers[host].value;

@@ -28,6 +28,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len) {
     if (h->n_headers == LR_H1C_MAX_HEADERS) return -1;
     h->hdr[h->n_headers++] = (lr_h1c_header_t){h->head.len, 0, 0, 0};
     h->in_value = 0;
+    if (h->headers_done) h->n_trailers++; /* after the body: the chunked trailer section */
   }
   if (lr_buf_append(&h->head, at, len)) return -1;
   h->hdr[h->n_headers - 1].name_len += len;

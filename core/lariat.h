@@ -749,7 +749,7 @@ typedef struct lr_h1c_s {
   int head_req;        /* the request was HEAD: no body */
   int stream;          /* parse at most 256 KiB of body ahead of the owner (else all of it) */
   int headers_done, done, keep_alive, failed, too_big;
-  unsigned n_trailers; /* HTTP/2: the last n_trailers of the headers came after the body */
+  unsigned n_trailers; /* the last n_trailers of the headers came after the body (chunked trailer section, h2 HEADERS) */
   lr_buf_t body;       /* body bytes the owner has not taken yet (at most 256 KiB parsed ahead) */
   uint64_t body_total, max_body; /* max_body 0 = none */
   lr_h1c_header_t hdr[LR_H1C_MAX_HEADERS]; /* last: only the first n_headers are ever read (init skips it) */

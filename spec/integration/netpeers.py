@@ -349,11 +349,15 @@ class H2Peer(Peer):
     the client resets are recorded in `resets` as (stream id, error code).
     goaway_after=N: on each connection the first N requests are served; the
     next one gets GOAWAY(last-stream-id = the Nth), which refuses it and any
-    later stream. `open`: connections open now."""
+    later stream. `open`: connections open now, `peak`: the most at once.
+    max_streams=N: SETTINGS_MAX_CONCURRENT_STREAMS N (python-h2 fails the
+    connection of a client that opens more)."""
 
-    def __init__(self, goaway_after=None):
+    def __init__(self, goaway_after=None, max_streams=None):
         self.goaway_after = goaway_after
+        self.max_streams = max_streams
         self.open = 0
+        self.peak = 0
         self.served = 0
         self.resets = []
         super().__init__(mode="h2")
@@ -365,7 +369,12 @@ class H2Peer(Peer):
         import h2.events
         with self.lock:
             self.open += 1
+            self.peak = max(self.peak, self.open)
         conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        if self.max_streams:
+            import h2.settings
+            conn.local_settings = h2.settings.Settings(
+                client=False, initial_values={h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.max_streams})
         conn.initiate_connection()
         due = {}  # stream id -> (time, body)
         n, last_ok, goaway = 0, 0, False

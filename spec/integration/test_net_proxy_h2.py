@@ -171,6 +171,42 @@ def test_trailers_pass_through(env):
         assert st == 200 and got == body and ("x-trail", "done") in fields, (path, fields)
 
 
+def test_trailers_from_an_http11_upstream(env):
+    """RFC 9112 §7.1.2: the trailer section of a chunked response from an
+    HTTP/1.1 upstream reaches an h2 client (HEADERS after the DATA) and an
+    HTTP/1.1 client that sent TE: trailers (RFC 9110 §10.1.4), whose TE goes up
+    with it; one that did not send TE gets the body without them, twice each"""
+    for _ in range(2):
+        with H2Raw(env["px"].port) as c:
+            c.handshake()
+            c.request(1, "/h1/trailers")
+            st, _, got, trailers = c.response(1, timeout=10)
+            assert st == 200 and got == b"body" and trailers.get("x-trail") == "done", trailers
+        for te, want in ((b"te: trailers\r\n", True), (b"", False)):
+            s = socket.create_connection(("127.0.0.1", env["px"].port), timeout=10)
+            s.sendall(b"GET /h1/trailers HTTP/1.1\r\nhost: x\r\n" + te + b"\r\n")
+            st, fields, got = read_h1_response(s)
+            s.close()
+            assert st == 200 and got == b"body", fields
+            assert (("x-trail", "done") in fields) == want, fields
+
+
+@pytest.mark.parametrize("n,size", [(0, 1), (1, 1), (40, 65536)])
+def test_body_function_goes_over_h2_when_alpn_picks_it(env, n, size):
+    """lariat.http.request with body = function to an https origin speaking h2:
+    the chunks go as DATA frames of one stream (no fallback to HTTP/1.1)"""
+    ng = env["nginx"]
+    url = "https://127.0.0.1:%d/up/echo" % ng.tls_port
+    want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
+    before = len(ng.access())
+    for _ in range(2):
+        st, h, body = http_call(env["px"], "/upload", url=url, n=n, size=size)
+        assert st == 200 and h["x-version"] == "HTTP/2" and h["x-status"] == "200", (st, h, body[:200])
+        assert sha(body) == sha(want), len(body)
+    assert wait_for(lambda: len(ng.access()) >= before + 2, 2)
+    assert [p for _, p, _ in ng.access()[before:]] == ["HTTP/2.0", "HTTP/2.0"]
+
+
 @pytest.mark.parametrize("path", ["/n/cookies/1", "/h1/cookies", "/c/cookies"])
 def test_each_set_cookie_is_its_own_field(env, path):
     """RFC 6265 §3: set-cookie values can't be comma-joined; both client protocols get each one."""
@@ -325,6 +361,27 @@ def test_http_get_concurrent_first_requests_share_one_connection(env):
         assert wait_for(lambda: len(ng.access()) >= before + 20, 2)
         conns = set(c for c, _, _ in ng.access()[before:])
         assert len(conns) == 1, conns
+    finally:
+        p.stop()
+
+
+def test_h2_upstream_at_its_stream_limit_gets_another_connection(env):
+    """RFC 9113 §5.1.2: an endpoint "MUST NOT exceed the limit set by its
+    peer" (SETTINGS_MAX_CONCURRENT_STREAMS; the peer here fails the whole
+    connection if it does). A request that finds every session to its origin
+    full opens one more connection, as h2o's client does (httpclient.c
+    find_h2conn skips a full connection and connects); nginx's HTTP/2
+    upstreams (grpc_pass) carry one stream per connection and never wait for
+    a stream either. --max-outbound bounds it."""
+    p = H2Peer(max_streams=2)
+    try:
+        st, _, body = http_call(env["px"], "/get", url="http://127.0.0.1:%d/warm" % p.port, version="2")
+        assert st == 200 and p.accepted == 1  # its SETTINGS are known from here on
+        url = "http://127.0.0.1:%d/slow?s=0.5" % p.port
+        for _ in range(2):
+            st, _, body = http_call(env["px"], "/many", n=4, url=url, version="2")
+            assert st == 200 and json.loads(body) == ["200 HTTP/2"] * 4, body
+            assert p.accepted == 2 and p.peak == 2, (p.accepted, p.peak)  # 2 + 2; the second round reuses both
     finally:
         p.stop()
 
