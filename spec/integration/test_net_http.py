@@ -25,8 +25,8 @@ def ca():
 
 
 @pytest.fixture(scope="module")
-def nginx(ca):
-    n = Nginx(ca)
+def nginx(ca, up):
+    n = Nginx(ca, upstream=up.port)  # /up/ proxies to lariat's upstream app
     yield n
     n.stop()
 
@@ -123,6 +123,21 @@ def test_streamed_request_body(srv, up, version):
         want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
         assert st == 200 and sha(body) == sha(want), (st, len(body))
         assert h["x-version"] == ("HTTP/2" if version == "2" else "HTTP/1.1")
+
+
+def test_streamed_request_body_over_h2_when_alpn_picks_it(srv, ca, nginx):
+    """body = function to an https origin speaking h2 (nginx, in front of
+    lariat's echo): the chunks go as DATA frames of one stream, no fallback
+    to HTTP/1.1"""
+    url = "https://127.0.0.1:%d/up/echo" % nginx.tls_port
+    before = len(nginx.access())
+    for n, size in ((0, 1), (1, 1), (40, 65536)):
+        st, h, body = call(srv, "/http/upload", url=url, n=n, size=size, ca=ca.ca)
+        want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
+        assert st == 200 and sha(body) == sha(want), (st, len(body), body[:200])
+        assert h["x-version"] == "HTTP/2"
+    assert wait_for(lambda: len(nginx.access()) >= before + 3, 2)
+    assert [p for _, p, _ in nginx.access()[before:]] == ["HTTP/2.0"] * 3
 
 
 def test_streamed_response(srv, up, nginx):

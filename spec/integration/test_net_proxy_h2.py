@@ -191,22 +191,6 @@ def test_trailers_from_an_http11_upstream(env):
             assert (("x-trail", "done") in fields) == want, fields
 
 
-@pytest.mark.parametrize("n,size", [(0, 1), (1, 1), (40, 65536)])
-def test_body_function_goes_over_h2_when_alpn_picks_it(env, n, size):
-    """lariat.http.request with body = function to an https origin speaking h2:
-    the chunks go as DATA frames of one stream (no fallback to HTTP/1.1)"""
-    ng = env["nginx"]
-    url = "https://127.0.0.1:%d/up/echo" % ng.tls_port
-    want = b"".join(bytes([96 + i % 26 + 1]) * size for i in range(n))
-    before = len(ng.access())
-    for _ in range(2):
-        st, h, body = http_call(env["px"], "/upload", url=url, n=n, size=size)
-        assert st == 200 and h["x-version"] == "HTTP/2" and h["x-status"] == "200", (st, h, body[:200])
-        assert sha(body) == sha(want), len(body)
-    assert wait_for(lambda: len(ng.access()) >= before + 2, 2)
-    assert [p for _, p, _ in ng.access()[before:]] == ["HTTP/2.0", "HTTP/2.0"]
-
-
 @pytest.mark.parametrize("path", ["/n/cookies/1", "/h1/cookies", "/c/cookies"])
 def test_each_set_cookie_is_its_own_field(env, path):
     """RFC 6265 §3: set-cookie values can't be comma-joined; both client protocols get each one."""

@@ -222,14 +222,8 @@ class H2WS:
         out, self.data = self.data[:n], self.data[n:]
         return out
 
-    def read_frame(self):
-        b0, b1 = self._take(2)
-        n = b1 & 0x7F
-        if n == 126:
-            n = struct.unpack("!H", self._take(2))[0]
-        elif n == 127:
-            n = struct.unpack("!Q", self._take(8))[0]
-        return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0xF, self._take(n)
+    _read = _take
+    read_frame = WS.read_frame  # the same frames, their bytes from the stream's DATA
 
     def read_close(self):
         while True:

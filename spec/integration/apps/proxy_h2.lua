@@ -45,22 +45,5 @@ app:get("/many", function(req)
   return out
 end)
 
--- a request body from a function (n chunks of `size` bytes: 'a', 'b', …) to q.url
-app:get("/upload", function(req)
-  local q = req:query()
-  local n, size, i = tonumber(q.n), tonumber(q.size), 0
-  local o = hopts(q)
-  o.url, o.method = q.url, "POST"
-  o.body = function()
-    i = i + 1
-    if i > n then return nil end
-    if i % 4 == 0 then lariat.sleep(0.001) end -- the body function may wait
-    return string.rep(string.char(96 + (i - 1) % 26 + 1), size)
-  end
-  local res, err = lariat.http.request(o)
-  if not res then return 502, {}, err end
-  return 200, { ["x-version"] = res.version, ["x-status"] = tostring(res.status) }, res.body
-end)
-
 app:get("/stats", function() return lariat.stats() end)
 return app
