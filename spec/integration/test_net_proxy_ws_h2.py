@@ -10,6 +10,7 @@ nginx."""
 
 import json
 import os
+import signal
 import socket
 import struct
 import time
@@ -126,11 +127,12 @@ def test_subprotocol_goes_up_and_its_choice_comes_back(env):
         assert read_message(ws) == (TEXT, b"chat")
 
 
-@pytest.mark.parametrize("how", ["rst", "tcp"])
+@pytest.mark.parametrize("how", ["rst", "tcp", "end"])
 def test_client_leaves_upstream_sees_the_close(env, how):
-    """RST_STREAM(CANCEL), or the whole connection gone: the upstream
-    connection closes at once (its handler ends within 1 s), the second
-    time too; descriptors and handlers come back"""
+    """RST_STREAM(CANCEL), the whole connection gone, or END_STREAM (RFC 8441
+    §6: the TCP FIN's twin): the upstream connection closes at once (its
+    handler ends within 1 s), the second time too; descriptors and handlers
+    come back"""
     px = env["px"]
     before = fds(px)
     for _ in range(2):
@@ -142,10 +144,14 @@ def test_client_leaves_upstream_sees_the_close(env, how):
         t0 = time.monotonic()
         if how == "rst":
             ws.rst()
+        elif how == "end":
+            ws.end()
         else:
             ws.close()
         assert wait_for(lambda: upstream_open(env) == 0, 1.0 * SLOW), "the upstream never saw the close"
         assert time.monotonic() - t0 < 1.0 * SLOW
+        if how == "end":
+            assert ws.wait_end() and ws.reset in (None, 0)  # the upstream closed: so does our stream
         ws.close()
     assert wait_for(lambda: handlers(px) == 0, 5 * SLOW)
     assert wait_for(lambda: fds(px) <= before, 5 * SLOW), (fds(px), before)
@@ -182,3 +188,24 @@ def test_upstream_that_does_not_switch(env):
     with H2WS(px.port, "/ws/echo") as ws:
         ws.send(frame(TEXT, "still"))
         assert read_message(ws) == (TEXT, b"still")
+
+
+def test_sigterm_ends_the_tunnelled_streams(env):
+    """Stopping the proxy: like its HTTP/1.1 tunnels, a tunnelled stream ends
+    once what was queued is out, the upstream connection closes, and the
+    process exits"""
+    srv = LariatServer(app_path("proxy_ws.lua"), "--workers", "1").start()
+    try:
+        with H2WS(srv.port, "/ws/count") as ws:
+            ws.send(frame(TEXT, "before"))
+            assert read_message(ws) == (TEXT, b"before")
+            assert upstream_open(env) == 1
+            os.kill(srv.pid, signal.SIGTERM)
+            # python-h2 refuses frames after a GOAWAY: read the rest raw, until EOF
+            ws.sock.settimeout(10 * SLOW)
+            while ws.sock.recv(65536):
+                pass
+        assert srv.proc.wait(10 * SLOW) == 0
+        assert wait_for(lambda: upstream_open(env) == 0, 1.0 * SLOW)
+    finally:
+        srv.stop()
