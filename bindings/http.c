@@ -780,14 +780,14 @@ static void px_build(lua_State *L, lr_stream_t *s, px_head_t *ph) {
   size_t n_over = collect_headers(L, &ph->text, over, 64);
   const lr_str_t *conn = lr_stream_header(s, "connection", 10);
   const lr_str_t *xff = lr_stream_header(s, "x-forwarded-for", 15);
+  int own_key = (s->flags & LR_SF_WS_UPGRADE) && s->version == 20; /* the proxy makes the handshake's key (RFC 8441 has none) */
   size_t n = 0;
   for (unsigned i = 0; i < s->n_headers && n < PX_MAX_HEADERS - 8; i++) {
     lr_str_t name = s->headers[i].name;
     if ((name.len && name.base[0] == ':') || px_hop(name, conn) || eq_ci(name, "host") || eq_ci(name, "x-forwarded-for") ||
         eq_ci(name, "x-forwarded-proto") || eq_ci(name, "x-forwarded-host"))
       continue;
-    if ((s->flags & LR_SF_WS_UPGRADE) && s->version == 20 && eq_ci(name, "sec-websocket-key"))
-      continue; /* the proxy makes the handshake's key (RFC 8441 has none) */
+    if (own_key && eq_ci(name, "sec-websocket-key")) continue;
     int overridden = 0;
     for (size_t j = 0; j < n_over; j++)
       if (name.len == over[j].name.len && strncasecmp(name.base, over[j].name.base, name.len) == 0) overridden = 1;
