@@ -235,7 +235,7 @@ def test_watch_reloads_for_the_app_and_its_modules_not_for_its_logs_and_data(tmp
     # started from elsewhere: --watch and require work from the app's directory
     srv = LariatServer(str(app), "--watch", "--workers", "1", cwd="/").start()
     try:
-        assert "--watch: watching" in srv.log_text()
+        assert wait_for(lambda: "--watch: watching" in srv.log_text()), srv.log_text()
         for _ in range(10):
             assert get(srv, "/write", method="POST", body=b"x").body == b"written"
         (tmp_path / "notes.txt").write_text("not code")
