@@ -112,6 +112,15 @@ static void pump(exch_t *ex) {
     lr_client_consume(cl, used);
     if (r < 0 || used == 0) break;
   }
+  /* the server finished sending (FIN, close_notify) and all of it is parsed:
+   * that ends a response framed by the close, or cuts one short */
+  if (cl && cl->eof && cl->in.len == 0 && ex->phase >= PH_SEND && !ex->h.done && !ex->h.failed &&
+      lr_h1c_eof(&ex->h) < 0) {
+    lr_client_close(cl);
+    ex->cl = NULL;
+    ex->closed = 1;
+    snprintf(ex->err, sizeof ex->err, "closed");
+  }
 }
 
 static int worth_waking(exch_t *ex) {
@@ -266,30 +275,33 @@ static int timed_out(lua_State *L, exch_t *ex) {
 /* ---- the response ---- */
 
 /* a repeated header (set-cookie above all, which can't be comma-joined) is a
- * Lua array of its values in order, as lua-resty-http has it; once, a string */
+ * Lua array of its values in order, as lua-resty-http has it; once, a string.
+ * Names come lowercase from both parsers. Repeats are found here, comparing
+ * lengths first (a few dozen headers at most), rather than by a table lookup
+ * per header. */
 static void push_headers(lua_State *L, exch_t *ex) {
   unsigned nh = ex->h.n_headers - ex->h.n_trailers;
   lua_createtable(L, 0, (int)nh);
   for (unsigned i = 0; i < nh; i++) {
     lr_str_t n = lr_h1c_header_name(&ex->h, i), v = lr_h1c_header_value(&ex->h, i);
-    char name[256];
-    size_t nl = n.len < sizeof name ? n.len : sizeof name - 1;
-    for (size_t j = 0; j < nl; j++) name[j] = (char)((n.base[j] >= 'A' && n.base[j] <= 'Z') ? n.base[j] + 32 : n.base[j]);
-    lua_pushlstring(L, name, nl);
-    lua_pushvalue(L, -1);
-    int t = lua_rawget(L, -3);
-    if (t == LUA_TSTRING) { /* the second: both into an array */
-      lua_createtable(L, 2, 0);
-      lua_insert(L, -2);
-      lua_rawseti(L, -2, 1);
+    unsigned j, reps = 0;
+    for (j = 0; j < i; j++)
+      if (ex->h.hdr[j].name_len == n.len && memcmp(lr_h1c_header_name(&ex->h, j).base, n.base, n.len) == 0) break;
+    if (j < i) continue; /* in the array of its first */
+    for (j = i + 1; j < nh; j++)
+      if (ex->h.hdr[j].name_len == n.len && memcmp(lr_h1c_header_name(&ex->h, j).base, n.base, n.len) == 0) reps++;
+    lua_pushlstring(L, n.base, n.len);
+    if (reps == 0) {
       lua_pushlstring(L, v.base, v.len);
-      lua_rawseti(L, -2, 2);
-    } else if (t == LUA_TTABLE) {
-      lua_pushlstring(L, v.base, v.len);
-      lua_rawseti(L, -2, (lua_Integer)luaL_len(L, -2) + 1);
     } else {
-      lua_pop(L, 1);
-      lua_pushlstring(L, v.base, v.len);
+      lua_createtable(L, (int)reps + 1, 0);
+      lua_Integer k = 1;
+      for (j = i; j < nh; j++) {
+        if (ex->h.hdr[j].name_len != n.len || memcmp(lr_h1c_header_name(&ex->h, j).base, n.base, n.len) != 0) continue;
+        v = lr_h1c_header_value(&ex->h, j);
+        lua_pushlstring(L, v.base, v.len);
+        lua_rawseti(L, -2, k++);
+      }
     }
     lua_rawset(L, -3);
   }
@@ -319,7 +331,7 @@ static void push_response(lua_State *L, exch_t *ex) {
 static int body_error(lua_State *L, exch_t *ex) {
   const char *e = ex->h.too_big                ? "body too big"
                   : ex->h2s && ex->closed       ? "closed" /* the stream was reset */
-                  : ex->h.failed                ? "bad response"
+                  : ex->h.failed                ? "invalid response"
                   : ex->err[0]                  ? ex->err
                                                 : "closed";
   return fail_ex(L, ex, e);

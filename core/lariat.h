@@ -733,7 +733,7 @@ lr_stunnel_t *lr_stunnel_start(lr_stream_t *s, lr_client_t *up, void (*wake)(voi
 int lr_stunnel_pump(lr_stunnel_t *t);
 void lr_stunnel_free(lr_stunnel_t *t);
 
-/* HTTP/1.1 client exchange (core/http1_client.c): llhttp in response mode */
+/* HTTP/1.1 client exchange (core/http1_client.c): a response parser of its own */
 #define LR_H1C_MAX_HEADERS 100
 #define LR_H1C_HEAD_MAX (64 * 1024)
 typedef struct lr_h1c_header_s {
@@ -741,23 +741,28 @@ typedef struct lr_h1c_header_s {
 } lr_h1c_header_t;
 
 typedef struct lr_h1c_s {
-  llhttp_t parser;
-  lr_buf_t head; /* header names and values */
+  lr_buf_t head; /* header names (lowercase) and values */
   unsigned n_headers;
-  int in_value;
-  int status, version; /* version: 10 or 11 */
+  int status, version; /* version: 10, 11 (or 20: http2_client.c) */
   int head_req;        /* the request was HEAD: no body */
   int stream;          /* parse at most 256 KiB of body ahead of the owner (else all of it) */
   int headers_done, done, keep_alive, failed, too_big;
   unsigned n_trailers; /* the last n_trailers of the headers came after the body (chunked trailer section, h2 HEADERS) */
   lr_buf_t body;       /* body bytes the owner has not taken yet (at most 256 KiB parsed ahead) */
   uint64_t body_total, max_body; /* max_body 0 = none */
+  /* the parser's own (http1_client.c) */
+  int state;
+  unsigned framing;    /* what the head said: content-length, transfer-encoding, connection */
+  uint64_t left;       /* bytes still to come of the content-length body or of this chunk */
+  size_t scanned;      /* bytes of the unfinished line already searched for its end */
+  size_t head_bytes;   /* of the head (then trailers) so far: bounded by LR_H1C_HEAD_MAX */
   lr_h1c_header_t hdr[LR_H1C_MAX_HEADERS]; /* last: only the first n_headers are ever read (init skips it) */
 } lr_h1c_t;
 
 void lr_h1c_init(lr_h1c_t *h, int head_req, int stream, uint64_t max_body); /* keeps the buffers of a previous use */
 void lr_h1c_free(lr_h1c_t *h);
-/* parse from data; *used bytes were taken (the rest waits for body room). <0: bad response or too big */
+/* parse from data; *used bytes were taken: the rest (an unfinished line, body beyond the room) must
+ * start the next call's data. <0: invalid response or too big (failed, too_big) */
 int lr_h1c_feed(lr_h1c_t *h, const char *data, size_t len, size_t *used);
 int lr_h1c_eof(lr_h1c_t *h); /* the server closed: 0 if that ends the response */
 int lr_h1c_add_header(lr_h1c_t *h, const char *name, size_t nlen, const char *value, size_t vlen);

@@ -436,3 +436,54 @@ class H2Peer(Peer):
             with self.lock:
                 self.open -= 1
             s.close()
+
+
+class HttpPeer(Peer):
+    """An HTTP/1.1 server answering each request (its head read up to the
+    empty line) with raw bytes of the test's choosing: `answer(n)` gives the
+    bytes for the n-th request overall (from 1), or a (bytes, close) pair to
+    close the connection after them. split=k sends them k bytes at a time,
+    gap seconds apart (split=1: every byte on its own). `requests`: heads read;
+    `open`: connections open now; `closed_by_peer`: those the client closed."""
+
+    def __init__(self, answer, split=0, gap=0.0):
+        self.answer, self.split, self.gap = answer, split, gap
+        self.requests = 0
+        self.open = 0
+        super().__init__(mode="http")
+
+    def _serve(self, c):
+        with self.lock:
+            self.open += 1
+        buf = b""
+        try:
+            c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    data = c.recv(65536)
+                    if not data:
+                        with self.lock:
+                            self.closed_by_peer += 1
+                        return
+                    buf += data
+                buf = buf.split(b"\r\n\r\n", 1)[1]
+                with self.lock:
+                    self.requests += 1
+                    n = self.requests
+                out = self.answer(n)
+                close = False
+                if isinstance(out, tuple):
+                    out, close = out
+                step = self.split or len(out) or 1
+                for i in range(0, len(out), step):
+                    c.sendall(out[i:i + step])
+                    if self.gap:
+                        time.sleep(self.gap)
+                if close:
+                    return
+        except OSError:
+            pass
+        finally:
+            with self.lock:
+                self.open -= 1
+            c.close()

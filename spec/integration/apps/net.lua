@@ -235,6 +235,30 @@ app:get("/http/both", function(req)
   return out
 end)
 
+-- the response as the client parsed it: status, version and headers (JSON) in
+-- x- headers, the body as the body (read through res:read() with stream=1)
+app:get("/http/raw", function(req)
+  local q = req:query()
+  local res, err = lariat.http.request({ url = q.url, method = q.m, stream = q.stream == "1",
+                                         max_body = tonumber(q.max_body), timeout = tonumber(q.timeout) })
+  if not res then return 502, { ["x-err"] = err }, err end
+  local body = res.body
+  if q.stream == "1" then
+    local parts = {}
+    while true do
+      local chunk, rerr = res:read()
+      if not chunk then
+        if rerr then return 502, { ["x-err"] = rerr }, rerr end
+        break
+      end
+      parts[#parts + 1] = chunk
+    end
+    body = table.concat(parts)
+  end
+  return 200, { ["x-status"] = tostring(res.status), ["x-version"] = res.version,
+                ["x-headers"] = lariat.json.encode(res.headers) }, body
+end)
+
 app:get("/stats", function() return lariat.stats() end)
 app:get("/fast", function() return "fast" end)
 
