@@ -59,6 +59,10 @@ typedef struct exch_s {
   lr_stunnel_t *tun;  /* an HTTP/2 client's WebSocket (RFC 8441), switched upstream: the stream tunnel */
   char ws_key[25], ws_accept[29]; /* the handshake made for it (HTTP/2 has no key) */
   lr_buf_t scratch;   /* request body bytes on their way up */
+  /* host, hosthdr, target and method live here when they fit (exch_strdup):
+   * no allocation per request for them */
+  size_t strs_used;
+  char strs[240];
   lr_h1c_t h;         /* last: its 3 KiB header index is never cleared */
 } exch_t;
 
@@ -187,12 +191,35 @@ static void exch_cancel(lr_co_t *co, void *arg) {
   snprintf(ex->err, sizeof ex->err, "closed");
 }
 
+/* room for a string of n bytes and its NUL in ex->strs, or malloc'd if it
+ * does not fit there; NULL when out of memory */
+static char *exch_stralloc(exch_t *ex, size_t n) {
+  if (n < sizeof ex->strs - ex->strs_used) {
+    char *d = ex->strs + ex->strs_used;
+    ex->strs_used += n + 1;
+    return d;
+  }
+  return malloc(n + 1);
+}
+
+static char *exch_strdup(exch_t *ex, const char *s, size_t n) {
+  char *d = exch_stralloc(ex, n);
+  if (d == NULL) return NULL;
+  if (n) memcpy(d, s, n);
+  d[n] = 0;
+  return d;
+}
+
+static void exch_strfree(exch_t *ex, char *p) {
+  if (p < ex->strs || p >= ex->strs + sizeof ex->strs) free(p);
+}
+
 static void exch_free(exch_t *ex) {
   exch_release(ex, 1); /* a finished response read to its end is pooled; else closed */
-  free(ex->host);
-  free(ex->target);
-  free(ex->hosthdr);
-  free(ex->method);
+  exch_strfree(ex, ex->host);
+  exch_strfree(ex, ex->target);
+  exch_strfree(ex, ex->hosthdr);
+  exch_strfree(ex, ex->method);
   free(ex->ca);
   ex->host = ex->target = ex->hosthdr = ex->method = ex->ca = NULL;
   if (n_free_exch < MAX_FREE_EXCH && ex->h.head.cap <= 16384 && ex->h.body.cap <= 65536 && ex->scratch.cap <= 65536) {
@@ -314,7 +341,7 @@ static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs);
 
 /* res = { status=, headers=, version=, body= | read= } */
 static void push_response(lua_State *L, exch_t *ex) {
-  lua_createtable(L, 0, 5);
+  lua_createtable(L, 0, 4); /* 4: a power of 2, no room wasted */
   lua_pushinteger(L, ex->h.status);
   lua_setfield(L, -2, "status");
   push_headers(L, ex);
@@ -452,10 +479,16 @@ static int send_body_fn(lua_State *L, exch_t *ex) {
 
 /* the caller's headers, copied out of Lua (a value converted from a number
  * would otherwise be a string only the stack holds) */
+/* opts[k] pushed: nil when the options are a plain URL string */
+static void opt_field(lua_State *L, const char *k) {
+  if (lua_type(L, 1) == LUA_TTABLE) lua_getfield(L, 1, k);
+  else lua_pushnil(L);
+}
+
 static size_t collect_headers(lua_State *L, lr_buf_t *text, lr_header_t *hd, size_t max) {
   size_t off[64][4], n = 0;
   text->len = 0;
-  lua_getfield(L, 1, "headers");
+  opt_field(L, "headers");
   if (lua_istable(L, -1)) {
     lua_pushnil(L);
     while (lua_next(L, -2) && n < max && n < 64) {
@@ -495,7 +528,7 @@ static int h2_submit(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
   lr_header_t hd[64];
   lr_buf_t text = {0};
   size_t n = collect_headers(L, &text, hd, 64);
-  lua_getfield(L, 1, "body");
+  opt_field(L, "body");
   size_t blen = 0;
   const char *body = lua_isstring(L, -1) ? lua_tolstring(L, -1, &blen) : NULL;
   ex->h2s = lr_h2c_request(hs, ex->method, ex->tls ? "https" : "http", ex->hosthdr, ex->target, hd, n, body, blen,
@@ -535,7 +568,7 @@ static int send_request(lua_State *L, exch_t *ex) {
   lr_header_t hd[64];
   lr_buf_t text = {0};
   size_t n = collect_headers(L, &text, hd, 64);
-  lua_getfield(L, 1, "body");
+  opt_field(L, "body");
   size_t blen = 0;
   const char *body = NULL;
   if (lua_isstring(L, -1)) body = lua_tolstring(L, -1, &blen);
@@ -1076,19 +1109,19 @@ static int parse_url(exch_t *ex, const char *url, char *err, size_t errlen) {
     if (pe != end || v <= 0 || v > 65535) goto bad;
     ex->port = (int)v;
   }
-  ex->host = strndup(hs, (size_t)(he - hs));
-  ex->hosthdr = strndup(p, (size_t)(end - p));
+  ex->host = exch_strdup(ex, hs, (size_t)(he - hs));
+  ex->hosthdr = exch_strdup(ex, p, (size_t)(end - p));
   const char *path = end;
   size_t plen = strcspn(path, "#");
   if (plen == 0 || path[0] != '/') {
-    ex->target = malloc(plen + 2);
+    ex->target = exch_stralloc(ex, 1 + plen);
     if (ex->target) {
       ex->target[0] = '/';
       memcpy(ex->target + 1, path, plen);
       ex->target[plen + 1] = 0;
     }
   } else {
-    ex->target = strndup(path, plen);
+    ex->target = exch_strdup(ex, path, plen);
   }
   if (!ex->host || !ex->hosthdr || !ex->target) {
     snprintf(err, errlen, "out of memory");
@@ -1100,23 +1133,68 @@ bad:
   return -1;
 }
 
-static uint64_t opt_ms(lua_State *L, const char *k, uint64_t def) {
-  lua_getfield(L, 1, k);
-  uint64_t v = def;
-  if (!lua_isnil(L, -1)) {
-    lua_Number t = luaL_checknumber(L, -1);
-    v = t > 0 ? (uint64_t)(t * 1000 + 0.5) : 0;
-    if (t > 0 && v == 0) v = 1;
-  }
-  lua_pop(L, 1);
-  return v;
+/* seconds (the value on top) → ms; 0 or less: 0 (none) */
+static uint64_t opt_ms(lua_State *L) {
+  lua_Number t = luaL_checknumber(L, -1);
+  uint64_t v = t > 0 ? (uint64_t)(t * 1000 + 0.5) : 0;
+  return t > 0 && v == 0 ? 1 : v;
 }
 
-/* the exchange from the options table at 1, pushed at 2. The proxy's: the
- * stack is opts, req, path_info; the box goes in at 2 and req becomes its
- * user value (kept alive with it); method is the request's */
+typedef struct opts_s {
+  const char *url, *method;
+  uint64_t max_body, timeout;
+} opts_t;
+
+/* the options table at 1, in one pass over what it holds rather than a
+ * lookup per option (a call sets a few of a dozen): defaults set first */
+static void read_opts(lua_State *L, exch_t *ex, int proxy, opts_t *o) {
+  lua_pushnil(L);
+  while (lua_next(L, 1)) {
+    size_t kl;
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tolstring(L, -2, &kl) : NULL;
+    int t = lua_type(L, -1);
+#define KEY(s) (kl == sizeof s - 1 && memcmp(k, s, sizeof s - 1) == 0)
+    if (k == NULL || t == LUA_TNIL) {
+    } else if (KEY("url")) {
+      o->url = luaL_checkstring(L, -1);
+    } else if (KEY("method")) {
+      o->method = luaL_checkstring(L, -1);
+    } else if (KEY("body")) {
+      if (t != LUA_TSTRING && t != LUA_TFUNCTION) luaL_error(L, "lariat.http.request: body must be a string or a function");
+      ex->body_fn = t == LUA_TFUNCTION;
+    } else if (KEY("verify")) {
+      ex->verify = lua_toboolean(L, -1);
+    } else if (KEY("ca")) {
+      free(ex->ca);
+      ex->ca = strdup(luaL_checkstring(L, -1));
+    } else if (KEY("stream")) {
+      if (!proxy) ex->stream = lua_toboolean(L, -1);
+    } else if (KEY("version")) {
+      const char *v = luaL_checkstring(L, -1);
+      ex->version = strcmp(v, "2") == 0 || strcmp(v, "2.0") == 0 ? 20 : strcmp(v, "1.1") == 0 ? 11 : 0;
+    } else if (KEY("max_body")) {
+      o->max_body = (uint64_t)luaL_checkinteger(L, -1);
+    } else if (KEY("timeout")) {
+      o->timeout = opt_ms(L);
+    } else if (KEY("connect_timeout")) {
+      ex->connect_ms = opt_ms(L);
+    } else if (KEY("read_timeout")) {
+      ex->read_ms = opt_ms(L);
+    } else if (KEY("keepalive_timeout")) {
+      ex->idle_ms = opt_ms(L);
+    }
+#undef KEY
+    lua_pop(L, 1);
+  }
+}
+
+/* the exchange from the options table at 1 (or a URL string: a plain GET),
+ * pushed at 2. The proxy's: the stack is opts, req, path_info; the box goes
+ * in at 2 and req becomes its user value (kept alive with it); method is the
+ * request's */
 static exch_t *exch_new(lua_State *L, int proxy, const lr_str_t *method) {
-  luaL_checktype(L, 1, LUA_TTABLE);
+  int plain = !proxy && lua_type(L, 1) == LUA_TSTRING;
+  if (!plain) luaL_checktype(L, 1, LUA_TTABLE);
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
   lua_settop(L, proxy ? 3 : 1);
@@ -1134,66 +1212,33 @@ static exch_t *exch_new(lua_State *L, int proxy, const lr_str_t *method) {
     return NULL;
   }
   lr_buf_t scratch = ex->scratch;
-  memset(ex, 0, offsetof(exch_t, h)); /* lr_h1c_init below does h and keeps its buffers */
+  memset(ex, 0, offsetof(exch_t, strs)); /* lr_h1c_init below does h and keeps its buffers */
   ex->scratch = scratch;
   ex->scratch.len = 0;
   *box = ex;
   ex->w = co->app->lw->w;
-  lua_getfield(L, 1, "url");
-  const char *url = luaL_checkstring(L, -1);
+  /* a proxy has no deadline for the whole exchange (bodies may be long) but
+   * bounds each wait for the upstream, as nginx's proxy_*_timeout do */
+  opts_t o = {NULL, NULL, DEFAULT_MAX_BODY, proxy ? 24 * 3600 * 1000 : DEFAULT_TIMEOUT_MS};
+  ex->verify = 1;
+  ex->stream = proxy;
+  ex->connect_ms = ex->read_ms = proxy ? 60000 : 0;
+  ex->idle_ms = POOL_IDLE_MS;
+  if (plain) o.url = lua_tostring(L, 1);
+  else read_opts(L, ex, proxy, &o);
+  if (o.url == NULL) luaL_error(L, "lariat.http.request: url must be a string");
   char err[160];
-  if (parse_url(ex, url, err, sizeof err)) {
-    luaL_error(L, "lariat.http.request: %s: %s", err, url);
+  if (parse_url(ex, o.url, err, sizeof err)) {
+    luaL_error(L, "lariat.http.request: %s: %s", err, o.url);
     return NULL;
   }
-  lua_pop(L, 1);
-  if (method) {
-    ex->method = strndup(method->base, method->len);
-  } else {
-    lua_getfield(L, 1, "method");
-    ex->method = strdup(lua_isnil(L, -1) ? "GET" : luaL_checkstring(L, -1));
-    lua_pop(L, 1);
-  }
+  size_t ml = method ? method->len : o.method ? strlen(o.method) : 3;
+  ex->method = exch_strdup(ex, method ? method->base : o.method ? o.method : "GET", ml);
   if (ex->method == NULL) luaL_error(L, "out of memory");
   for (char *m = ex->method; *m; m++)
     if (*m >= 'a' && *m <= 'z') *m = (char)(*m - 32);
-  lua_getfield(L, 1, "body");
-  int bt = lua_type(L, -1);
-  if (bt != LUA_TNIL && bt != LUA_TSTRING && bt != LUA_TFUNCTION) {
-    luaL_error(L, "lariat.http.request: body must be a string or a function");
-    return NULL;
-  }
-  ex->body_fn = bt == LUA_TFUNCTION;
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "verify");
-  ex->verify = lua_isnil(L, -1) ? 1 : lua_toboolean(L, -1);
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "ca");
-  if (!lua_isnil(L, -1)) ex->ca = strdup(luaL_checkstring(L, -1));
-  lua_pop(L, 1);
-  if (proxy) {
-    ex->stream = 1;
-  } else {
-    lua_getfield(L, 1, "stream");
-    ex->stream = lua_toboolean(L, -1);
-    lua_pop(L, 1);
-  }
-  lua_getfield(L, 1, "version");
-  if (!lua_isnil(L, -1)) {
-    const char *v = luaL_checkstring(L, -1);
-    ex->version = strcmp(v, "2") == 0 || strcmp(v, "2.0") == 0 ? 20 : strcmp(v, "1.1") == 0 ? 11 : 0;
-  }
-  lua_pop(L, 1);
-  lua_getfield(L, 1, "max_body");
-  uint64_t max_body = lua_isnil(L, -1) ? DEFAULT_MAX_BODY : (uint64_t)luaL_checkinteger(L, -1);
-  lua_pop(L, 1);
-  /* a proxy has no deadline for the whole exchange (bodies may be long) but
-   * bounds each wait for the upstream, as nginx's proxy_*_timeout do */
-  ex->deadline = uv_now(&ex->w->loop) + opt_ms(L, "timeout", proxy ? 24 * 3600 * 1000 : DEFAULT_TIMEOUT_MS);
-  ex->connect_ms = opt_ms(L, "connect_timeout", proxy ? 60000 : 0);
-  ex->read_ms = opt_ms(L, "read_timeout", proxy ? 60000 : 0);
-  ex->idle_ms = opt_ms(L, "keepalive_timeout", POOL_IDLE_MS);
-  lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, max_body);
+  ex->deadline = uv_now(&ex->w->loop) + o.timeout;
+  lr_h1c_init(&ex->h, strcmp(ex->method, "HEAD") == 0, ex->stream, o.max_body);
   return ex;
 }
 
@@ -1255,7 +1300,7 @@ int lr_l_http_proxy(lua_State *L) {
   }
   lua_settop(L, 2);
   if (target) {
-    free(ex->target);
+    exch_strfree(ex, ex->target);
     ex->target = target;
   }
   return start_exchange(L, ex);

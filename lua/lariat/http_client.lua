@@ -47,7 +47,10 @@ return function(core_or_fail)
   end
 
   function http.get(url, opts)
-    if opts == nil then return http.request({ url = url }) end -- one table, not three
+    if opts == nil then -- no options: the URL alone (no table, no redirects to follow)
+      if type(url) ~= "string" then error("lariat.http.get: expects a URL string", 2) end
+      return core_or_fail("lariat.http.request").http_request(url)
+    end
     return http.request(with(opts, { url = url }))
   end
 
