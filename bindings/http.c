@@ -301,6 +301,63 @@ static int timed_out(lua_State *L, exch_t *ex) {
 
 /* ---- the response ---- */
 
+/* Short strings responses repeat (header names, most values) are pushed
+ * from a per-state cache rather than by lua_pushlstring, which hashes and
+ * interns each one (~230 instructions): 64 slots of strings up to 16 bytes,
+ * keyed by their bytes; the strings themselves sit in the cache userdata's
+ * user value, so they also stay interned from one response to the next. */
+#define SC_SLOTS 64
+typedef struct strcache_s {
+  uint64_t w[SC_SLOTS][2]; /* the bytes, zero-padded */
+  uint8_t len[SC_SLOTS];   /* 0: empty slot */
+} strcache_t;
+static const char sc_key = 0;
+
+typedef struct sc_s {
+  strcache_t *c;
+  int idx; /* stack index of the strings' table */
+} sc_t;
+
+/* pushes the strings' table (remove it at sc->idx when done) */
+static void sc_open(lua_State *L, sc_t *sc) {
+  if (lua_rawgetp(L, LUA_REGISTRYINDEX, &sc_key) == LUA_TUSERDATA) {
+    sc->c = lua_touserdata(L, -1);
+  } else {
+    lua_pop(L, 1);
+    sc->c = lua_newuserdatauv(L, sizeof *sc->c, 1);
+    memset(sc->c, 0, sizeof *sc->c);
+    lua_createtable(L, SC_SLOTS, 0);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &sc_key);
+  }
+  lua_getiuservalue(L, -1, 1);
+  lua_remove(L, -2);
+  sc->idx = lua_gettop(L);
+}
+
+static void sc_push(lua_State *L, sc_t *sc, const char *p, size_t n) {
+  if (n == 0 || n > 16) {
+    lua_pushlstring(L, p, n);
+    return;
+  }
+  uint64_t w0 = 0, w1 = 0;
+  memcpy(&w0, p, n < 8 ? n : 8);
+  if (n > 8) memcpy(&w1, p + 8, n - 8);
+  unsigned slot = (unsigned)(((w0 * 0x9E3779B97F4A7C15ull) ^ (w1 * 0xC2B2AE3D27D4EB4Full) ^ n) >> 58);
+  strcache_t *c = sc->c;
+  if (c->len[slot] == n && c->w[slot][0] == w0 && c->w[slot][1] == w1) {
+    lua_rawgeti(L, sc->idx, slot + 1);
+    return;
+  }
+  lua_pushlstring(L, p, n);
+  lua_pushvalue(L, -1);
+  lua_rawseti(L, sc->idx, slot + 1);
+  c->len[slot] = (uint8_t)n;
+  c->w[slot][0] = w0;
+  c->w[slot][1] = w1;
+}
+
 /* a repeated header (set-cookie above all, which can't be comma-joined) is a
  * Lua array of its values in order, as lua-resty-http has it; once, a string.
  * Names come lowercase from both parsers. Repeats are found here, comparing
@@ -308,6 +365,8 @@ static int timed_out(lua_State *L, exch_t *ex) {
  * per header. */
 static void push_headers(lua_State *L, exch_t *ex) {
   unsigned nh = ex->h.n_headers - ex->h.n_trailers;
+  sc_t sc;
+  sc_open(L, &sc);
   lua_createtable(L, 0, (int)nh);
   for (unsigned i = 0; i < nh; i++) {
     lr_str_t n = lr_h1c_header_name(&ex->h, i), v = lr_h1c_header_value(&ex->h, i);
@@ -317,21 +376,22 @@ static void push_headers(lua_State *L, exch_t *ex) {
     if (j < i) continue; /* in the array of its first */
     for (j = i + 1; j < nh; j++)
       if (ex->h.hdr[j].name_len == n.len && memcmp(lr_h1c_header_name(&ex->h, j).base, n.base, n.len) == 0) reps++;
-    lua_pushlstring(L, n.base, n.len);
+    sc_push(L, &sc, n.base, n.len);
     if (reps == 0) {
-      lua_pushlstring(L, v.base, v.len);
+      sc_push(L, &sc, v.base, v.len);
     } else {
       lua_createtable(L, (int)reps + 1, 0);
       lua_Integer k = 1;
       for (j = i; j < nh; j++) {
         if (ex->h.hdr[j].name_len != n.len || memcmp(lr_h1c_header_name(&ex->h, j).base, n.base, n.len) != 0) continue;
         v = lr_h1c_header_value(&ex->h, j);
-        lua_pushlstring(L, v.base, v.len);
+        sc_push(L, &sc, v.base, v.len);
         lua_rawseti(L, -2, k++);
       }
     }
     lua_rawset(L, -3);
   }
+  lua_remove(L, sc.idx);
 }
 
 static int res_read(lua_State *L);
@@ -1198,7 +1258,7 @@ static exch_t *exch_new(lua_State *L, int proxy, const lr_str_t *method) {
   lr_co_t *co = lr_co_current(L);
   if (co == NULL) luaL_error(L, "lariat.http.request: only inside a handler's coroutine (or one from lariat.spawn)");
   lua_settop(L, proxy ? 3 : 1);
-  exch_t **box = lua_newuserdatauv(L, sizeof *box, 1);
+  exch_t **box = lua_newuserdatauv(L, sizeof *box, proxy); /* the proxy's holds req */
   *box = NULL;
   luaL_setmetatable(L, EXCH_MT);
   if (proxy) {
