@@ -1215,10 +1215,9 @@ static void read_opts(lua_State *L, exch_t *ex, int proxy, opts_t *o) {
     int t = lua_type(L, -1);
 #define KEY(s) (kl == sizeof s - 1 && memcmp(k, s, sizeof s - 1) == 0)
     if (k == NULL || t == LUA_TNIL) {
-    } else if (KEY("url")) {
-      o->url = luaL_checkstring(L, -1);
-    } else if (KEY("method")) {
-      o->method = luaL_checkstring(L, -1);
+    } else if (KEY("url") || KEY("method")) { /* strings only: they are used after the loop, as the table holds them */
+      if (t != LUA_TSTRING) luaL_error(L, "lariat.http.request: %s must be a string", k);
+      *(k[0] == 'u' ? &o->url : &o->method) = lua_tostring(L, -1);
     } else if (KEY("body")) {
       if (t != LUA_TSTRING && t != LUA_TFUNCTION) luaL_error(L, "lariat.http.request: body must be a string or a function");
       ex->body_fn = t == LUA_TFUNCTION;
