@@ -231,8 +231,13 @@ static void exch_free(exch_t *ex) {
   free(ex);
 }
 
+/* the box's metatable, also kept under this key: found without hashing its name */
+static const char exch_mt_key = 0;
+
+/* __gc of the box metatable only, which nothing else carries: no lookup of it by name */
 static int exch_gc(lua_State *L) {
-  exch_t **box = luaL_checkudata(L, 1, EXCH_MT);
+  exch_t **box = lua_touserdata(L, 1);
+  if (box == NULL || lua_rawlen(L, 1) != sizeof *box) return 0;
   exch_t *ex = *box;
   if (ex == NULL) return 0;
   *box = NULL;
@@ -1259,7 +1264,8 @@ static exch_t *exch_new(lua_State *L, int proxy, const lr_str_t *method) {
   lua_settop(L, proxy ? 3 : 1);
   exch_t **box = lua_newuserdatauv(L, sizeof *box, proxy); /* the proxy's holds req */
   *box = NULL;
-  luaL_setmetatable(L, EXCH_MT);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &exch_mt_key);
+  lua_setmetatable(L, -2);
   if (proxy) {
     lua_rotate(L, 2, 1);
     lua_pushvalue(L, 3);
@@ -1380,7 +1386,7 @@ void lr_http_open(lua_State *L) {
     lua_pushcfunction(L, exch_gc);
     lua_setfield(L, -2, "__gc");
   }
-  lua_pop(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &exch_mt_key);
   lua_pushcfunction(L, lr_l_http_request);
   lua_setfield(L, -2, "http_request");
   lua_pushcfunction(L, lr_l_http_proxy);
