@@ -1,6 +1,8 @@
-/* Files as response bodies, for Lua: req:sendfile(path[, opts]) and
+/* Files as response bodies, for Lua: req:sendfile(path[, opts]),
  * core.file_info(path, valid, root) (what lariat.static asks before it
- * answers). Both go through the worker's open-file cache (core/file.c).
+ * answers) and core.file_memo / file_memo_send (the response lariat.static
+ * learnt for a path, sent again in one call). All go through the worker's
+ * open-file cache (core/file.c).
  *
  * Plain HTTP/1.x: the core sends the file with sendfile(2). TLS and HTTP/2
  * can't: the file is read on libuv's thread pool (uv_fs_read), never on the
@@ -86,20 +88,17 @@ static int l_file_info(lua_State *L) {
   return 3;
 }
 
-/* core.file_conditional(req): does the request carry range, if-range,
- * if-none-match or if-modified-since? (lariat.static's fast path: one scan
- * in C instead of building req.headers) */
-static int l_file_conditional(lua_State *L) {
-  lr_req_t *r = luaL_checkudata(L, 1, LR_REQ_MT);
-  int found = 0;
-  for (unsigned i = 0; r->s && i < r->s->n_headers && !found; i++) {
-    const lr_str_t *n = &r->s->headers[i].name;
-    found = (n->len == 5 && memcmp(n->base, "range", 5) == 0) || (n->len == 8 && memcmp(n->base, "if-range", 8) == 0) ||
-            (n->len == 13 && memcmp(n->base, "if-none-match", 13) == 0) ||
-            (n->len == 17 && memcmp(n->base, "if-modified-since", 17) == 0);
+/* does the request carry range, if-range, if-none-match or if-modified-since?
+ * (one scan in C instead of building req.headers) */
+static int conditional(const lr_stream_t *s) {
+  for (unsigned i = 0; s && i < s->n_headers; i++) {
+    const lr_str_t *n = &s->headers[i].name;
+    if ((n->len == 5 && memcmp(n->base, "range", 5) == 0) || (n->len == 8 && memcmp(n->base, "if-range", 8) == 0) ||
+        (n->len == 13 && memcmp(n->base, "if-none-match", 13) == 0) ||
+        (n->len == 17 && memcmp(n->base, "if-modified-since", 17) == 0))
+      return 1;
   }
-  lua_pushboolean(L, found);
-  return 1;
+  return 0;
 }
 
 /* ---- reading for TLS and HTTP/2 ---- */
@@ -272,7 +271,7 @@ static int m_sendfile(lua_State *L) {
     lr_header_t *h;
     size_t nh = lr_req_head_fields(L, s, 3, &h);
     if (lr_stream_can_sendfile(s))
-      rc = lr_stream_send_file(s, status, h, nh, f, (uint64_t)off, n);
+      rc = lr_stream_send_file(s, status, h, nh, f, (uint64_t)off, n, 0);
     else /* no body to read: the length goes out as the content-length */
       rc = lr_stream_send_head(s, status, h, nh, NULL, (size_t)n, NULL, NULL, LR_FIN);
     lr_file_unref(f);
@@ -309,11 +308,237 @@ static int m_sendfile(lua_State *L) {
   return pump(L);
 }
 
+/* ---- a file lariat.static served whole, with its response ready ---- */
+
+/* core.file_memo(path, valid_s, siblings, headers) → memo | nil
+ * core.file_memo_send(req, memo) → true (out, or the client is gone) |
+ *   false (not for this request: another method, a conditional or range
+ *   request, a compressing middleware around) | nil, err (the file or its
+ *   siblings changed: forget the memo) | req:sendfile's results
+ * The memo is what lariat.static learnt on the slow path: which file (its
+ * identity, not a reference: the open-file cache alone decides how long a
+ * descriptor stays open), the precompressed siblings that were missing, and
+ * the response's header fields, checked once. A plain HTTP/1.1 GET of it is
+ * then one cache lookup and sendfile: no Lua table, no string built. The
+ * siblings are looked at again once the memo is `valid` old, as the cache
+ * looks at a file (a sibling appearing is seen as late as a file changing). */
+#define MEMO_MT "lariat.file_memo"
+#define MEMO_FIELDS 8
+#define MEMO_SIBLINGS 4
+
+typedef struct memo_s {
+  uint64_t size, dev, ino;
+  int64_t mtime_ns;
+  uint64_t checked, valid; /* loop ms of the last sibling check; validity */
+  const char *path;        /* the memo's user value 1 keeps the string */
+  size_t path_len;
+  unsigned n_sib, n_h;
+  lr_str_t sib[MEMO_SIBLINGS];
+  lr_header_t h[MEMO_FIELDS];
+  char *mem; /* sibling paths and field values */
+} memo_t;
+
+static int memo_gc(lua_State *L) {
+  memo_t *m = lua_touserdata(L, 1);
+  free(m->mem);
+  m->mem = NULL;
+  return 0;
+}
+
+/* the fields lariat.static sets: lowercase names, so they go out as given */
+static int name_ok(const char *n, size_t len) {
+  for (size_t i = 0; i < len; i++)
+    if (!((n[i] >= 'a' && n[i] <= 'z') || n[i] == '-')) return 0;
+  return len > 0;
+}
+
+static int value_ok(const char *v, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (v[i] == '\r' || v[i] == '\n' || v[i] == '\0') return 0;
+  return 1;
+}
+
+static int l_file_memo(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checklstring(L, 1, &len);
+  uint64_t valid = valid_ms(L, 2);
+  luaL_checktype(L, 4, LUA_TTABLE);
+  int has_sib = !lua_isnoneornil(L, 3);
+  if (has_sib) luaL_checktype(L, 3, LUA_TTABLE);
+  /* sizes first: one block for every string */
+  size_t need = 0;
+  unsigned n_sib = has_sib ? (unsigned)lua_rawlen(L, 3) : 0, n_h = 0;
+  if (n_sib > MEMO_SIBLINGS) return luaL_pushfail(L), 1;
+  for (unsigned i = 1; i <= n_sib; i++) {
+    if (lua_rawgeti(L, 3, i) != LUA_TSTRING) return luaL_argerror(L, 3, "paths expected");
+    need += lua_rawlen(L, -1) + 1;
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, 4)) {
+    size_t vl;
+    if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING || n_h == MEMO_FIELDS) {
+      lua_pop(L, 2);
+      return luaL_pushfail(L), 1; /* anything unusual: req:sendfile's checks */
+    }
+    size_t nl;
+    const char *n = lua_tolstring(L, -2, &nl), *v = lua_tolstring(L, -1, &vl);
+    if (!name_ok(n, nl) || !value_ok(v, vl)) {
+      lua_pop(L, 2);
+      return luaL_pushfail(L), 1;
+    }
+    need += nl + vl + 2;
+    n_h++;
+    lua_pop(L, 1);
+  }
+  lr_file_t *f;
+  if (lr_file_open(lw_of(L)->w, path, len, valid, &f)) return luaL_pushfail(L), 1;
+  memo_t *m = lua_newuserdatauv(L, sizeof *m, 2);
+  memset(m, 0, sizeof *m);
+  luaL_setmetatable(L, MEMO_MT);
+  m->size = f->size;
+  m->mtime_ns = f->mtime_ns;
+  m->dev = f->dev;
+  m->ino = f->ino;
+  m->checked = uv_now(&lw_of(L)->w->loop);
+  m->valid = valid;
+  lr_file_unref(f);
+  char *p = m->mem = malloc(need ? need : 1);
+  if (p == NULL) return luaL_error(L, "out of memory");
+  for (unsigned i = 1; i <= n_sib; i++, m->n_sib++) {
+    size_t n;
+    lua_rawgeti(L, 3, i);
+    const char *sp = lua_tolstring(L, -1, &n);
+    memcpy(p, sp, n + 1);
+    m->sib[m->n_sib] = (lr_str_t){p, n};
+    p += n + 1;
+    lua_pop(L, 1);
+  }
+  lua_pushnil(L);
+  while (lua_next(L, 4)) {
+    size_t nl, vl;
+    const char *n = lua_tolstring(L, -2, &nl), *v = lua_tolstring(L, -1, &vl);
+    lr_header_t *h = &m->h[m->n_h++];
+    h->name = (lr_str_t){p, nl};
+    memcpy(p, n, nl);
+    p += nl + 1;
+    memcpy(p, v, vl);
+    h->value = (lr_str_t){p, vl};
+    p += vl + 1;
+    lua_pop(L, 1);
+  }
+  lua_pushvalue(L, 1);
+  m->path = lua_tolstring(L, -1, &m->path_len);
+  lua_setiuservalue(L, -2, 1);
+  /* req:sendfile's options, for the connections that can't sendfile */
+  lua_createtable(L, 0, 2);
+  lua_pushvalue(L, 4);
+  lua_setfield(L, -2, "headers");
+  lua_pushvalue(L, 2);
+  lua_setfield(L, -2, "valid");
+  lua_setiuservalue(L, -2, 2);
+  return 1;
+}
+
+static int is_get_or_head(const lr_str_t *m) {
+  return (m->len == 3 && memcmp(m->base, "GET", 3) == 0) || (m->len == 4 && memcmp(m->base, "HEAD", 4) == 0);
+}
+
+/* is the file still the one the memo was made from, siblings still missing? */
+static int memo_current(memo_t *m, lr_worker_t *w, lr_file_t **out) {
+  lr_file_t *f;
+  if (lr_file_open(w, m->path, m->path_len, m->valid, &f)) return 0;
+  if (f->size != m->size || f->mtime_ns != m->mtime_ns || f->ino != m->ino || f->dev != m->dev) {
+    lr_file_unref(f);
+    return 0;
+  }
+  uint64_t now = uv_now(&w->loop);
+  if (now - m->checked >= m->valid) {
+    for (unsigned i = 0; i < m->n_sib; i++) {
+      lr_file_t *z;
+      if (lr_file_open(w, m->sib[i].base, m->sib[i].len, m->valid, &z) == 0) {
+        lr_file_unref(z);
+        lr_file_unref(f);
+        return 0;
+      }
+    }
+    m->checked = now;
+  }
+  *out = f;
+  return 1;
+}
+
+/* the userdata at idx if its metatable is upvalue up: luaL_checkudata
+ * without looking the metatable up by name (a third of this call's cost) */
+static void *check_ud(lua_State *L, int idx, int up, const char *what) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int ok = lua_rawequal(L, -1, lua_upvalueindex(up));
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  luaL_typeerror(L, idx, what);
+  return NULL;
+}
+
+/* upvalues: the req metatable, the memo metatable, "would_compress",
+ * "\1resp_headers" (req's user value keys, interned once) */
+static int l_file_memo_send(lua_State *L) {
+  lr_req_t *r = check_ud(L, 1, 1, "req");
+  memo_t *m = check_ud(L, 2, 2, "memo");
+  lr_stream_t *s = r->s;
+  if (s == NULL || s->conn == NULL || (s->flags & LR_SF_REPLIED) || m->mem == NULL || !is_get_or_head(&s->method) ||
+      conditional(s)) {
+    lua_pushboolean(L, 0);
+    return 1;
+  }
+  /* fields a middleware left on req: would_compress wants the body;
+   * req:set_header ones are merged by req:sendfile */
+  int merge = 0;
+  if (lua_getiuservalue(L, 1, 1) == LUA_TTABLE) {
+    lua_pushvalue(L, lua_upvalueindex(3));
+    if (lua_rawget(L, -2) != LUA_TNIL) {
+      lua_pushboolean(L, 0);
+      return 1;
+    }
+    lua_pushvalue(L, lua_upvalueindex(4));
+    merge = lua_rawget(L, -3) != LUA_TNIL;
+  }
+  lr_file_t *f;
+  if (!memo_current(m, s->worker, &f)) {
+    luaL_pushfail(L);
+    lua_pushliteral(L, "changed");
+    return 2;
+  }
+  if (merge || !lr_stream_can_sendfile(s)) {
+    lr_file_unref(f);
+    lua_settop(L, 2);
+    lua_getiuservalue(L, 2, 2);
+    lua_getiuservalue(L, 2, 1);
+    lua_replace(L, 2); /* req, path, options */
+    return m_sendfile(L);
+  }
+  int rc = lr_stream_send_file(s, 200, m->h, m->n_h, f, 0, f->size, LR_CHECKED);
+  lr_file_unref(f);
+  if (rc && rc != LR_ECLOSED) return luaL_error(L, "lariat.static: %s", uv_strerror(rc));
+  lua_pushboolean(L, 1);
+  return 1;
+}
+
 void lr_file_lua_open(lua_State *L) {
   lua_pushcfunction(L, l_file_info);
   lua_setfield(L, -2, "file_info");
-  lua_pushcfunction(L, l_file_conditional);
-  lua_setfield(L, -2, "file_conditional");
+  lua_pushcfunction(L, l_file_memo);
+  lua_setfield(L, -2, "file_memo");
+  luaL_getmetatable(L, LR_REQ_MT);
+  if (luaL_newmetatable(L, MEMO_MT)) {
+    lua_pushcfunction(L, memo_gc);
+    lua_setfield(L, -2, "__gc");
+  }
+  lua_pushliteral(L, "would_compress");
+  lua_pushliteral(L, "\1resp_headers");
+  lua_pushcclosure(L, l_file_memo_send, 4);
+  lua_setfield(L, -2, "file_memo_send");
   luaL_getmetatable(L, LR_REQ_MT);
   lua_getfield(L, -1, "__index");
   lua_getupvalue(L, -1, 1); /* the methods table */

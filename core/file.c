@@ -192,15 +192,16 @@ int lr_stream_can_sendfile(const lr_stream_t *s) {
 }
 
 int lr_stream_send_file(lr_stream_t *s, int status, const lr_header_t *h, size_t n, lr_file_t *f, uint64_t off,
-                        uint64_t len) {
+                        uint64_t len, int flags) {
   if (!lr_stream_can_sendfile(s)) return LR_ESTATE;
-  if (len == 0) return lr_stream_send_head(s, status, h, n, NULL, 0, NULL, NULL, LR_FIN);
+  flags = LR_FIN | (flags & LR_CHECKED);
+  if (len == 0) return lr_stream_send_head(s, status, h, n, NULL, 0, NULL, NULL, flags);
   filebody_t *fb = malloc(sizeof *fb);
   if (fb == NULL) return UV_ENOMEM;
   f->refs++;
   fb->f = f;
   fb->start = off;
-  return lr_stream_send_head(s, status, h, n, lr_seg_file, (size_t)len, filebody_release, fb, LR_FIN);
+  return lr_stream_send_head(s, status, h, n, lr_seg_file, (size_t)len, filebody_release, fb, flags);
 }
 
 void lr__files_free(lr_worker_t *w) {

@@ -516,9 +516,10 @@ void lr_file_unref(lr_file_t *f);
 /* plain HTTP/1.x: the kernel can copy the file to the socket */
 int lr_stream_can_sendfile(const lr_stream_t *s);
 /* a complete response whose body is bytes [off, off+len) of f, sent with
- * sendfile(2) (takes its own reference); LR_ESTATE where it can't be used */
+ * sendfile(2) (takes its own reference); LR_ESTATE where it can't be used.
+ * flags: LR_CHECKED or 0 (as for send_head; LR_FIN is implied) */
 int lr_stream_send_file(lr_stream_t *s, int status, const lr_header_t *h, size_t n, lr_file_t *f, uint64_t off,
-                        uint64_t len);
+                        uint64_t len, int flags);
 int lr__file_sendfile(int sock, lr_seg_t *s); /* 0: all sent, 1: the socket is full, <0: error */
 int lr__file_take_byte(lr_seg_t *s, char *out); /* the next byte, to wait for writability with */
 void lr__files_free(lr_worker_t *w);

@@ -225,38 +225,53 @@ return function(dir, opts)
   end
 
   -- In the server, a path once served whole is remembered (its checked
-  -- relative path → file, validators, the response's header table), so the
-  -- next plain GET of it costs two cache lookups in C and req:sendfile: no
-  -- path splitting, no string building, no table. Any change of size or
-  -- mtime, a .gz sibling appearing, or a conditional or range request takes
-  -- the full path below.
+  -- relative path → a memo made by core.file_memo: the file's identity, the
+  -- precompressed siblings found missing, the response's header fields), so
+  -- the next plain GET of it is one call: an open-file cache lookup and
+  -- sendfile, no path splitting, no string or table built. A change of the
+  -- file, a sibling appearing, a conditional or range request, another
+  -- method or a compressing middleware takes the full path below.
   local memo, n_memo = file_info and {}, 0
-  local conditional = file_info and core.file_conditional
-  -- a precompressed sibling (.br, .zst, .gz: the codings looked for) of full exists
+  local memo_send = file_info and core.file_memo_send
   local sibling_order = precompressed_order or encoding.static_order
-  local function sibling_of(full)
-    for _, coding in ipairs(sibling_order) do
-      if file_info(full .. encoding.suffix[coding], valid, root) == "file" then return true end
+  local function remember(rel, full, size, mtime, ctype)
+    if n_memo >= 1024 then memo, n_memo = {}, 0 end
+    local siblings
+    if precompressed then
+      siblings = {}
+      for i, coding in ipairs(sibling_order) do siblings[i] = full .. encoding.suffix[coding] end
+    end
+    local etag, last_modified = validators_of(full, size, mtime)
+    local m = core.file_memo(full, valid, siblings, {
+      ["content-type"] = ctype, ["accept-ranges"] = "bytes",
+      ["cache-control"] = opts.cache_control, etag = etag, ["last-modified"] = last_modified })
+    if m then
+      n_memo = n_memo + 1
+      memo[rel] = m
+    end
+  end
+
+  -- true: the memo of rel answered (or the client left meanwhile)
+  local function from_memo(req, rel)
+    local m = memo[rel]
+    if not m then return false end
+    local ok, err = memo_send(req, m)
+    if ok then return true end
+    if ok == nil then
+      if err == "closed" or req.status then return true end
+      memo[rel] = nil -- changed: learnt again below
     end
     return false
   end
-  local function remember(rel, full, size, mtime, ctype, siblings)
-    if n_memo >= 1024 then memo, n_memo = {}, 0 end
-    n_memo = n_memo + 1
-    local etag, last_modified = validators_of(full, size, mtime)
-    local h = { ["content-type"] = ctype, ["accept-ranges"] = "bytes",
-                ["cache-control"] = opts.cache_control, etag = etag,
-                ["last-modified"] = last_modified }
-    memo[rel] = { full, size, mtime, siblings, { headers = h, valid = valid } }
-  end
 
   return function(req, next)
+    local rel = req.path_info
+    if rel and memo and from_memo(req, rel) then return end
     local method = req.method
     if method ~= "GET" and method ~= "HEAD" then
       if next then return next() end
       return 405, { allow = "GET, HEAD", ["content-type"] = TEXT }, "method not allowed\n"
     end
-    local rel = req.path_info
     if rel == nil then
       local cpath = lpath.canonical(req.path)
       if not cpath then
@@ -268,16 +283,7 @@ return function(dir, opts)
         cpath = cpath:sub(#prefix + 1)
       end
       rel = cpath
-    end
-    local m = memo and memo[rel]
-    if m then
-      local kind, size, mtime = file_info(m[1], valid, root)
-      if kind == "file" and size == m[2] and mtime == m[3] and not (m[4] and sibling_of(m[1]))
-         and not conditional(req) and not req.would_compress then
-        local ok, serr = req:sendfile(m[1], m[5])
-        if ok or serr == "closed" then return end
-      end
-      memo[rel] = nil
+      if memo and from_memo(req, rel) then return end
     end
     local segs = safe_segments(rel, opts.dotfiles)
     if not segs then return not_found(next) end
@@ -306,7 +312,7 @@ return function(dir, opts)
       if zpath then return serve(req, zpath, zsize, zmtime, ctype, vary, coding) end
       if vary then return serve(req, full, size, mtime, ctype, vary) end
     end
-    if memo then remember(rel, full, size, mtime, ctype, precompressed) end
+    if memo then remember(rel, full, size, mtime, ctype) end
     return serve(req, full, size, mtime, ctype)
   end
 end

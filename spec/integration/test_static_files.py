@@ -33,6 +33,11 @@ APP = """
 local lariat = require "lariat"
 local app = lariat.app()
 app:get("/s/*", lariat.static(%(dir)r, { open_file_cache_valid = 0.2 }))
+local wrapped = lariat.static(%(dir)r, { open_file_cache_valid = 0.2, cache_control = "max-age=60" })
+app:all("/h/*", function(req)
+  req:set_header("x-extra", "set before")
+  return wrapped(req)
+end)
 app:get("/part", function(req)
   return req:sendfile(%(dir)r .. "/mid.bin", { offset = 10, length = 20,
     headers = { ["content-type"] = "application/x-part", ["x-part"] = "yes" } })
@@ -290,3 +295,58 @@ def test_a_file_replaced_while_cached_is_served_new_after_the_validity(srv, tree
     wait_for(lambda: raw_get(srv, "/s/c.txt").status == 404, 5, "404 once deleted")
     path.write_bytes(b"back")  # a cached miss is checked again too
     wait_for(lambda: raw_get(srv, "/s/c.txt").body == b"back", 5, "the file back")
+
+
+def without_date(h):
+    return {k: v for k, v in h.items() if k != "date"}
+
+
+@pytest.mark.parametrize("proto", PROTOS)
+def test_a_remembered_file_is_answered_as_the_first_time(srv, tree, proto):
+    """The first plain GET of a path takes lariat.static's full path and is
+    remembered; the ones after it come from the memo (one call into C). Same
+    status, fields and body every time, and whatever the memo doesn't serve
+    (HEAD aside: conditional, range, another method) still answers right."""
+    mid = (tree / "pub" / "mid.bin").read_bytes()
+    first = curl(srv, "/h/mid.bin", proto=proto)
+    for _ in range(2):
+        again = curl(srv, "/h/mid.bin", proto=proto)
+        assert again[0] == 200 and sha(again[2]) == sha(mid)
+        assert without_date(again[1]) == without_date(first[1]), proto
+    h = first[1]
+    assert h["x-extra"] == "set before" and h["cache-control"] == "max-age=60"
+    assert h["content-length"] == str(MID) and h["accept-ranges"] == "bytes"
+    status, hh, _ = curl(srv, "/h/mid.bin", "-I", proto=proto)  # (curl -I prints the head as the body)
+    assert status == 200 and hh["content-length"] == str(MID) and hh["etag"] == h["etag"]
+    assert curl(srv, "/h/mid.bin", "-H", "if-none-match: " + h["etag"], proto=proto)[0] == 304
+    assert curl(srv, "/h/mid.bin", "-r", "5-9", proto=proto)[2] == mid[5:10]
+    status, hh, _ = curl(srv, "/h/mid.bin", "-X", "POST", proto=proto)
+    assert status == 405 and hh["allow"] == "GET, HEAD"
+    # and the memo still answers after all of those
+    again = curl(srv, "/h/mid.bin", proto=proto)
+    assert without_date(again[1]) == without_date(first[1]) and sha(again[2]) == sha(mid)
+
+
+def test_a_sibling_appearing_after_a_file_was_remembered_is_served(srv, tree):
+    """The memo also remembers that no precompressed sibling exists: one that
+    appears later is served once the validity (0.2 s) has passed, and its
+    removal brings the plain file back."""
+    import gzip
+    pub = tree / "pub"
+    (pub / "d.txt").write_bytes(b"plain text " * 50)
+    ae = ("accept-encoding", "gzip")
+    for _ in range(2):
+        r = raw_get(srv, "/s/d.txt", ae)
+        assert r.status == 200 and r.header("content-encoding") is None and r.header("vary") is None
+    (pub / "d.txt.gz").write_bytes(gzip.compress(b"zipped text " * 50))
+    try:
+        wait_for(lambda: raw_get(srv, "/s/d.txt", ae).header("content-encoding") == "gzip", 5 * SLOW,
+                 "the new .gz sibling to be served")
+        r = raw_get(srv, "/s/d.txt", ae)
+        assert gzip.decompress(r.body) == b"zipped text " * 50 and r.header("vary") == "accept-encoding"
+    finally:
+        os.unlink(pub / "d.txt.gz")
+    wait_for(lambda: raw_get(srv, "/s/d.txt", ae).header("content-encoding") is None, 5 * SLOW,
+             "the plain file once the sibling is gone")
+    r = raw_get(srv, "/s/d.txt", ae)
+    assert r.body == b"plain text " * 50 and r.header("vary") is None
