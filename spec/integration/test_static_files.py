@@ -350,3 +350,25 @@ def test_a_sibling_appearing_after_a_file_was_remembered_is_served(srv, tree):
              "the plain file once the sibling is gone")
     r = raw_get(srv, "/s/d.txt", ae)
     assert r.body == b"plain text " * 50 and r.header("vary") is None
+
+
+def test_small_and_large_bodies_keep_their_order_in_a_pipeline(srv, tree):
+    """A small file (up to 16 KiB) leaves with its head in one write, a larger
+    one by sendfile behind it: pipelined requests mixing both, HEAD among
+    them, come back whole and in order (RFC 9112 §9.3.2: "A server MAY
+    process a sequence of pipelined requests in parallel if they all have
+    safe methods, but it MUST send the corresponding responses in the same
+    order that the requests were received")."""
+    pub = tree / "pub"
+    small, mid = (pub / "a.txt").read_bytes(), (pub / "mid.bin").read_bytes()
+    order = [("GET", "/s/a.txt", small), ("GET", "/s/mid.bin", mid), ("HEAD", "/s/a.txt", b""),
+             ("GET", "/s/a.txt", small), ("GET", "/s/empty.txt", b""), ("GET", "/s/mid.bin", mid)]
+    for attempt in range(2):  # the first time by the full path, then from the memo
+        with srv.connect() as c:
+            c.send(b"".join(request(m, p) for m, p, _ in order))
+            for m, p, want in order:
+                r = c.read_response(m)
+                assert r.status == 200, (attempt, m, p)
+                assert r.body == want, (attempt, m, p)
+                size = len(small) if p == "/s/a.txt" else len(want)
+                assert r.header("content-length") == str(size), (attempt, m, p)
