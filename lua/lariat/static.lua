@@ -18,8 +18,8 @@
 -- percent-encoded; and the resolved real path of the file must lie inside the
 -- real path of `dir`, so a symlink pointing out of the tree serves nothing.
 -- Inside the server the body is sent by req:sendfile (sendfile(2) on plain
--- HTTP/1.1; a read on libuv's thread pool for TLS and HTTP/2, never on the
--- loop), files are looked up through the worker's open-file cache (checked
+-- HTTP/1.1; for TLS and HTTP/2 a read of the page cache that never waits,
+-- or one on libuv's thread pool), files are looked up through the worker's open-file cache (checked
 -- again after opts.open_file_cache_valid seconds, 2 by default), and a wrapping
 -- middleware's next() returns nothing for a file (the response is out) --
 -- except behind lariat.middleware.compress, which gets the bodies it would

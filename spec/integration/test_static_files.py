@@ -372,3 +372,24 @@ def test_small_and_large_bodies_keep_their_order_in_a_pipeline(srv, tree):
                 assert r.body == want, (attempt, m, p)
                 size = len(small) if p == "/s/a.txt" else len(want)
                 assert r.header("content-length") == str(size), (attempt, m, p)
+
+
+@pytest.mark.parametrize("proto", ["h1tls", "h2c"])
+def test_a_file_out_of_the_page_cache_is_read_on_the_thread_pool(srv, tree, proto):
+    """TLS and HTTP/2 read what the page cache holds on the loop (preadv2
+    RWF_NOWAIT, which never waits for the disk) and the rest on libuv's
+    thread pool: a file dropped from the cache arrives intact all the same,
+    whole (up to 1 MiB) and streamed, the second time too."""
+    pub = tree / "pub"
+    for name, size in (("cold-small.bin", 200 * 1000), ("cold-big.bin", BIG)):
+        data = os.urandom(size)
+        (pub / name).write_bytes(data)
+        for attempt in range(2):
+            fd = os.open(pub / name, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # clean pages: dropped
+            finally:
+                os.close(fd)
+            status, h, body = curl(srv, "/s/" + name, proto=proto)
+            assert status == 200 and sha(body) == sha(data), (name, attempt)
