@@ -3,8 +3,8 @@
  * Ciphertext read from the socket goes into a memory BIO; what SSL_read
  * makes of it is handed to c->proto->on_read as if it came off the wire.
  * Protocols queue plaintext in c->out as usual; at flush time conn.c seals
- * it (lr__tls_seal) and sends the records that come out of the other memory
- * BIO. Neither HTTP/1.1 nor HTTP/2 knows: only ALPN picks which of them
+ * it (lr__tls_seal) and sends the records that come out of the write BIO
+ * (a sink of our own: see below). Neither HTTP/1.1 nor HTTP/2 knows: only ALPN picks which of them
  * runs, and req.scheme says "https".
  *
  * One SSL_CTX per --cert/--key pair, shared by every worker (OpenSSL 3
@@ -30,6 +30,71 @@ typedef struct lr_tls_s {
 
 static SSL_CTX *ctxs[LR_MAX_CERTS];
 static int n_ctxs;
+
+/* ---- the write BIO: records appended to a plain buffer ----
+ * A memory BIO zero-fills the room for every write before copying into it
+ * (BUF_MEM_grow_clean): for a large body that was a third of TLS's
+ * user-space instructions (memset + copy in + copy out, where nginx copies
+ * once). This sink only appends; lr__tls_take copies the records out. */
+typedef struct sink_s {
+  lr_buf_t b;
+  size_t off; /* taken so far */
+} sink_t;
+
+static BIO_METHOD *sink_method;
+static uv_once_t sink_once = UV_ONCE_INIT;
+
+static int sink_write(BIO *bio, const char *p, int n) {
+  sink_t *s = BIO_get_data(bio);
+  if (n <= 0) return 0;
+  if (s->off == s->b.len) s->off = s->b.len = 0; /* all taken: start at the front */
+  return lr_buf_append(&s->b, p, (size_t)n) ? -1 : n;
+}
+
+static long sink_ctrl(BIO *bio, int cmd, long num, void *ptr) {
+  (void)num;
+  (void)ptr;
+  sink_t *s = BIO_get_data(bio);
+  switch (cmd) {
+    case BIO_CTRL_PENDING:
+    case BIO_CTRL_WPENDING:
+      return (long)(s->b.len - s->off);
+    case BIO_CTRL_FLUSH:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+static int sink_create(BIO *bio) {
+  sink_t *s = calloc(1, sizeof *s);
+  if (s == NULL) return 0;
+  BIO_set_data(bio, s);
+  BIO_set_init(bio, 1);
+  return 1;
+}
+
+static int sink_destroy(BIO *bio) {
+  sink_t *s = BIO_get_data(bio);
+  if (s) free(s->b.base);
+  free(s);
+  BIO_set_data(bio, NULL);
+  return 1;
+}
+
+static void sink_init(void) {
+  BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "lariat records");
+  if (m && BIO_meth_set_write(m, sink_write) && BIO_meth_set_ctrl(m, sink_ctrl) &&
+      BIO_meth_set_create(m, sink_create) && BIO_meth_set_destroy(m, sink_destroy))
+    sink_method = m;
+  else
+    BIO_meth_free(m);
+}
+
+static BIO *sink_new(void) {
+  uv_once(&sink_once, sink_init);
+  return sink_method ? BIO_new(sink_method) : NULL;
+}
 
 /* ALPN (RFC 7301): our preference wins, h2 first */
 static const unsigned char alpn_protos[] = "\x02h2\x08http/1.1";
@@ -217,7 +282,7 @@ static lr_tls_t *tls_new(SSL_CTX *ctx) {
   if (t == NULL) return NULL;
   t->ssl = SSL_new(ctx);
   t->rbio = BIO_new(BIO_s_mem());
-  t->wbio = BIO_new(BIO_s_mem());
+  t->wbio = sink_new();
   if (t->ssl == NULL || t->rbio == NULL || t->wbio == NULL) {
     if (t->ssl) SSL_free(t->ssl);
     BIO_free(t->rbio);
@@ -231,23 +296,20 @@ static lr_tls_t *tls_new(SSL_CTX *ctx) {
   return t;
 }
 
-/* A memory BIO keeps the largest buffer it ever had (~2 KiB for both after
- * a handshake): an idle connection (nothing in either) gets fresh ones,
- * which allocate on their next use. */
+/* A memory BIO keeps the largest buffer it ever had (~2 KiB after a
+ * handshake), and so does the sink: an idle connection (nothing in either)
+ * gets a fresh read BIO and an empty sink, which allocate on their next use. */
 void lr__tls_idle(lr_conn_t *c) {
   lr_tls_t *t = c->tls;
   if (t == NULL || BIO_ctrl_pending(t->rbio) || BIO_ctrl_pending(t->wbio) || SSL_pending(t->ssl)) return;
-  BIO *r = BIO_new(BIO_s_mem()), *w = BIO_new(BIO_s_mem());
-  if (r == NULL || w == NULL) {
-    BIO_free(r);
-    BIO_free(w);
-    return;
-  }
+  sink_t *s = BIO_get_data(t->wbio);
+  free(s->b.base);
+  *s = (sink_t){0};
+  BIO *r = BIO_new(BIO_s_mem());
+  if (r == NULL) return;
   BIO_set_mem_eof_return(r, -1);
-  SSL_set0_rbio(t->ssl, r); /* frees the old ones */
-  SSL_set0_wbio(t->ssl, w);
+  SSL_set0_rbio(t->ssl, r); /* frees the old one */
   t->rbio = r;
-  t->wbio = w;
 }
 
 int lr__tls_connect(lr_conn_t *c, const lr_client_opts_t *o, const char *origin, char *err, size_t errlen) {
@@ -328,8 +390,13 @@ int lr__tls_ready(const lr_conn_t *c) { return ((lr_tls_t *)c->tls)->ready; }
 size_t lr__tls_pending(const lr_conn_t *c) { return BIO_ctrl_pending(((lr_tls_t *)c->tls)->wbio); }
 
 size_t lr__tls_take(lr_conn_t *c, char *out, size_t max) {
-  int n = BIO_read(((lr_tls_t *)c->tls)->wbio, out, (int)max);
-  return n > 0 ? (size_t)n : 0;
+  sink_t *s = BIO_get_data(((lr_tls_t *)c->tls)->wbio);
+  size_t n = s->b.len - s->off < max ? s->b.len - s->off : max;
+  if (n == 0) return 0;
+  memcpy(out, s->b.base + s->off, n);
+  s->off += n;
+  if (s->off == s->b.len) s->off = s->b.len = 0;
+  return n;
 }
 
 /* small pieces (frame headers, short bodies) are gathered so that a batch
