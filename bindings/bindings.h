@@ -12,7 +12,17 @@
 #include "../core/lariat.h"
 
 typedef struct lr_co_s lr_co_t;
-typedef struct lr_direct_s lr_direct_t; /* a literal route C runs without dispatch (direct.c) */
+/* a literal or wildcard route C runs without dispatch (direct.c builds them
+ * when the app loads; read-only after) */
+typedef struct lr_direct_s {
+  const char *path, *method; /* in this entry's own allocation */
+  size_t plen, mlen;
+  int handler_ref; /* handler(req), in the registry */
+  int finish_ref;  /* finish(a, b, c): status, headers, body for a non-string result */
+  unsigned route;  /* metrics route id to tag requests with (lariat.app tags only with metrics on), or 0 */
+  int kind;        /* 0 literal; prefix: 1, or 2 when the prefix alone is another route's */
+  const void *px;  /* the handler is lariat.proxy's without `before`: its target (http.c), or NULL */
+} lr_direct_t;
 
 /* undo a pending wait whose coroutine will never resume: see lr_co_wait */
 typedef void (*lr_cancel_cb)(lr_co_t *co, void *arg);
@@ -25,6 +35,8 @@ typedef struct lr_app_s {
   int req_mt_ref;     /* the req metatable */
   lr_direct_t *direct; /* literal routes by path (direct.c), or NULL */
   size_t direct_mask;  /* its size - 1 */
+  lr_direct_t *prefix; /* wildcard routes by prefix (direct.c), n_prefix of them */
+  size_t n_prefix;
   unsigned refs;      /* running coroutines + referenced strings + 1 while current */
   lr_co_t *free_cos;  /* finished coroutines kept for reuse */
   unsigned n_free_cos;
@@ -90,6 +102,7 @@ typedef struct lr_lworker_s {
   lr_link_t ready;    /* coroutines to resume once the running one yields */
   lr_link_t waiting;  /* coroutines suspended in lr_co_wait */
   unsigned n_live;    /* request handlers (not spawned tasks) alive on this worker */
+  uint64_t n_direct;  /* requests whose route C found (direct.c), for lariat.stats */
   int stopping;       /* SIGTERM seen: waits are told once */
   const lr_config_t *cfg;
   /* lifecycle.c: a version whose on_start hooks run; it serves once they end */
@@ -106,6 +119,10 @@ typedef struct lr_req_s {
   lr_stream_t *s;
   lr_co_t *co;     /* owner coroutine */
   int told_closed; /* a call already returned nil, "closed" */
+  /* req.path_info as a piece of s->path (a wildcard route matched in C,
+   * direct.c), when pi_len >= 0; else Lua sets it in the user values */
+  int pi_len;
+  unsigned pi_off;
 } lr_req_t;
 
 /* raised (as a light userdata) to stop a handler that ignores that its client
@@ -255,13 +272,15 @@ void lr_ws_handler_done(lr_co_t *co, int ok);
 void lr_ws_box_event(void *box);  /* the stream under an h2 WebSocket has news */
 void lr_ws_open(lua_State *L);    /* adds ws and channel functions to the core table */
 
-/* direct.c: literal routes run without the Lua dispatch function */
+/* direct.c: literal and wildcard routes run without the Lua dispatch function */
 void lr_direct_load(lr_app_t *app, lua_State *L, int idx); /* load_app's third result */
 void lr_direct_free(lr_app_t *app);
+/* the literal route for this raw path and method (app->direct set), or NULL */
 const lr_direct_t *lr_direct_find(const lr_app_t *app, const lr_str_t *path, const lr_str_t *method);
-int lr_direct_handler(const lr_direct_t *d); /* registry refs */
-int lr_direct_finish(const lr_direct_t *d);
-unsigned lr_direct_route(const lr_direct_t *d); /* the metrics route id to tag requests with */
+/* the wildcard route for this raw path and method (app->n_prefix set), or
+ * NULL (dispatch's); path_info's place in path */
+const lr_direct_t *lr_direct_prefix(const lr_app_t *app, const lr_str_t *path, const lr_str_t *method,
+                                    size_t *pi_off, size_t *pi_len);
 
 /* req.c */
 void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s);
@@ -306,6 +325,12 @@ void lr_pg_lua_free_all(void);    /* same */
 void lr_tcp_open(lua_State *L);
 void lr_http_open(lua_State *L);
 void lr_http_cache_free(void); /* the calling thread's cache of exchanges: at worker exit, after the last lua_close */
+/* http.c: a route whose handler is lariat.proxy's (without `before`) runs
+ * without a req or a Lua call: lr_http_proxy_target is the handler's target,
+ * or NULL for any other value; lr_http_proxy_run(L, target, path_info's
+ * place in the stream's path or -1 for none) is its coroutine's body */
+const void *lr_http_proxy_target(lua_State *L, int idx);
+int lr_http_proxy_run(lua_State *L, const void *target, int pi_off, int pi_len);
 
 /* core_module.c */
 int luaopen_lariat_core(lua_State *L);

@@ -58,6 +58,9 @@ typedef struct exch_s {
   int proxy, chunked_up;
   lr_stunnel_t *tun;  /* an HTTP/2 client's WebSocket (RFC 8441), switched upstream: the stream tunnel */
   char ws_key[25], ws_accept[29]; /* the handshake made for it (HTTP/2 has no key) */
+  const struct pxt_s *pt; /* a proxy's precompiled target: host, hosthdr, ca are its (not freed here) */
+  int light;          /* no box: a light userdata at 2 (px_handler), freed at the end or at cancel */
+  lr_co_t *hco;       /* a proxy route C runs without a req: the coroutine whose stream is forwarded */
   lr_buf_t scratch;   /* request body bytes on their way up */
   /* host, hosthdr, target and method live here when they fit (exch_strdup):
    * no allocation per request for them */
@@ -66,13 +69,37 @@ typedef struct exch_s {
   lr_h1c_t h;         /* last: its 3 KiB header index is never cleared */
 } exch_t;
 
+/* lariat.proxy(url, opts) without `before`: everything about the upstream
+ * that does not depend on the request, worked out once when the route is
+ * registered (no option lookup, URL parse or copy per request). A userdata
+ * without __gc: the strings and headers are in its own block, so they stay
+ * valid while anything (a finaliser at lua_close included) can look. */
+typedef struct pxt_s {
+  const char *host, *hosthdr, *base, *ca; /* ca may be NULL */
+  size_t base_len;
+  int port, tls, verify, version;
+  uint64_t timeout_ms, connect_ms, read_ms, idle_ms;
+  size_t n_hd;       /* opts.headers, validated */
+  lr_header_t *hd;
+  const char *key;   /* the connection pool's key (not for a WebSocket upgrade: other ALPN) */
+  uint32_t key_hash;
+} pxt_t;
+
 /* The Lua userdata is a box around a pointer: the exchange itself (3.5 KiB
  * with its header table) lives in C memory and is reused, so a request
  * costs the Lua collector a few bytes, not kilobytes. */
-#define EXCH(L, i) (*(exch_t **)lua_touserdata(L, i))
+#define EXCH(L, i) exch_at(L, i)
 #define MAX_FREE_EXCH 64
 static __thread exch_t *free_exch[MAX_FREE_EXCH];
 static __thread unsigned n_free_exch;
+
+/* A proxy route's exchange has no box: nothing but its own coroutine ever
+ * holds it (no response object goes to Lua), so a light userdata does, and
+ * the exchange is freed when it ends or its wait is cancelled. */
+static exch_t *exch_at(lua_State *L, int i) {
+  void *p = lua_touserdata(L, i);
+  return lua_islightuserdata(L, i) ? p : *(exch_t **)p;
+}
 
 /* ---- one connection for concurrent first requests to an h2 origin ---- */
 
@@ -182,6 +209,8 @@ static void exch_h2_notify(void *owner) {
   if (ex->co && worth_waking(ex)) lr_co_wake(ex->co);
 }
 
+static void exch_free(exch_t *ex);
+
 static void exch_cancel(lr_co_t *co, void *arg) {
   (void)co;
   exch_t *ex = arg;
@@ -189,6 +218,7 @@ static void exch_cancel(lr_co_t *co, void *arg) {
   exch_release(ex, 0);
   ex->closed = 1;
   snprintf(ex->err, sizeof ex->err, "closed");
+  if (ex->light) exch_free(ex); /* its coroutine never resumes */
 }
 
 /* room for a string of n bytes and its NUL in ex->strs, or malloc'd if it
@@ -216,12 +246,15 @@ static void exch_strfree(exch_t *ex, char *p) {
 
 static void exch_free(exch_t *ex) {
   exch_release(ex, 1); /* a finished response read to its end is pooled; else closed */
-  exch_strfree(ex, ex->host);
+  if (ex->pt == NULL) { /* a proxy route's are its target's */
+    exch_strfree(ex, ex->host);
+    exch_strfree(ex, ex->hosthdr);
+    free(ex->ca);
+  }
   exch_strfree(ex, ex->target);
-  exch_strfree(ex, ex->hosthdr);
   exch_strfree(ex, ex->method);
-  free(ex->ca);
   ex->host = ex->target = ex->hosthdr = ex->method = ex->ca = NULL;
+  ex->pt = NULL;
   if (n_free_exch < MAX_FREE_EXCH && ex->h.head.cap <= 16384 && ex->h.body.cap <= 65536 && ex->scratch.cap <= 65536) {
     free_exch[n_free_exch++] = ex; /* its buffers go with it */
     return;
@@ -250,6 +283,10 @@ static int exch_gc(lua_State *L) {
  * rather than whenever the collector gets to the box, so the next request
  * finds it there instead of allocating and clearing a fresh one. */
 static void exch_done(lua_State *L, exch_t *ex) {
+  if (ex->light) {
+    exch_free(ex);
+    return;
+  }
   exch_t **box = lua_touserdata(L, 2);
   if (ex->stream && !ex->proxy) return;
   if (box && *box == ex) {
@@ -679,6 +716,16 @@ static int64_t px_body_len(const lr_stream_t *s) {
   return blen;
 }
 
+/* HTTP/2 is asked for (ALPN, or h2c by prior knowledge) unless the caller
+ * pinned 1.1 or it is an Upgrade */
+static int exch_want_h2(int tls, int version, int ws) {
+  return tls ? version != 11 && !ws : version == 20 && !ws;
+}
+
+static const char *exch_alpn(int tls, int want_h2) {
+  return tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : want_h2 ? "h2c" : NULL;
+}
+
 static int start_exchange(lua_State *L, exch_t *ex) {
   lr_client_opts_t o = {0};
   o.host = ex->host;
@@ -688,15 +735,19 @@ static int start_exchange(lua_State *L, exch_t *ex) {
   o.ca = ex->ca;
   lr_stream_t *ps = ex->proxy ? px_stream(ex) : NULL;
   int ws = ps && (ps->flags & LR_SF_WS_UPGRADE); /* an Upgrade is HTTP/1.1's */
-  int want_h2 = ex->tls ? ex->version != 11 && !ws : ex->version == 20 && !ws;
-  o.alpn = ex->tls ? (want_h2 ? "\x02h2\x08http/1.1" : "\x08http/1.1") : want_h2 ? "h2c" : NULL;
+  int want_h2 = exch_want_h2(ex->tls, ex->version, ws);
+  o.alpn = exch_alpn(ex->tls, want_h2);
+  if (ex->pt && !ws) { /* the route worked the pool key out once */
+    o.key = ex->pt->key;
+    o.key_hash = ex->pt->key_hash;
+  }
   o.fresh = ex->retried && !ex->refused;
   o.replayable = !ex->body_fn && !(ps && px_body_len(ps) != 0);
   ex->closed = 0;
   ex->err[0] = 0;
   if (want_h2 && !o.fresh) { /* a session to this origin already: one more stream on it */
     char kbuf[1024]; /* on the stack: a copy only for a leader, who keeps it */
-    const char *key = lr_client_key_into(&o, kbuf, sizeof kbuf) >= 0 ? kbuf : NULL;
+    const char *key = o.key ? o.key : lr_client_key_into(&o, kbuf, sizeof kbuf) >= 0 ? kbuf : NULL;
     lr_h2c_t *hs = key ? lr_h2c_find(ex->w, key) : NULL;
     if (hs) {
       ex->reused = 1;
@@ -782,7 +833,7 @@ static int res_read(lua_State *L) {
 
 /* ---- reverse proxy: the request's stream up, the response down, in C ---- */
 
-static lr_stream_t *px_stream(exch_t *ex) { return ex->req ? ex->req->s : NULL; }
+static lr_stream_t *px_stream(exch_t *ex) { return ex->req ? ex->req->s : ex->hco ? ex->hco->stream : NULL; }
 
 /* the proxied exchange is over: the handler returns nothing (it answered) */
 static int px_end(lua_State *L, exch_t *ex) {
@@ -807,9 +858,11 @@ static int px_error(lua_State *L, exch_t *ex, const char *err) {
   return px_end(L, ex);
 }
 
-static int eq_ci(lr_str_t a, const char *b) {
+/* b is lowercase; the first byte is compared here, most names differ there */
+static inline int eq_ci(lr_str_t a, const char *b) {
   size_t n = strlen(b);
-  return a.len == n && strncasecmp(a.base, b, n) == 0;
+  return a.len == n && n && ((unsigned char)a.base[0] | 0x20) == (unsigned char)b[0] &&
+         strncasecmp(a.base, b, n) == 0;
 }
 
 /* hop-by-hop (RFC 9110 §7.6.1): the fixed ones and those the Connection header names */
@@ -818,6 +871,12 @@ static int px_hop(lr_str_t name, const lr_str_t *conn) {
       eq_ci(name, "proxy-authenticate") || eq_ci(name, "proxy-authorization"))
     return 1;
   return conn && lr_token_in_list(conn->base, conn->len, name.base, name.len, 1);
+}
+
+/* a Connection value naming only what is hop-by-hop anyway (keep-alive or
+ * close, nearly every one) drops nothing more: no list search per header */
+static const lr_str_t *px_conn_names(const lr_str_t *conn) {
+  return conn == NULL || eq_ci(*conn, "keep-alive") || eq_ci(*conn, "close") ? NULL : conn;
 }
 
 #define PX_MAX_HEADERS 128
@@ -882,13 +941,20 @@ typedef struct px_head_s {
 
 /* the request head: the client's headers minus hop-by-hop ones, plus x-forwarded-*
  * and the caller's overrides (opts.headers) */
-static void px_build(lua_State *L, lr_stream_t *s, px_head_t *ph) {
+static void px_build(lua_State *L, exch_t *ex, lr_stream_t *s, px_head_t *ph) {
   lr_header_t *hd = ph->hd;
   char *peer = ph->peer, *fwd = ph->fwd;
-  lr_header_t over[64];
+  lr_header_t over_buf[64];
+  const lr_header_t *over = over_buf;
   ph->text = (lr_buf_t){0};
-  size_t n_over = collect_headers(L, &ph->text, over, 64);
-  const lr_str_t *conn = lr_stream_header(s, "connection", 10);
+  size_t n_over;
+  if (ex->pt) {
+    over = ex->pt->hd;
+    n_over = ex->pt->n_hd;
+  } else {
+    n_over = collect_headers(L, &ph->text, over_buf, 64);
+  }
+  const lr_str_t *conn = px_conn_names(lr_stream_header(s, "connection", 10));
   const lr_str_t *xff = lr_stream_header(s, "x-forwarded-for", 15);
   int own_key = (s->flags & LR_SF_WS_UPGRADE) && s->version == 20; /* the proxy makes the handshake's key (RFC 8441 has none) */
   size_t n = 0;
@@ -937,7 +1003,7 @@ static int px_send(lua_State *L, exch_t *ex, lr_h2c_t *hs) {
     return px_end(L, ex);
   }
   px_head_t ph;
-  px_build(L, s, &ph);
+  px_build(L, ex, s, &ph);
   int64_t blen = px_body_len(s);
   int r;
   if ((s->flags & LR_SF_WS_UPGRADE) && s->version == 20) {
@@ -1108,9 +1174,10 @@ static int px_head(lua_State *L, exch_t *ex) {
   unsigned nh = ex->h.n_headers - ex->h.n_trailers;
   for (unsigned i = 0; i < nh; i++)
     if (eq_ci(lr_h1c_header_name(&ex->h, i), "connection")) conn = lr_h1c_header_value(&ex->h, i);
+  const lr_str_t *named = px_conn_names(conn.len ? &conn : NULL);
   for (unsigned i = 0; i < nh && n < LR_H1C_MAX_HEADERS - 2; i++) {
     lr_str_t name = lr_h1c_header_name(&ex->h, i);
-    if (px_hop(name, conn.len ? &conn : NULL) || eq_ci(name, "date")) continue;
+    if (px_hop(name, named) || eq_ci(name, "date")) continue;
     hd[n++] = (lr_header_t){name, lr_h1c_header_value(&ex->h, i)};
   }
   if (ex->h.status == 101) {
@@ -1252,6 +1319,21 @@ static void read_opts(lua_State *L, exch_t *ex, int proxy, opts_t *o) {
   }
 }
 
+/* a cleared exchange (from this thread's free list when it can) for coroutine co */
+static exch_t *exch_alloc(lua_State *L, lr_co_t *co) {
+  exch_t *ex = n_free_exch ? free_exch[--n_free_exch] : calloc(1, sizeof *ex);
+  if (ex == NULL) {
+    luaL_error(L, "out of memory");
+    return NULL;
+  }
+  lr_buf_t scratch = ex->scratch;
+  memset(ex, 0, offsetof(exch_t, strs)); /* lr_h1c_init does h later and keeps its buffers */
+  ex->scratch = scratch;
+  ex->scratch.len = 0;
+  ex->w = co->app->lw->w;
+  return ex;
+}
+
 /* the exchange from the options table at 1 (or a URL string: a plain GET),
  * pushed at 2. The proxy's: the stack is opts, req, path_info; the box goes
  * in at 2 and req becomes its user value (kept alive with it); method is the
@@ -1271,17 +1353,8 @@ static exch_t *exch_new(lua_State *L, int proxy, const lr_str_t *method) {
     lua_pushvalue(L, 3);
     lua_setiuservalue(L, 2, 1);
   }
-  exch_t *ex = n_free_exch ? free_exch[--n_free_exch] : calloc(1, sizeof *ex);
-  if (ex == NULL) {
-    luaL_error(L, "out of memory");
-    return NULL;
-  }
-  lr_buf_t scratch = ex->scratch;
-  memset(ex, 0, offsetof(exch_t, strs)); /* lr_h1c_init below does h and keeps its buffers */
-  ex->scratch = scratch;
-  ex->scratch.len = 0;
+  exch_t *ex = exch_alloc(L, co);
   *box = ex;
-  ex->w = co->app->lw->w;
   /* a proxy has no deadline for the whole exchange (bodies may be long) but
    * bounds each wait for the upstream, as nginx's proxy_*_timeout do */
   opts_t o = {NULL, NULL, DEFAULT_MAX_BODY, proxy ? 24 * 3600 * 1000 : DEFAULT_TIMEOUT_MS};
@@ -1315,15 +1388,21 @@ int lr_l_http_request(lua_State *L) {
 /* the upstream target of the proxy whose options have base (the upstream URL's
  * path): the request's own target for none, else base followed by path_info
  * (nginx proxy_pass with a URI) or alone on a route without `*`, then the query */
-static char *px_target(lr_stream_t *st, const char *base, size_t bl, const char *info, size_t il) {
-  if (bl == 0) return strndup(st->target.base, st->target.len);
+static char *px_target(exch_t *ex, lr_stream_t *st, const char *base, size_t bl, const char *info, size_t il) {
+  size_t ql = st->query.len;
+  if (bl == 0) {
+    base = st->target.base; /* the request's own target, query included */
+    bl = st->target.len;
+    info = NULL;
+    ql = 0;
+  }
   if (info && bl && base[bl - 1] == '/' && il && info[0] == '/') {
     info++;
     il--;
   }
   if (info == NULL) il = 0;
-  size_t ql = st->query.len, n = bl + il + (ql ? ql + 1 : 0);
-  char *t = malloc(n + 1);
+  size_t n = bl + il + (ql ? ql + 1 : 0);
+  char *t = exch_stralloc(ex, n);
   if (t == NULL) return NULL;
   memcpy(t, base, bl);
   if (il) memcpy(t + bl, info, il);
@@ -1358,7 +1437,7 @@ int lr_l_http_proxy(lua_State *L) {
     size_t bl, il = 0;
     const char *base = lua_tolstring(L, -1, &bl);
     const char *info = lua_type(L, 4) == LUA_TSTRING ? lua_tolstring(L, 4, &il) : NULL;
-    target = px_target(st, base, bl, info, il);
+    target = px_target(ex, st, base, bl, info, il);
   } else {
     lua_getfield(L, 1, "same_target");
     if (lua_toboolean(L, -1)) target = strndup(st->target.base, st->target.len);
@@ -1369,6 +1448,156 @@ int lr_l_http_proxy(lua_State *L) {
     ex->target = target;
   }
   return start_exchange(L, ex);
+}
+
+/* the exchange of proxy route pt for stream st (of request r, or of
+ * coroutine co's own when C runs the route without a req), info its
+ * path_info or NULL; the stack is then 1 (r or anything), 2 the exchange */
+static int px_start(lua_State *L, lr_co_t *co, lr_req_t *r, lr_stream_t *st, const pxt_t *pt, const char *info,
+                    size_t il) {
+  exch_t *ex = exch_alloc(L, co);
+  ex->light = 1;
+  ex->pt = pt;
+  ex->host = (char *)pt->host;
+  ex->hosthdr = (char *)pt->hosthdr;
+  ex->ca = (char *)pt->ca;
+  ex->port = pt->port;
+  ex->tls = pt->tls;
+  ex->verify = pt->verify;
+  ex->version = pt->version;
+  ex->proxy = ex->stream = 1;
+  ex->req = r;
+  ex->hco = r ? NULL : co;
+  size_t ml = st->method.len;
+  ex->method = exch_stralloc(ex, ml);
+  ex->target = px_target(ex, st, pt->base, pt->base_len, info, il);
+  if (ex->method == NULL || ex->target == NULL) {
+    exch_free(ex);
+    return luaL_error(L, "out of memory");
+  }
+  for (size_t i = 0; i < ml; i++) {
+    char c = st->method.base[i];
+    ex->method[i] = (char)(c >= 'a' && c <= 'z' ? c - 32 : c);
+  }
+  ex->method[ml] = 0;
+  ex->deadline = uv_now(&ex->w->loop) + pt->timeout_ms;
+  ex->connect_ms = pt->connect_ms;
+  ex->read_ms = pt->read_ms;
+  ex->idle_ms = pt->idle_ms;
+  lr_h1c_init(&ex->h, ml == 4 && memcmp(ex->method, "HEAD", 4) == 0, 1, 0);
+  lua_settop(L, 1); /* path_info is in the target now */
+  lua_pushlightuserdata(L, ex);
+  return start_exchange(L, ex);
+}
+
+/* the handler lariat.proxy(url, opts) returns without `before`: handler(req)
+ * with the target (pxt_t) as its upvalue. The Lua router runs it as it runs
+ * any handler; it reads nothing from Lua but path_info, and that from the
+ * request's path when C matched the route. */
+static int px_handler(lua_State *L) {
+  lr_req_t *r = luaL_checkudata(L, 1, LR_REQ_MT);
+  lr_stream_t *st = r->s;
+  if (st == NULL) return 0; /* the client is gone already */
+  lr_co_t *co = lr_co_current(L);
+  if (co == NULL) return luaL_error(L, "lariat.proxy: only inside a handler's coroutine");
+  const pxt_t *pt = lua_touserdata(L, lua_upvalueindex(1));
+  lua_settop(L, 1);
+  const char *info = NULL;
+  size_t il = 0;
+  if (r->pi_len >= 0) {
+    info = st->path.base + r->pi_off;
+    il = (size_t)r->pi_len;
+  } else if (pt->base_len) {
+    lua_getfield(L, 1, "path_info"); /* set by the router in Lua; held at 2 while used */
+    info = lua_tolstring(L, 2, &il);
+  }
+  return px_start(L, co, r, st, pt, info, il);
+}
+
+/* see bindings.h */
+const void *lr_http_proxy_target(lua_State *L, int idx) {
+  if (lua_tocfunction(L, idx) != px_handler || lua_getupvalue(L, idx, 1) == NULL) return NULL;
+  const void *pt = lua_touserdata(L, -1);
+  lua_pop(L, 1);
+  return pt;
+}
+
+int lr_http_proxy_run(lua_State *L, const void *pt, int pi_off, int pi_len) {
+  lr_co_t *co = lr_co_current(L);
+  lr_stream_t *st = co ? co->stream : NULL;
+  if (st == NULL) return 0;
+  const char *info = pi_len >= 0 ? st->path.base + pi_off : NULL;
+  return px_start(L, co, NULL, st, pt, info, pi_len >= 0 ? (size_t)pi_len : 0);
+}
+
+/* core.http_proxy_handler(url, base, opts) → handler(req): url is the
+ * upstream's origin and "/", base its path ("" for none) */
+static int l_proxy_handler(lua_State *L) {
+  luaL_checkstring(L, 1);
+  size_t bl;
+  const char *base = luaL_checklstring(L, 2, &bl);
+  if (lua_isnoneornil(L, 3)) {
+    lua_settop(L, 2);
+    lua_newtable(L);
+  }
+  luaL_checktype(L, 3, LUA_TTABLE);
+  lua_settop(L, 3);
+  lua_rotate(L, 1, 1); /* opts, url, base: read_opts and collect_headers read opts at 1 */
+  /* the URL and options read as an exchange's (exch_new's defaults), in a
+   * userdata: collected, whatever raises (its strings fit its own arena) */
+  exch_t *u = lua_newuserdatauv(L, sizeof *u, 0);
+  memset(u, 0, sizeof *u);
+  char err[160];
+  if (parse_url(u, lua_tostring(L, 2), err, sizeof err))
+    return luaL_error(L, "lariat.proxy: %s: %s", err, lua_tostring(L, 2));
+  opts_t uo = {NULL, NULL, 0, 24 * 3600 * 1000};
+  u->verify = 1;
+  u->connect_ms = u->read_ms = 60000;
+  u->idle_ms = POOL_IDLE_MS;
+  read_opts(L, u, 1, &uo); /* a bad option raises here, once */
+  pxt_t t = {0};
+  t.verify = u->verify;
+  const char *ca = u->ca;
+  t.version = u->version;
+  t.timeout_ms = uo.timeout;
+  t.connect_ms = u->connect_ms;
+  t.read_ms = u->read_ms;
+  t.idle_ms = u->idle_ms;
+  t.port = u->port;
+  t.tls = u->tls;
+  t.base_len = bl;
+  lr_buf_t text = {0};
+  lr_header_t over[64];
+  t.n_hd = collect_headers(L, &text, over, 64);
+  lr_client_opts_t o = {.host = u->host, .port = u->port, .tls = u->tls, .verify = t.verify, .ca = ca};
+  o.alpn = exch_alpn(o.tls, exch_want_h2(o.tls, t.version, 0));
+  char kbuf[1024];
+  int kl = lr_client_key_into(&o, kbuf, sizeof kbuf);
+  if (kl < 0) kbuf[kl = 0] = 0; /* too long: no key kept, worked out per request */
+  size_t hl = strlen(u->host) + 1, hhl = strlen(u->hosthdr) + 1, cal = ca ? strlen(ca) + 1 : 0;
+  size_t size = sizeof t + t.n_hd * sizeof(lr_header_t) + hl + hhl + bl + 1 + cal + (size_t)kl + 1 + text.len;
+  pxt_t *pt = lua_newuserdatauv(L, size, 0);
+  char *p = (char *)(pt + 1) + t.n_hd * sizeof(lr_header_t);
+  t.hd = (lr_header_t *)(pt + 1);
+  t.host = memcpy(p, u->host, hl), p += hl;
+  t.hosthdr = memcpy(p, u->hosthdr, hhl), p += hhl;
+  t.base = memcpy(p, base, bl + 1), p += bl + 1;
+  if (ca) t.ca = memcpy(p, ca, cal), p += cal;
+  if (kl) t.key = memcpy(p, kbuf, (size_t)kl + 1), t.key_hash = lr_client_key_hash(kbuf);
+  p += kl + 1;
+  if (text.len) memcpy(p, text.base, text.len);
+  for (size_t i = 0; i < t.n_hd; i++) {
+    t.hd[i].name = (lr_str_t){p + (over[i].name.base - text.base), over[i].name.len};
+    t.hd[i].value = (lr_str_t){p + (over[i].value.base - text.base), over[i].value.len};
+  }
+  *pt = t;
+  lr_buf_free(&text);
+  exch_strfree(u, u->host); /* a long URL's parts did not fit the arena */
+  exch_strfree(u, u->hosthdr);
+  exch_strfree(u, u->target);
+  free(u->ca);
+  lua_pushcclosure(L, px_handler, 1);
+  return 1;
 }
 
 /* the reuse cache of this thread, once its last app's state is closed */
@@ -1391,4 +1620,6 @@ void lr_http_open(lua_State *L) {
   lua_setfield(L, -2, "http_request");
   lua_pushcfunction(L, lr_l_http_proxy);
   lua_setfield(L, -2, "http_proxy");
+  lua_pushcfunction(L, l_proxy_handler);
+  lua_setfield(L, -2, "http_proxy_handler");
 }

@@ -43,6 +43,7 @@ void lr_req_push(lua_State *L, lr_co_t *co, lr_stream_t *s) {
   r->s = s;
   r->co = co;
   r->told_closed = 0;
+  r->pi_len = -1;
   /* by reference, not by name: no string lookup per request */
   lua_rawgeti(L, LUA_REGISTRYINDEX, co->app->req_mt_ref);
   lua_setmetatable(L, -2);
@@ -173,6 +174,11 @@ static int req_index(lua_State *L) {
       if (memcmp(k, "bytes_sent", 10) == 0) return lua_pushinteger(L, (lua_Integer)s->bytes_sent), 1;
       break;
     case 9:
+      if (memcmp(k, "path_info", 9) == 0) {
+        if (r->pi_len < 0) return 0;
+        lua_pushlstring(L, s->path.base + r->pi_off, (size_t)r->pi_len);
+        return 1;
+      }
       if (memcmp(k, "peer_port", 9) == 0) {
         char ip[64];
         int port;

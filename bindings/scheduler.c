@@ -198,10 +198,17 @@ static int direct_k(lua_State *L, int status, lua_KContext ctx) {
     return 0; /* what the coroutine returns is not looked at (co_release clears it) */
   }
   if (lua_type(L, 2) == LUA_TSTRING) return request_k(L, status, ctx); /* an upgrade */
-  lua_rawgeti(L, LUA_REGISTRYINDEX, lr_direct_finish(lr_co_current(L)->direct));
+  if (lua_isnil(L, 2) && lua_isnil(L, 3) && lua_isnil(L, 4)) /* nothing (a proxy answered): finish would say so too */
+    return request_k(L, status, ctx);
+  lua_rawgeti(L, LUA_REGISTRYINDEX, lr_co_current(L)->direct->finish_ref);
   lua_rotate(L, 2, 1); /* req, finish, a, b, c */
   lua_callk(L, 3, 3, 0, request_k);
   return request_k(L, LUA_OK, 0);
+}
+
+/* a lariat.proxy route C found: no req, no Lua call (bindings/http.c) */
+static int request_proxy(lua_State *L) {
+  return lr_http_proxy_run(L, lua_touserdata(L, 1), (int)lua_tointeger(L, 2), (int)lua_tointeger(L, 3));
 }
 
 static int request_direct(lua_State *L) {
@@ -555,7 +562,7 @@ int lr_l_stats(lua_State *L) {
   lr_lworker_t *lw = co->app->lw;
   unsigned waiting = 0;
   for (lr_link_t *l = lw->waiting.next; l != &lw->waiting; l = l->next) waiting++;
-  lua_createtable(L, 0, 7);
+  lua_createtable(L, 0, 8);
   lua_pushinteger(L, (lua_Integer)lw->n_live);
   lua_setfield(L, -2, "handlers");
   lua_pushinteger(L, (lua_Integer)waiting);
@@ -568,6 +575,8 @@ int lr_l_stats(lua_State *L) {
   lua_setfield(L, -2, "tasks");
   lua_pushinteger(L, (lua_Integer)lr_client_count(lw->w));
   lua_setfield(L, -2, "outbound"); /* outbound connections open, pooled and h2 sessions included */
+  lua_pushinteger(L, (lua_Integer)lw->n_direct);
+  lua_setfield(L, -2, "direct"); /* requests routed in C (literal and wildcard routes, direct.c) */
   /* response bytes buffered in user space on this worker's connections */
   size_t out = 0;
   for (lr_link_t *l = lw->w->conns.next; l != &lw->w->conns; l = l->next) {
@@ -713,13 +722,29 @@ static void hook_start(lr_stream_t *s) {
   lw->n_live++;
   s->app_data = co;
   lua_State *L = co->L;
+  size_t pi_off = 0, pi_len = 0;
   const lr_direct_t *d = app->direct ? lr_direct_find(app, &s->path, &s->method) : NULL;
+  if (d == NULL && app->n_prefix) d = lr_direct_prefix(app, &s->path, &s->method, &pi_off, &pi_len);
   co->direct = d;
   if (d) {
-    s->route = lr_direct_route(d); /* what lariat.app's tag would do (t0 is set above) */
+    s->route = d->route; /* what lariat.app's tag would do (t0 is set above) */
+    lw->n_direct++;
+    if (d->px) {
+      lua_pushcfunction(L, request_proxy);
+      lua_pushlightuserdata(L, (void *)d->px);
+      lua_pushinteger(L, (lua_Integer)pi_off);
+      lua_pushinteger(L, d->kind ? (lua_Integer)pi_len : -1);
+      resume(co, 3);
+      return;
+    }
     lua_pushcfunction(L, request_direct);
     lr_req_push(L, co, s);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, lr_direct_handler(d));
+    if (d->kind) { /* a wildcard's: path_info is the rest of the path */
+      lr_req_t *r = lua_touserdata(L, -1);
+      r->pi_off = (unsigned)pi_off;
+      r->pi_len = (int)pi_len;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, d->handler_ref);
     resume(co, 2);
     return;
   }

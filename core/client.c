@@ -270,7 +270,7 @@ char *lr_client_key(const lr_client_opts_t *o) {
   return strdup(buf);
 }
 
-uint32_t lr__client_key_hash(const char *key) {
+uint32_t lr_client_key_hash(const char *key) {
   uint32_t h = 2166136261u; /* FNV-1a */
   for (const unsigned char *p = (const unsigned char *)key; *p; p++) h = (h ^ *p) * 16777619u;
   return h;
@@ -283,12 +283,17 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
   *out = NULL;
   lr_outbound_t *ob = lr__outbound(w);
   char kbuf[1024];
-  if (ob == NULL || lr_client_key_into(o, kbuf, sizeof kbuf) < 0) {
+  const char *kp = o->key;
+  uint32_t hash = o->key_hash;
+  if (ob == NULL || (kp == NULL && lr_client_key_into(o, kbuf, sizeof kbuf) < 0)) {
     snprintf(err, errlen, ob ? "host name too long" : "out of memory");
     return UV_ENOMEM;
   }
-  uint32_t hash = lr__client_key_hash(kbuf);
-  lr_client_t *cl = o->fresh ? NULL : lr__pool_take(ob, kbuf, hash, o->replayable);
+  if (kp == NULL) {
+    kp = kbuf;
+    hash = lr_client_key_hash(kbuf);
+  }
+  lr_client_t *cl = o->fresh ? NULL : lr__pool_take(ob, kp, hash, o->replayable);
   if (cl) {
     cl->notify = cb;
     cl->owner = owner;
@@ -301,7 +306,7 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
     snprintf(err, errlen, "too many outbound connections");
     return UV_EAGAIN;
   }
-  char *key = strdup(kbuf);
+  char *key = strdup(kp);
   cl = key ? client_new(w) : NULL;
   struct lr_client_priv_s *p = cl ? calloc(1, sizeof *p) : NULL;
   if (p == NULL) {
@@ -314,6 +319,7 @@ int lr_client_open(lr_worker_t *w, const lr_client_opts_t *o, void (*cb)(lr_clie
   cl->key_hash = hash;
   cl->priv = p;
   p->o = *o;
+  p->o.key = NULL; /* the caller's, which may go before this connection does */
   p->o.host = p->host = strdup(o->host);
   p->o.sni = p->sni = dup_or_null(o->sni);
   p->o.ca = p->ca = dup_or_null(o->ca);

@@ -673,6 +673,10 @@ typedef struct lr_client_opts_s {
   int fresh;        /* never from the pool (a retry after a pooled connection failed) */
   int replayable;   /* the owner retries on a fresh connection if a pooled one turns out
                      * closed: a pooled one is then handed out without a MSG_PEEK probe */
+  const char *key;  /* lr_client_key_into of the fields above when the caller keeps it (a
+                     * proxy route works it out once), with key_hash = lr_client_key_hash(key);
+                     * NULL: worked out here */
+  uint32_t key_hash;
 } lr_client_opts_t;
 
 struct lr_client_s {
@@ -791,6 +795,7 @@ void lr_h2c_release(lr_h2c_stream_t *st);           /* done with it (reset if st
 char *lr_client_key(const lr_client_opts_t *o);     /* the pool key of o, malloc'd */
 /* the pool key of o into buf (no allocation): its length, or -1 if it does not fit */
 int lr_client_key_into(const lr_client_opts_t *o, char *buf, size_t size);
+uint32_t lr_client_key_hash(const char *key);
 
 /* TLS client mode (core/tls.c) */
 /* start a client handshake on a connected c; origin keys session resumption.

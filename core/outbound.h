@@ -23,7 +23,6 @@ unsigned lr__h2c_sweep(lr_outbound_t *ob, uint64_t now); /* close idle sessions 
 void lr__pool_sweep_start(lr_outbound_t *ob);            /* the sweep runs while anything is idle */
 
 lr_client_t *lr__pool_take(lr_outbound_t *ob, const char *key, uint32_t hash, int replayable);
-uint32_t lr__client_key_hash(const char *key);
 void lr__pool_put(lr_outbound_t *ob, lr_client_t *cl, uint64_t idle_ms, unsigned size);
 void lr__pool_remove(lr_outbound_t *ob, lr_client_t *cl);
 int lr__pool_evict_one(lr_outbound_t *ob); /* close the oldest idle connection: 1, or 0 if none */

@@ -339,12 +339,16 @@ int lr_token_in_list(const char *list, size_t len, const char *tok, size_t tl, i
 
 /* headers the core owns: a handler can neither set nor see them */
 int lr_header_is_hop_by_hop(const char *name, size_t len) {
+  /* the first byte picks the one name worth comparing (user-agent, content-type, … pass at once) */
+#define FIRST(ch) (((unsigned char)name[0] | 0x20) == (ch))
   switch (len) {
-    case 7: return strncasecmp(name, "upgrade", 7) == 0;
-    case 10: return strncasecmp(name, "connection", 10) == 0 || strncasecmp(name, "keep-alive", 10) == 0;
-    case 14: return strncasecmp(name, "content-length", 14) == 0;
-    case 16: return strncasecmp(name, "proxy-connection", 16) == 0;
-    case 17: return strncasecmp(name, "transfer-encoding", 17) == 0;
+    case 7: return FIRST('u') && strncasecmp(name, "upgrade", 7) == 0;
+    case 10:
+      return FIRST('c') ? strncasecmp(name, "connection", 10) == 0 : FIRST('k') && strncasecmp(name, "keep-alive", 10) == 0;
+    case 14: return FIRST('c') && strncasecmp(name, "content-length", 14) == 0;
+    case 16: return FIRST('p') && strncasecmp(name, "proxy-connection", 16) == 0;
+    case 17: return FIRST('t') && strncasecmp(name, "transfer-encoding", 17) == 0;
     default: return 0;
   }
+#undef FIRST
 }

@@ -479,7 +479,7 @@ function App:compile()
   -- normalize for literal routes without middleware (nothing else looks at
   -- the result): C knows 1 and 2 as the text and JSON content types, so a
   -- string or table result costs no header table walk.
-  local function normalize_direct(path, method, a, b, c)
+  local function normalize_route(label, path, method, a, b, c)
     local t = type(a)
     if t == "string" then
       if a == "websocket" and type(b) == "function" then return a, b, c end
@@ -487,9 +487,12 @@ function App:compile()
     end
     if t == "table" and not http_error.is(a) then return 200, 2, json.encode(a) end
     if t == "number" and (math.type(a) ~= "integer" or a < 100 or a > 599) then
-      bad_status(fast_route[path][method].label, a)
+      bad_status(label or fast_route[path][method].label, a)
     end
     return normalize(a, b, c)
+  end
+  local function normalize_direct(path, method, a, b, c)
+    return normalize_route(nil, path, method, a, b, c)
   end
 
   -- the same literal routes for C, which looks them up by the raw path and
@@ -507,6 +510,32 @@ function App:compile()
         local route = fast_route[p][m]
         direct[#direct + 1] = { p, m, route.handler, function(a, b, c) return normalize_direct(p, m, a, b, c) end,
                                 tag and route.metric_id or 0 }
+      end
+    end
+    -- the wildcard prefixes dispatch scans below (wild), for C to match on
+    -- the canonical path as that scan does: { prefix, method or "*" (the
+    -- route for any method), handler, finish, metric id, 1 | 2 (2: the
+    -- prefix itself is a route of its own, not the wildcard's) }; C sets
+    -- req.path_info by reference, and leaves a method it lacks to dispatch.
+    -- Only when every route of the wildcard needs nothing around it: C
+    -- would otherwise pick the "*" route where the router picks another.
+    for k = 1, n_wild do
+      local w = wild[k]
+      local leaf, ok = w.wild, true
+      for _, route in pairs(leaf.methods) do
+        if route.kind == "ws" or route.chain[1] or route.timeout ~= nil then ok = false end
+      end
+      local any = leaf.any
+      if any and (any.kind == "ws" or any.chain[1] or any.timeout ~= nil) then ok = false end
+      if ok then
+        local kind = w.leaf and 2 or 1
+        local function add(m, route)
+          local label = route.label
+          direct[#direct + 1] = { w.prefix, m, route.handler, function(a, b, c)
+            return normalize_route(label, nil, nil, a, b, c) end, tag and route.metric_id or 0, kind }
+        end
+        for m, route in pairs(leaf.methods) do add(m, route) end
+        if any then add("*", any) end
       end
     end
   end

@@ -21,16 +21,12 @@ return function(core_or_fail)
     opts = opts or {}
     local core = core_or_fail("lariat.proxy")
     local proxy = core.http_proxy
-    -- what C reads for each request, built once: C joins base, path_info and
-    -- the query itself (no per-request table or string in Lua)
-    local fixed = {
-      url = origin .. "/", base = base, headers = opts.headers, timeout = opts.timeout,
-      connect_timeout = opts.connect_timeout, read_timeout = opts.read_timeout, verify = opts.verify, ca = opts.ca,
-      version = opts.version, keepalive_timeout = opts.keepalive_timeout,
-    }
     local before = opts.before
     if not before then
-      return function(req) return proxy(req, fixed, req.path_info) end
+      -- a C function with the upstream worked out once (bindings/http.c
+      -- px_handler): per request C joins base, path_info and the query and
+      -- reads no option (no table or string in Lua)
+      return core.http_proxy_handler(origin .. "/", base, opts)
     end
     return function(req)
       local o = {
