@@ -252,6 +252,9 @@ int main(int argc, char **argv) {
   int *fds = calloc((size_t)n_slots * LR_MAX_LISTENERS, sizeof *fds);
   if (slots == NULL || fds == NULL) return 1;
 
+  /* --metrics: on before the apps load, which label their routes only if it is */
+  if (cfg.has_metrics) __atomic_store_n(&lr_metrics_wanted, 1, __ATOMIC_RELAXED);
+
   /* load the app in every worker before binding: a broken app never listens */
   for (int i = 0; i < n_slots; i++) {
     worker_slot_t *ws = &slots[i];

@@ -135,6 +135,31 @@ def test_requests_by_route_method_and_class_with_latency(srv):
         assert value(f, "lariat_workers", "lariat_workers") == 2
 
 
+PLAIN_APP = """
+local app = require("lariat").app()
+app:get("/", function() return "hello" end)
+app:get("/users/:id", function(req) return req.bindings.id end)
+return app
+"""
+
+
+def test_metrics_flag_alone_labels_routes_from_the_first_request(tmp_path):
+    # an app that never touches lariat.metrics: --metrics alone must label routes
+    # (it was on only after the apps had loaded: every request counted as route="")
+    app = tmp_path / "plain.lua"
+    app.write_text(PLAIN_APP)
+    with Server(str(app), "--metrics", "127.0.0.1:0").start() as s:
+        for round_ in (1, 2):  # the second time too
+            for i in range(3):
+                assert http(s.port, "/users/%d" % i)[0] == 200
+            assert http(s.port, "/")[0] == 200
+            f = scrape(s.metrics_port)
+            v = lambda **kw: value(f, "lariat_http_requests", "lariat_http_requests_total", **kw)
+            assert v(route="/users/:id", method="GET", code="2xx") == 3 * round_
+            assert v(route="/", method="GET", code="2xx") == round_
+            assert v(route="", method="GET", code="2xx") == 0
+
+
 def test_app_metrics_summed_across_workers_and_the_route_handler(srv):
     for _ in range(4):
         assert http(srv.port, "/jobs/mail", "POST", b"x")[0] == 201
