@@ -372,6 +372,11 @@ struct lr_conn_s {
   struct lr_proxy_s *proxy; /* --proxy-protocol: header state, then the real client (proxy_protocol.c) */
   lr_link_t deferred; /* worker's deferred list: flush and resume */
   lr_link_t all;      /* worker's list of connections */
+  /* the socket's peer, asked once per connection (lr_stream_peer: req.peer,
+   * x-forwarded-for, the access log), not with a getpeername per request */
+  uint8_t peer_family; /* 0 until asked; AF_INET, AF_INET6 or AF_UNIX */
+  uint16_t peer_port;
+  uint8_t peer_addr[16];
 };
 
 /* above this much queued output (user space: the out queue plus the write

@@ -127,23 +127,42 @@ static void ip4_name(const struct sockaddr_in *a, char *out, size_t outlen) {
   out[n] = 0;
 }
 
-int lr_stream_peer(const lr_stream_t *s, char *out, size_t outlen, int *port) {
-  if (s->conn == NULL) return LR_ECLOSED;
-  if (s->conn->proxy && lr__proxy_peer(s->conn, out, outlen, port) == 0) return 0;
+/* one getpeername per connection: a keep-alive client asks once, not per request */
+static int conn_peer(lr_conn_t *c) {
+  if (c->peer_family) return 0;
   struct sockaddr_storage ss;
   int sl = sizeof ss;
-  if (uv_tcp_getpeername(&s->conn->tcp, (struct sockaddr *)&ss, &sl)) return LR_ECLOSED;
-  if (ss.ss_family == AF_UNIX) {
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl)) return LR_ECLOSED;
+  if (ss.ss_family == AF_INET) {
+    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+    memcpy(c->peer_addr, &a->sin_addr, 4);
+    c->peer_port = ntohs(a->sin_port);
+  } else if (ss.ss_family == AF_INET6) {
+    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+    memcpy(c->peer_addr, &a->sin6_addr, 16);
+    c->peer_port = ntohs(a->sin6_port);
+  }
+  c->peer_family = (uint8_t)ss.ss_family;
+  return 0;
+}
+
+int lr_stream_peer(const lr_stream_t *s, char *out, size_t outlen, int *port) {
+  lr_conn_t *c = s->conn;
+  if (c == NULL) return LR_ECLOSED;
+  if (c->proxy && lr__proxy_peer(c, out, outlen, port) == 0) return 0;
+  if (conn_peer(c)) return LR_ECLOSED;
+  *port = c->peer_port;
+  if (c->peer_family == AF_INET) {
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    memcpy(&a.sin_addr, c->peer_addr, 4);
+    ip4_name(&a, out, outlen);
+  } else if (c->peer_family == AF_INET6) {
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6};
+    memcpy(&a.sin6_addr, c->peer_addr, 16);
+    uv_ip6_name(&a, out, outlen);
+  } else {
     snprintf(out, outlen, "unix:"); /* as nginx's $remote_addr */
     *port = 0;
-  } else if (ss.ss_family == AF_INET) {
-    struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-    ip4_name(a, out, outlen);
-    *port = ntohs(a->sin_port);
-  } else {
-    struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-    uv_ip6_name(a, out, outlen);
-    *port = ntohs(a->sin6_port);
   }
   return 0;
 }
