@@ -773,7 +773,7 @@ static void hook_conn_gone(lr_stream_t *s) {
   if (co == NULL) return;
   /* the response was complete: a handler working on after it is not cut */
   if ((s->flags & LR_SF_FINISHED) && !(s->flags & LR_SF_RESET)) {
-    if (s->wait == LR_WAIT_BODY || s->wait == LR_WAIT_DRAIN) lr_co_wake(co);
+    if (s->wait & (LR_WAIT_BODY | LR_WAIT_DRAIN)) lr_co_wake(co); /* LR_WAIT_BOTH too */
     return;
   }
   lr_co_abandon(co);
