@@ -92,6 +92,32 @@ def table(rows, cells):
     return out
 
 
+# The issues' targets: (label, row, measure, anchor row, anchor server, limit on
+# lariat ÷ anchor — None: lariat's own figure against the anchor's —, at most?)
+TARGETS = (
+    ("HTTP/1.1 hello, user CPU/req ÷ nginx + lua ≤ 0.5", "h1-hello", "user_us", "h1-hello", "nginx", 0.5, True),
+    ("HTTP/1.1 hello, total CPU/req ÷ nginx + lua ≤ 0.9", "h1-hello", "cpu_us", "h1-hello", "nginx", 0.9, True),
+    ("HTTP/1.1 hello p99 ≤ nginx + lua's (ms)", "h1-hello", "p99", "h1-hello", "nginx", None, True),
+    ("h2c hello, total CPU/req ÷ h2o + mruby ≤ 0.8", "h2c-hello", "cpu_us", "h2c-hello", "h2o", 0.8, True),
+    ("HTTP/1.1 hello, instructions/req ÷ nginx + lua ≤ 0.5 (issue 13)",
+     "h1-hello", "instr", "h1-hello", "nginx", 0.5, True),
+    ("h2c hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)", "h2c-hello", "instr", "h2c-hello", "h2o", 0.5, True),
+    ("HTTPS h2 hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)",
+     "h2-tls-hello", "instr", "h2-tls-hello", "h2o", 0.5, True),
+    ("lariat.proxy ÷ nginx proxy_pass, instructions/req ≤ 0.8 (issue 10/11)",
+     "h1-proxy", "instr", "h1-proxy", "nginx", 0.8, True),
+    ("lariat.proxy ÷ nginx proxy_pass, CPU µs/req ≤ 0.8 (issue 10)", "h1-proxy", "cpu_us", "h1-proxy", "nginx", 0.8, True),
+    ("lariat.http.get ÷ nginx + lua-resty-http, instructions/req ≤ 0.25 (issue 10/11)",
+     "h1-fetch", "instr", "h1-fetch", "nginx", 0.25, True),
+    ("lariat.redis GET ÷ nginx + lua-resty-redis, instructions/req ≤ 0.4 (issue 10/11)",
+     "h1-redis", "instr", "h1-redis", "nginx", 0.4, True),
+    ("SQLite PK SELECT req/s ÷ lariat hello's ≥ 0.5 (issue 11)", "h1-sqlite", "rps", "h1-hello", "lariat", 0.5, False),
+    ("200 MB static file, server CPU ÷ nginx sendfile ≤ 0.8 (issue 13)",
+     "static-200m", "cpu_us", "static-200m", "nginx", 0.8, True),
+    ("4 KiB static file, req/s ÷ nginx sendfile ≥ 1.0 (issue 13)", "static-4k", "rps", "static-4k", "nginx", 1.0, False),
+)
+
+
 def targets(rows, cells):
     """Issue 6's targets, checked against this run's medians (✓ met, ✗ not, ? no data)."""
     def get(row_name, kind, key):
@@ -109,53 +135,15 @@ def targets(rows, cells):
     def ratio(a, b):
         return a / b if a is not None and b else None
 
-    lines = [] if "h1-hello" not in cells else [
-        check("HTTP/1.1 hello, user CPU/req ÷ nginx + lua ≤ 0.5",
-              ratio(get("h1-hello", "lariat", "user_us"), get("h1-hello", "nginx", "user_us")), 0.5),
-        check("HTTP/1.1 hello, total CPU/req ÷ nginx + lua ≤ 0.9",
-              ratio(get("h1-hello", "lariat", "cpu_us"), get("h1-hello", "nginx", "cpu_us")), 0.9),
-        check("HTTP/1.1 hello p99 ≤ nginx + lua's (ms)",
-              get("h1-hello", "lariat", "p99"), get("h1-hello", "nginx", "p99")),
-    ]
-    if "h2c-hello" in cells:
-        lines.append(check("h2c hello, total CPU/req ÷ h2o + mruby ≤ 0.8",
-                           ratio(get("h2c-hello", "lariat", "cpu_us"),
-                                 get("h2c-hello", "h2o", "cpu_us")), 0.8))
-    if "h1-hello" in cells:
-        lines.append(check("HTTP/1.1 hello, instructions/req ÷ nginx + lua ≤ 0.5 (issue 13)",
-                           ratio(get("h1-hello", "lariat", "instr"),
-                                 get("h1-hello", "nginx", "instr")), 0.5))
-    if "h2c-hello" in cells:
-        lines.append(check("h2c hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)",
-                           ratio(get("h2c-hello", "lariat", "instr"),
-                                 get("h2c-hello", "h2o", "instr")), 0.5))
-    if "h2-tls-hello" in cells:
-        lines.append(check("HTTPS h2 hello, instructions/req ÷ h2o + mruby ≤ 0.5 (issue 13)",
-                           ratio(get("h2-tls-hello", "lariat", "instr"),
-                                 get("h2-tls-hello", "h2o", "instr")), 0.5))
-    for name, what, limit in (("h1-proxy", "lariat.proxy ÷ nginx proxy_pass", 0.8),
-                              ("h1-fetch", "lariat.http.get ÷ nginx + lua-resty-http", 0.25),
-                              ("h1-redis", "lariat.redis GET ÷ nginx + lua-resty-redis", 0.4)):
-        if name in cells:
-            lines.append(check(f"{what}, instructions/req ≤ {limit} (issue 10/11)",
-                               ratio(get(name, "lariat", "instr"), get(name, "nginx", "instr")),
-                               limit))
-            if name == "h1-proxy":
-                lines.append(check(f"{what}, CPU µs/req ≤ {limit} (issue 10)",
-                                   ratio(get(name, "lariat", "cpu_us"),
-                                         get(name, "nginx", "cpu_us")), limit))
-    if "h1-sqlite" in cells and "h1-hello" in cells:
-        lines.append(check("SQLite PK SELECT req/s ÷ lariat hello's ≥ 0.5 (issue 11)",
-                           ratio(get("h1-sqlite", "lariat", "rps"),
-                                 get("h1-hello", "lariat", "rps")), 0.5, le=False))
-    if "static-200m" in cells:
-        lines.append(check("200 MB static file, server CPU ÷ nginx sendfile ≤ 0.8 (issue 13)",
-                           ratio(get("static-200m", "lariat", "cpu_us"),
-                                 get("static-200m", "nginx", "cpu_us")), 0.8))
-    if "static-4k" in cells:
-        lines.append(check("4 KiB static file, req/s ÷ nginx sendfile ≥ 1.0 (issue 13)",
-                           ratio(get("static-4k", "lariat", "rps"),
-                                 get("static-4k", "nginx", "rps")), 1.0, le=False))
+    lines = []
+    for label, name, key, anchor_row, anchor, limit, le in TARGETS:
+        if name not in cells or anchor_row not in cells:
+            continue
+        value, ref = get(name, "lariat", key), get(anchor_row, anchor, key)
+        if limit is None:  # the anchor's own figure is the limit
+            lines.append(check(label, value, ref, le=le))
+        else:
+            lines.append(check(label, ratio(value, ref), limit, le=le))
     for row in rows:
         if row.kind == "idle" and row.proto == "h2-tls":
             # issue 13: TLS's own cost shown apart (no target of its own)
