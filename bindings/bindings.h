@@ -276,6 +276,7 @@ void lr_ws_open(lua_State *L);    /* adds ws and channel functions to the core t
 void lr_direct_load(lr_app_t *app, lua_State *L, int idx); /* load_app's third result */
 void lr_direct_free(lr_app_t *app);
 /* the literal route for this raw path and method (app->direct set), or NULL */
+size_t lr_path_plain_len(const char *p, size_t n); /* canonical already (but a trailing slash)? else 0 */
 const lr_direct_t *lr_direct_find(const lr_app_t *app, const lr_str_t *path, const lr_str_t *method);
 /* the wildcard route for this raw path and method (app->n_prefix set), or
  * NULL (dispatch's); path_info's place in path */

@@ -86,16 +86,12 @@ static int l_stat(lua_State *L) {
 static int l_path_plain(lua_State *L) {
   size_t n;
   const char *p = luaL_checklstring(L, 1, &n);
-  if (n == 0 || p[0] != '/') return 0;
-  for (size_t i = 0; i < n; i++) {
-    if (p[i] == '%') return 0;
-    if (p[i] == '/' && i + 1 < n && (p[i + 1] == '/' || p[i + 1] == '.')) return 0;
-  }
-  if (n == 1 || p[n - 1] != '/') {
+  size_t plain = lr_path_plain_len(p, n);
+  if (plain == 0) return 0;
+  if (plain == n)
     lua_settop(L, 1);
-    return 1;
-  }
-  lua_pushlstring(L, p, n - 1);
+  else
+    lua_pushlstring(L, p, plain);
   return 1;
 }
 

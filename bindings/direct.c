@@ -31,10 +31,10 @@ const lr_direct_t *lr_direct_find(const lr_app_t *app, const lr_str_t *path, con
 }
 
 /* the length of the canonical path when the raw one is already canonical but
- * for a trailing slash (core.path_plain's test), else 0: dispatch's business */
-static size_t plain_len(const lr_str_t *path) {
-  const char *p = path->base;
-  size_t n = path->len;
+ * for a trailing slash (no "%", "//" or "/." anywhere), else 0: then
+ * lariat.path.canonical must do the real work (dispatch's business). Shared
+ * with core.path_plain. */
+size_t lr_path_plain_len(const char *p, size_t n) {
   if (n == 0 || p[0] != '/') return 0;
   for (size_t i = 0; i < n; i++) {
     if (p[i] == '%') return 0;
@@ -50,7 +50,7 @@ static int method_is(const lr_direct_t *d, const char *m, size_t n) { return d->
  * child), so the entries of one prefix are the only ones that can match. */
 const lr_direct_t *lr_direct_prefix(const lr_app_t *app, const lr_str_t *path, const lr_str_t *method,
                                     size_t *pi_off, size_t *pi_len) {
-  size_t n = plain_len(path);
+  size_t n = lr_path_plain_len(path->base, path->len);
   if (n == 0) return NULL;
   const char *p = path->base;
   const lr_direct_t *get = NULL, *any = NULL;
@@ -73,8 +73,6 @@ const lr_direct_t *lr_direct_prefix(const lr_app_t *app, const lr_str_t *path, c
   }
   return d;
 }
-
-
 
 void lr_direct_free(lr_app_t *app) {
   for (size_t i = 0; i < app->n_prefix; i++) free((void *)app->prefix[i].path);
